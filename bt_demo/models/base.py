@@ -1,0 +1,66 @@
+"""The result type every segmenter returns and the face every promptable engine shows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SegResult:
+    """One segmenter's answer, always in the ORIGINAL slice's pixels.
+
+    mask: bool (H, W). prob: float32 (H, W) in [0, 1] or None.
+    engine: display name (e.g. "U-Net", "click model", "SAM facebook/sam-vit-base").
+    seconds: wall time of the call that produced it.
+    candidates: for multimask engines, the alternative masks (bool (H, W)) and
+    their predicted IoU scores; ``mask`` is ``candidates[chosen]``.
+    extra: small JSON-safe facts (threshold used, low-res logits are NOT here).
+    """
+
+    mask: np.ndarray
+    engine: str
+    seconds: float
+    prob: np.ndarray | None = None
+    candidates: tuple[np.ndarray, ...] = ()
+    scores: tuple[float, ...] = ()
+    chosen: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def with_choice(self, i: int) -> "SegResult":
+        """The same result with candidate ``i`` as the mask (SAM's multimask output)."""
+        if not self.candidates:
+            raise ValueError("this result has no candidate masks to choose from")
+        if not 0 <= i < len(self.candidates):
+            raise ValueError(f"candidate must be in [0, {len(self.candidates) - 1}], got {i}")
+        return SegResult(self.candidates[i], self.engine, self.seconds, self.prob, self.candidates, self.scores, i, self.extra)
+
+
+@runtime_checkable
+class PromptPredictor(Protocol):
+    """What the UI needs from SAM, SAM 2, the click model and the classical fallback.
+
+    ``set_image`` does the heavy work once per image and preprocessing;
+    ``predict`` is called on every click and must be cheap.
+    """
+
+    name: str
+
+    def set_image(self, image: np.ndarray, geometry=None, key: str | None = None) -> None:
+        """image: float32 (h, w) in [0, 1], the PROCESSED image; geometry: bt_demo.geometry.Geometry
+        from the original slice to it (None: identity); key: content key for caches."""
+
+    def predict(self, points: Sequence[Sequence[float]], labels: Sequence[int], box: Sequence[float] | None = None,
+                previous: SegResult | None = None, multimask: bool = True) -> SegResult:
+        """points (N, 2) as (x, y) in ORIGINAL slice pixels; labels (N,) 1 positive / 0 negative;
+        box (x0, y0, x1, y1) in original pixels or None; previous: the last result (refinement)."""
+
+
+class NoImageError(RuntimeError):
+    """predict() before set_image()."""
+
+    def __init__(self, engine: str):
+        super().__init__(f"{engine}: call set_image(image) before predict(); no image has been set")

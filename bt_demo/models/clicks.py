@@ -1,0 +1,116 @@
+"""The built-in click model: our offline promptable segmenter.
+
+A U-Net (SegNet, task "clicks") whose input is the slice plus a positive-click
+map, a negative-click map and the previous mask (RITM/DeepEdit style). Every
+click is one forward pass; no hub download. Same face as SAM
+(``set_image`` / ``predict``), so the UI does not care which engine answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from bt_demo.geometry import Geometry
+from bt_demo.models import weights
+from bt_demo.models.base import NoImageError, SegResult
+from bt_demo.models.click_encoding import click_maps
+from bt_demo.models.postprocess import keep_components_touching
+from bt_demo.models.sizing import Letterbox
+
+DEFAULT_ID = "clicks"
+
+
+class ClickEngine:
+    """Promptable engine over a SegNet click model. One instance per session (holds the image)."""
+
+    name = "click model"
+
+    def __init__(self, model):
+        if getattr(model, "task", None) != "clicks":
+            raise ValueError("ClickEngine needs a SegNet trained with task='clicks'")
+        self.model = model
+        self._img: np.ndarray | None = None
+        self._geom: Geometry | None = None
+        self._lb: Letterbox | None = None
+        self._key: str | None = None
+
+    @classmethod
+    def load(cls, model_id: str = DEFAULT_ID, device: str | None = None) -> "ClickEngine | str":
+        from bt_demo.models.nets import SegNet
+
+        loaded = weights.load(SegNet, model_id, device=device, strict=True)
+        if not loaded.ok:
+            return f"click model unavailable, because {loaded.reason}"
+        if loaded.model.task != "clicks":
+            return f"click model unavailable, because {model_id} is a {loaded.model.task!r} model"
+        return cls(loaded.model)
+
+    def set_image(self, image: np.ndarray, geometry: Geometry | None = None, key: str | None = None) -> None:
+        """image: float32 (h, w) in [0, 1], the processed slice; geometry: original -> processed.
+
+        Cheap here (letterboxing only): the click model runs the whole network per click.
+        """
+        img = np.asarray(image, np.float32)
+        if img.ndim != 2:
+            raise ValueError(f"expected a 2-D image (h, w), got shape {img.shape}")
+        self._geom = geometry or Geometry.identity(img.shape)
+        if tuple(self._geom.processed_shape) != img.shape:
+            raise ValueError(f"geometry says processed shape {self._geom.processed_shape}, image is {img.shape}")
+        self._lb = Letterbox.fit(img.shape, self.model.input_size)
+        self._img = self._lb.image(img)
+        self._key = key
+
+    def predict(self, points: Sequence[Sequence[float]], labels: Sequence[int], box: Sequence[float] | None = None,
+                previous: SegResult | None = None, multimask: bool = False) -> SegResult:
+        """points (N, 2) (x, y) and box (x0, y0, x1, y1) in ORIGINAL slice pixels; labels 1/0.
+
+        A box without points acts as a positive click at its centre, and the
+        mask is limited to the box. ``previous`` (any engine's result for this
+        slice) is fed back as the previous-mask channel. ``multimask`` is
+        accepted for the common face; the click model gives one mask.
+        """
+        import torch
+
+        if self._img is None:
+            raise NoImageError(self.name)
+        t0 = time.perf_counter()
+        pts = [tuple(map(float, p)) for p in points]
+        labs = [int(l) for l in labels]
+        if len(pts) != len(labs):
+            raise ValueError(f"{len(pts)} points but {len(labs)} labels")
+        if box is not None:
+            x0, y0, x1, y1 = map(float, box)
+            box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+            if not any(l == 1 for l in labs):
+                pts.append(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+                labs.append(1)
+        if not pts:
+            raise ValueError("add a point or a box first")
+        geom, lb = self._geom, self._lb
+        mp = lb.points(geom.to_processed(np.asarray(pts, np.float64))) if pts else np.zeros((0, 2))
+        maps = click_maps(self._img.shape, mp, labs, self.model.click_radius)
+        prev = np.zeros_like(self._img)
+        if previous is not None and previous.mask.shape == tuple(geom.original_shape):
+            pm = geom.map_to_processed(previous.mask.astype(np.float32), order=1)
+            prev = lb.image(pm)
+            prev = (prev >= 0.5).astype(np.float32)
+        x = np.concatenate([self._img[None], maps, prev[None]])[None]
+        p = next(self.model.parameters())
+        with torch.inference_mode():
+            prob = torch.sigmoid(self.model(torch.from_numpy(x).to(p.device, p.dtype))).float().cpu().numpy()[0, 0]
+        mask = keep_components_touching(prob >= self.model.threshold, mp, labs)
+        if box is not None:
+            bp = lb.points(geom.to_processed(np.array([[box[0], box[1]], [box[2], box[3]]])))
+            inside = np.zeros_like(mask)
+            xa, ya = np.floor(bp.min(0)).astype(int)
+            xb, yb = np.ceil(bp.max(0)).astype(int)
+            inside[max(ya, 0):yb + 1, max(xa, 0):xb + 1] = True
+            mask &= inside
+        mask_p = lb.unmap(mask.astype(np.uint8), order=0) > 0
+        prob_p = lb.unmap(prob, order=1)
+        return SegResult(geom.map_to_original(mask_p, fill=False), self.name, time.perf_counter() - t0,
+                         prob=geom.map_to_original(prob_p, fill=0.0, order=1), candidates=(), scores=(),
+                         extra={"n_points": len(pts), "box": list(box) if box else None})

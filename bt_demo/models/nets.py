@@ -1,0 +1,122 @@
+"""The torch modules behind our own engines, in Hugging Face folder format.
+
+Each class mixes in ``huggingface_hub.PyTorchModelHubMixin``: ``save_pretrained``
+writes ``config.json`` (the ``__init__`` arguments, so input size and
+normalisation travel with the weights) and ``model.safetensors``;
+``from_pretrained`` takes a local folder or a hub id. ``train/`` writes exactly
+what the app reads.
+"""
+
+from __future__ import annotations
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+DEFAULT_SEG_ENCODER = "tu-mobilenetv3_large_100"
+DEFAULT_DECODER = (128, 64, 48, 32, 16)
+
+
+def standardize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-image z-score over (C, H, W) of the image channel only.
+
+    Models see the same statistics whatever the source's intensity units, so
+    a DICOM, a NIfTI slice and an 8-bit PNG land in the same range.
+    x: float (B, C, H, W); only channel 0 (the image) is standardised.
+    """
+    img = x[:, :1]
+    mean = img.mean(dim=(1, 2, 3), keepdim=True)
+    std = img.std(dim=(1, 2, 3), keepdim=True).clamp_min(eps)
+    return torch.cat([(img - mean) / std, x[:, 1:]], dim=1)
+
+
+class SegNet(nn.Module, PyTorchModelHubMixin, library_name="bt_demo", tags=["medical-imaging", "segmentation"]):
+    """segmentation-models-pytorch network plus the inference settings it was trained with.
+
+    ``task``: "segmentation" (input: the image, 1 channel) or "clicks" (input:
+    image, positive-click map, negative-click map, previous mask: 4 channels).
+    ``forward`` takes raw images in [0, 1] (B, C, H, W), H and W multiples of
+    32, and returns logits (B, 1, H, W); standardisation happens inside so
+    training and inference cannot drift apart.
+    """
+
+    def __init__(
+        self,
+        arch: str = "Unet",
+        encoder_name: str = DEFAULT_SEG_ENCODER,
+        encoder_depth: int = 5,
+        decoder_channels: list[int] | tuple[int, ...] = DEFAULT_DECODER,
+        in_channels: int = 1,
+        task: str = "segmentation",
+        input_size: int = 256,
+        threshold: float = 0.5,
+        min_component_px: int = 0,
+        click_radius: float = 5.0,
+        encoder_weights: str | None = None,
+    ):
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        if task not in ("segmentation", "clicks"):
+            raise ValueError(f"task must be 'segmentation' or 'clicks', got {task!r}")
+        self.task = task
+        self.input_size = int(input_size)
+        self.threshold = float(threshold)
+        self.min_component_px = int(min_component_px)
+        self.click_radius = float(click_radius)
+        self.in_channels = int(in_channels)
+        self.net = smp.create_model(
+            arch,
+            encoder_name=encoder_name,
+            encoder_depth=encoder_depth,
+            encoder_weights=encoder_weights,
+            decoder_channels=list(decoder_channels),
+            in_channels=in_channels,
+            classes=1,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(standardize(x))
+
+
+class ClassifierNet(nn.Module, PyTorchModelHubMixin, library_name="bt_demo", tags=["medical-imaging", "classification"]):
+    """A timm backbone for 4-class tumour classification on one gray channel.
+
+    ``forward`` takes images in [0, 1] (B, 1, S, S) and returns logits
+    (B, n_classes) *before* temperature scaling; ``temperature`` (fitted on
+    validation by ``train classifier``) divides the logits for calibrated
+    probabilities.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenetv3_large_100",
+        class_names: list[str] | tuple[str, ...] = ("glioma", "meningioma", "no_tumour", "pituitary"),
+        no_tumour_class: str = "no_tumour",
+        input_size: int = 224,
+        temperature: float = 1.0,
+        drop_rate: float = 0.2,
+        pretrained: bool = False,
+    ):
+        super().__init__()
+        import timm
+
+        self.class_names = list(class_names)
+        if no_tumour_class not in self.class_names:
+            raise ValueError(f"no_tumour_class {no_tumour_class!r} is not among class_names {self.class_names}")
+        self.no_tumour_class = no_tumour_class
+        self.input_size = int(input_size)
+        self.temperature = float(temperature)
+        self.backbone = timm.create_model(
+            backbone, pretrained=pretrained, in_chans=1, num_classes=len(self.class_names), drop_rate=drop_rate
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last convolutional feature map (B, C, h, w): Grad-CAM's target."""
+        return self.backbone.forward_features(standardize(x))
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_head(feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -1,0 +1,66 @@
+"""Fit any slice into a model's square input and map the answer back.
+
+The slice is resized so its longer side equals ``size`` (aspect kept), then
+zero-padded to size x size (centred). ``Letterbox`` remembers both so the
+output probability map, and any click, go back to the slice's own pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    in_shape: tuple[int, int]   # (H, W) of the image given
+    size: int                   # model input side
+    scale: float                # model pixels per input pixel
+    resized: tuple[int, int]    # (h, w) after resizing, before padding
+    pad: tuple[int, int]        # (top, left) padding
+
+    @classmethod
+    def fit(cls, shape: tuple[int, int], size: int) -> "Letterbox":
+        h, w = int(shape[0]), int(shape[1])
+        scale = size / max(h, w)
+        rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
+        return cls((h, w), int(size), scale, (rh, rw), ((size - rh) // 2, (size - rw) // 2))
+
+    def image(self, img: np.ndarray) -> np.ndarray:
+        """float32 (H, W) -> float32 (size, size); area interpolation when shrinking."""
+        import cv2
+
+        img = np.asarray(img, np.float32)
+        if img.shape != self.in_shape:
+            raise ValueError(f"image shape {img.shape} does not match letterbox {self.in_shape}")
+        if self.resized != self.in_shape:
+            interp = cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR
+            img = cv2.resize(img, (self.resized[1], self.resized[0]), interpolation=interp)
+        out = np.zeros((self.size, self.size), np.float32)
+        t, l = self.pad
+        out[t:t + self.resized[0], l:l + self.resized[1]] = img
+        return out
+
+    def points(self, points_xy) -> np.ndarray:
+        """(x, y) in the input image -> (x, y) in model pixels."""
+        p = np.asarray(points_xy, np.float64).reshape(-1, 2)
+        sy = self.resized[0] / self.in_shape[0]
+        sx = self.resized[1] / self.in_shape[1]
+        out = np.empty_like(p)
+        out[:, 0] = (p[:, 0] + 0.5) * sx - 0.5 + self.pad[1]
+        out[:, 1] = (p[:, 1] + 0.5) * sy - 0.5 + self.pad[0]
+        return out
+
+    def unmap(self, arr: np.ndarray, order: int = 1) -> np.ndarray:
+        """model (size, size) map -> (H, W) of the input image (linear for probabilities, nearest for masks)."""
+        import cv2
+
+        t, l = self.pad
+        crop = np.asarray(arr)[t:t + self.resized[0], l:l + self.resized[1]]
+        if crop.shape == self.in_shape:
+            return crop.copy()
+        src = crop.astype(np.float32)
+        interp = cv2.INTER_LINEAR if order == 1 else cv2.INTER_NEAREST
+        out = cv2.resize(src, (self.in_shape[1], self.in_shape[0]), interpolation=interp)
+        return out.astype(arr.dtype) if arr.dtype != np.float32 else out

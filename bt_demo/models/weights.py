@@ -1,0 +1,110 @@
+"""Find, load and cache model weights; report *why* an engine is unavailable.
+
+A model id is a local folder (``weights/unet``) or a Hugging Face hub id
+(``user/repo``). Loading is lazy, once per process per (class, id, device),
+thread-safe, and never raises to the caller: ``load`` returns a ``Loaded``
+with either the model or the reason it could not be loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def weights_dir() -> Path:
+    """The folder holding our models: $BT_WEIGHTS_DIR or <repo>/weights."""
+    return Path(os.environ.get("BT_WEIGHTS_DIR") or REPO_ROOT / "weights")
+
+
+def resolve(model_id: str | os.PathLike) -> str:
+    """A short name ("unet") means weights_dir()/unet; a path or hub id is kept."""
+    s = str(model_id)
+    if "/" not in s and "\\" not in s and not Path(s).exists():
+        return str(weights_dir() / s)
+    return s
+
+
+def pick_device(prefer: str | None = None):
+    import torch
+
+    prefer = prefer or os.environ.get("BT_DEVICE")
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Loaded:
+    """A model or the reason there is none. ``model`` is in eval mode on ``device``."""
+
+    model: Any | None
+    model_id: str
+    reason: str = ""
+    device: str = "cpu"
+
+    @property
+    def ok(self) -> bool:
+        return self.model is not None
+
+
+_cache: dict[tuple, Loaded] = {}
+_lock = threading.Lock()
+
+
+def _explain(exc: BaseException, model_id: str) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    low = msg.lower()
+    if not Path(model_id).exists() and any(w in low for w in ("offline", "connect", "resolve", "network", "internet")):
+        return f"cannot download {model_id} (no network?): {msg[:200]}"
+    return f"{type(exc).__name__}: {msg[:300]}"
+
+
+def load(cls, model_id: str | os.PathLike, device: str | None = None, **kwargs) -> Loaded:
+    """``cls.from_pretrained(model_id)`` once per process, strict about mismatched weights.
+
+    Absent folders, corrupt files, incompatible configs and missing network all
+    come back as ``Loaded(model=None, reason=...)``.
+    """
+    mid = resolve(model_id)
+    key = (cls.__module__, cls.__qualname__, mid, device, tuple(sorted(kwargs.items())))
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        loaded = _load_uncached(cls, mid, device, **kwargs)
+        _cache[key] = loaded
+        return loaded
+
+
+def _load_uncached(cls, mid: str, device: str | None, **kwargs) -> Loaded:
+    p = Path(mid)
+    looks_local = p.is_absolute() or mid.startswith((".", "weights")) or p.exists()
+    if looks_local and not p.exists():
+        return Loaded(None, mid, f"weights folder {mid} does not exist (train it with `python -m train ...`)")
+    if looks_local and not (p / "config.json").exists():
+        return Loaded(None, mid, f"no config.json in {mid} (not a saved model folder)")
+    try:
+        import torch
+
+        dev = pick_device(device)
+        model = cls.from_pretrained(mid, **kwargs)
+        model = model.to(dev).eval()
+        model = model.half() if dev.type == "cuda" and getattr(cls, "_half_on_gpu", True) else model.float()
+        for prm in model.parameters():
+            prm.requires_grad_(False)
+        return Loaded(model, mid, "", str(dev))
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a reason, never a crash
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return Loaded(None, mid, _explain(exc, mid))
+
+
+def clear_cache() -> None:
+    """Forget loaded models (tests, and the app when the weights folder changes)."""
+    with _lock:
+        _cache.clear()

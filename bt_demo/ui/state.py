@@ -1,0 +1,204 @@
+"""Per-session state of the demo: one :class:`Session` per browser tab, kept in ``gr.State``.
+
+Everything a session has computed lives here, never in module globals. The
+process-wide :class:`~bt_demo.models.registry.Engines` (shared, read-only
+model cache) is *not* part of the session; the session only holds its own
+promptable predictor (which holds this session's image) in a
+:class:`PredictorSlot`.
+
+Coordinates: every point, box and mask stored here is in the pixels of the
+ORIGINAL slice (``(x, y)`` = (column, row) for points; ``(H, W)`` masks), except
+where a field says "processed pixels".
+
+``gr.State`` deep-copies its initial value once per new session; a
+``Session`` deep-copies into a fresh, empty-handed session with its own lock
+and no predictor (so a shared torch model is never copied). Handlers mutate
+the session in place while holding ``session.lock``, and restore a snapshot
+when they fail (see :meth:`Session.snapshot` / :meth:`Session.restore`), so two
+events of one tab never lose each other's updates and a failed event leaves
+the session as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class PredictorSlot:
+    """This session's promptable predictor and the image it currently holds.
+
+    ``engine_key`` is one of ``bt_demo.models.registry.PROMPT_ENGINES``;
+    ``predictor`` the object from ``Engines.new_predictor`` (or None when that
+    engine is unavailable: ``reason`` says why); ``image_key`` the
+    ``Processed.key`` last given to ``set_image`` (None: no image yet).
+    The slot is mutated only together with the predictor, so the two never
+    disagree, even when a handler fails half-way.
+    """
+
+    def __init__(self, engine_key: str, predictor: Any = None, reason: str = ""):
+        self.engine_key = engine_key
+        self.predictor = predictor
+        self.reason = reason
+        self.image_key: str | None = None
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.predictor, "name", self.engine_key))
+
+    def ensure_image(self, processed) -> bool:
+        """``set_image`` the processed image unless the predictor already holds it. True when it ran."""
+        if self.predictor is None or processed is None:
+            return False
+        if self.image_key == processed.key:
+            return False
+        self.image_key = None
+        self.predictor.set_image(processed.image, processed.geometry, key=processed.key)
+        self.image_key = processed.key
+        return True
+
+    def __deepcopy__(self, memo):  # never copy a model: a copy is an empty slot for the same engine
+        return PredictorSlot(self.engine_key, None, self.reason)
+
+
+@dataclass
+class PromptState:
+    """Prompts in ORIGINAL slice pixels and the prompted result they produced."""
+
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    result: Any = None  # SegResult | None
+
+    def empty(self) -> bool:
+        return not self.points and self.box is None
+
+
+@dataclass
+class Session:
+    """What one browser tab has loaded and computed.
+
+    Attributes (all optional until a file is loaded):
+        slice: the loaded :class:`bt_demo.imaging.Slice`.
+        source_path: the server-side temporary copy of the upload (Gradio's
+            cache); used only to re-read another slice/frame of the same file,
+            never shown, exported or stored.
+        selectors: the chosen indices passed to ``load_slice`` (page, frame,
+            slice_index, volume, channel).
+        window: (center, width) used for display and for the unit image.
+        spacing_mm: pixel spacing typed by the user, used when the file gives none.
+        unit: ``slice.unit(window)``, float32 (H, W) in [0, 1], original pixels.
+        pipeline: the preprocessing spec, ``[(step name, params), ...]``.
+        processed: ``bt_demo.preprocess.Processed`` of ``unit`` (processed pixels).
+        slot: this session's :class:`PredictorSlot`.
+        prompts: current :class:`PromptState`; history: the states before each
+            prompt action (for "undo"); box_anchor: first corner of a box being clicked.
+        display_factor: integer upscale of the clickable image (display px per original px).
+        unet_prob: U-Net probability map in PROCESSED pixels (cached for the threshold slider),
+            unet_prob_key: the ``Processed.key`` it belongs to; unet_threshold; unet_result (SegResult).
+        kmeans_k, kmeans (KMeansResult, processed pixels), kmeans_key, kmeans_mask (original),
+            sweep (KSweep or None) and sweep_key.
+        classification (ClassResult), gradcam_class, gradcam (original pixels, float32).
+        opacity: overlay alpha in the comparison views.
+        workdir: per-session temporary folder for exports (created on first export,
+            removed when the session ends).
+    """
+
+    slice: Any = None
+    source_path: str | None = None
+    selectors: dict = field(default_factory=dict)
+    window: tuple[float, float] | None = None
+    spacing_mm: float | None = None
+    unit: np.ndarray | None = None
+    pipeline: list = field(default_factory=list)
+    processed: Any = None
+    slot: PredictorSlot | None = None
+    prompts: PromptState = field(default_factory=PromptState)
+    history: tuple[PromptState, ...] = ()
+    box_anchor: tuple[float, float] | None = None
+    display_factor: float = 1.0
+    unet_prob: np.ndarray | None = None
+    unet_prob_key: str | None = None
+    unet_threshold: float | None = None
+    unet_result: Any = None
+    kmeans_k: int = 4
+    kmeans: Any = None
+    kmeans_key: tuple | None = None
+    kmeans_mask: np.ndarray | None = None
+    sweep: Any = None
+    sweep_key: str | None = None
+    classification: Any = None
+    classification_key: str | None = None
+    gradcam_class: str | None = None
+    gradcam: np.ndarray | None = None
+    opacity: float = 0.4
+    workdir: str | None = None
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    # -- gr.State support ------------------------------------------------------
+    def __deepcopy__(self, memo) -> "Session":
+        """A fresh session: copied settings and arrays, a new lock, an empty predictor slot, no workdir."""
+        new = Session.__new__(Session)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "lock":
+                value = threading.RLock()
+            elif f.name == "workdir":
+                value = None
+            elif f.name == "slot":
+                value = copy.deepcopy(value, memo) if value is not None else None
+            else:
+                value = copy.deepcopy(value, memo)
+            object.__setattr__(new, f.name, value)
+        return new
+
+    # -- transactions ----------------------------------------------------------
+    def snapshot(self) -> dict:
+        """A shallow copy of every field; handlers replace (never mutate) field values, so this is enough."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lock"}
+
+    def restore(self, snap: dict) -> None:
+        for name, value in snap.items():
+            setattr(self, name, value)
+
+    # -- helpers ---------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self.slice is not None and self.processed is not None
+
+    def effective_spacing(self) -> tuple[float, float] | None:
+        """(row_mm, col_mm): the file's spacing, else the typed one, else None."""
+        if self.slice is not None and self.slice.spacing is not None:
+            return tuple(self.slice.spacing)
+        if self.spacing_mm is not None and self.spacing_mm > 0:
+            return (float(self.spacing_mm), float(self.spacing_mm))
+        return None
+
+    def ensure_workdir(self) -> str:
+        if self.workdir is None:
+            self.workdir = tempfile.mkdtemp(prefix="bt_demo_session_")
+        return self.workdir
+
+    def close(self) -> None:
+        """Remove the session's temporary folder (called when Gradio drops the session)."""
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def delete_session(session: Any) -> None:
+    """``gr.State(delete_callback=...)``: clean up a session Gradio is discarding."""
+    if isinstance(session, Session):
+        try:
+            session.close()
+        except Exception:  # noqa: BLE001 - cleanup must never raise into Gradio
+            log.exception("could not clean up a session")

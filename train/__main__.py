@@ -1,0 +1,28 @@
+"""python -m train {segmentation,clicks,classifier,evaluate} ... (each has --help)."""
+
+import sys
+
+COMMANDS = {
+    "segmentation": "train.segmentation",
+    "clicks": "train.clicks",
+    "classifier": "train.classifier",
+    "evaluate": "train.evaluate",
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        print("commands: " + ", ".join(COMMANDS))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    import importlib
+
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

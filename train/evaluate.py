@@ -1,0 +1,145 @@
+"""`python -m train evaluate`: measure a weights folder on held-out data and write its model card.
+
+Writes ``card.json`` and ``card.md`` beside the weights and plots (PNG) under
+the run folder. Segmentation and click models are measured on the run's *test*
+patients (never used for training, checkpoint or post-processing choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from train import lgg
+
+LGG_DATA = {
+    "name": "LGG MRI Segmentation (Buda et al.), FLAIR-only development subset (85 patients)",
+    "source": "TCGA-LGG via Kaggle mateuszbuda/lgg-mri-segmentation; copied from GitHub hua2980/brain-tumor-segmentation @ 383f3c2",
+    "licence": "Not stated in the source repository; the Kaggle page is believed to give CC BY-NC-SA 4.0. "
+               "Treat these weights as non-commercial research/demo use, with attribution.",
+    "citation": "Buda M, Saha A, Mazurowski MA. Computers in Biology and Medicine 109 (2019). doi:10.1016/j.compbiomed.2019.05.002",
+}
+NOT_FOR_DIAGNOSIS = "Research demo only. Not a medical device; not for diagnosis or treatment decisions."
+
+
+def floor(x: float, margin: float = 0.03) -> float:
+    """A floor a little under a measured value, for the regression test."""
+    return round(max(0.0, x - margin), 3)
+
+
+def _plots(run_dir: Path, per_patient: dict | None, key: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    hist_p = run_dir / "metrics.jsonl"
+    if hist_p.exists():
+        hist = [json.loads(l) for l in hist_p.read_text().splitlines() if l.strip()]
+        if hist:
+            fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+            ep = [h["epoch"] for h in hist]
+            ax[0].plot(ep, [h["loss"] for h in hist]); ax[0].set_title("training loss"); ax[0].set_xlabel("epoch")
+            ax[1].plot(ep, [h.get(key, np.nan) for h in hist]); ax[1].set_title(f"validation {key}"); ax[1].set_xlabel("epoch")
+            fig.tight_layout(); fig.savefig(run_dir / "curves.png", dpi=90); plt.close(fig)
+            out.append(str(run_dir / "curves.png"))
+    if per_patient:
+        fig, ax = plt.subplots(figsize=(9, 3.2))
+        names = list(per_patient)
+        ax.bar(range(len(names)), [per_patient[n] for n in names])
+        ax.set_xticks(range(len(names)), [n.split("_")[1] + "_" + n.split("_")[2] if n.count("_") >= 2 else n for n in names],
+                      rotation=70, fontsize=7)
+        ax.set_ylim(0, 1); ax.set_title("test Dice per patient (stacked slices)")
+        fig.tight_layout(); fig.savefig(run_dir / "dice_per_patient.png", dpi=90); plt.close(fig)
+        out.append(str(run_dir / "dice_per_patient.png"))
+    return out
+
+
+def write_card(weights: Path, card: dict) -> None:
+    (weights / "card.json").write_text(json.dumps(card, indent=1, default=str))
+    lines = [f"# {card['model']}", "", NOT_FOR_DIAGNOSIS, "", f"Task: {card['task']}", ""]
+    lines += ["## Data", ""] + [f"- {k}: {v}" for k, v in card["data"].items()] + [""]
+    lines += ["## Held-out metrics (reported once)", ""]
+    lines += [f"- {k}: {v}" for k, v in card["metrics"].items() if not isinstance(v, (dict, list))] + [""]
+    lines += ["## Floors checked by tests/test_shipped_models.py", ""] + [f"- {k}: {v}" for k, v in card["floors"].items()] + [""]
+    tr = card.get("training", {})
+    lines += ["## Training", ""] + [f"- {k}: {v}" for k, v in tr.items() if not isinstance(v, (dict, list))] + [""]
+    lines += ["## Reproduce", "", "```", card.get("training", {}).get("command", ""), card["evaluate_command"], "```", ""]
+    (weights / "card.md").write_text("\n".join(lines))
+
+
+def evaluate_segnet(weights: Path, run_dir: Path, data_root: str, patients: list[str] | None = None,
+                    device: str = "cpu", n_clicks: int = 20) -> dict:
+    """Metrics of a SegNet folder (task segmentation or clicks) on the given (default: test) patients."""
+    from bt_demo.models.nets import SegNet
+    from train.seg_eval import apply_post, click_protocol, noc, predict_probs, seg_metrics
+
+    model = SegNet.from_pretrained(str(weights), strict=True).float().eval()
+    if patients is None:
+        patients = json.loads((run_dir / "split.json").read_text())["test"]
+    data = lgg.load_lgg(data_root, patients=patients)
+    if model.task == "segmentation":
+        probs = predict_probs(model, data.images, device=device)
+        m = seg_metrics(apply_post(probs, model.threshold, model.min_component_px), data.masks, data.patients)
+        m_raw = seg_metrics(probs >= 0.5, data.masks, data.patients)
+        m["patient_dice_mean_without_postprocessing"] = m_raw["patient_dice_mean"]
+        return m
+    t = data.has_tumour
+    dice = click_protocol(model, data.images[t], data.masks[t], n_clicks=n_clicks, device=device)
+    return {"n_tumour_slices": int(t.sum()), "n_patients": len(set(data.patients.tolist())),
+            **{f"dice_after_{k}_clicks": float(dice[:, k - 1].mean()) for k in (1, 2, 3, 5, 10) if k <= n_clicks},
+            "noc85": noc(dice, 0.85), "noc90": noc(dice, 0.90), "noc_cap": n_clicks,
+            "dice_curve": [float(v) for v in dice.mean(0)]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train evaluate", description=__doc__)
+    p.add_argument("--weights", required=True, help="weights folder (config.json + model.safetensors)")
+    p.add_argument("--run-dir", required=True, help="the training run folder (split.json, train_info.json, metrics.jsonl)")
+    p.add_argument("--data", default=None, help="data root (LGG folder, or the class-folder root for the classifier)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    weights, run_dir = Path(args.weights), Path(args.run_dir)
+    cfg = json.loads((weights / "config.json").read_text())
+    info = json.loads((run_dir / "train_info.json").read_text()) if (run_dir / "train_info.json").exists() else {}
+    eval_cmd = "python -m train evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if "class_names" in cfg:
+        from train.classifier import evaluate_classifier
+
+        card = evaluate_classifier(weights, run_dir, args.data, info, eval_cmd)
+    else:
+        from train.segmentation import LGG_DEFAULT
+
+        data_root = args.data or str(LGG_DEFAULT)
+        split = json.loads((run_dir / "split.json").read_text())
+        m = evaluate_segnet(weights, run_dir, data_root, device=args.device)
+        task = cfg.get("task", "segmentation")
+        if task == "segmentation":
+            floors = {"patient_dice_mean": floor(m["patient_dice_mean"]),
+                      "slice_dice_tumour_mean": floor(m["slice_dice_tumour_mean"])}
+            key = "patient_dice_mean"
+        else:
+            floors = {"dice_after_1_clicks": floor(m["dice_after_1_clicks"]),
+                      "dice_after_3_clicks": floor(m["dice_after_3_clicks"])}
+            key = "dice_after_3_clicks"
+        plots = _plots(run_dir, m.get("per_patient"), key)
+        card = {"model": f"bt_demo {'U-Net' if task == 'segmentation' else 'click model'} ({cfg.get('encoder_name')})",
+                "task": task, "created": now, "config": cfg, "data": LGG_DATA | {"path": data_root},
+                "split": {"method": "sklearn GroupShuffleSplit by patient (test first, then validation)",
+                          "train_patients": split["train"], "val_patients": split["val"], "test_patients": split["test"]},
+                "metrics": {"evaluated_on": "test patients", **m}, "floors": floors,
+                "floor_patients": split["test"], "training": info, "plots": plots, "evaluate_command": eval_cmd}
+    write_card(weights, card)
+    print(json.dumps({k: v for k, v in card["metrics"].items() if not isinstance(v, (dict, list))}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""`python -m train segmentation`: the automatic U-Net on LGG FLAIR slices."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train import common, lgg
+from train.augment import augment_pair
+
+LGG_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg"
+
+
+def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
+    name = "clicks" if clicks else "unet"
+    p.add_argument("--data", default=str(LGG_DEFAULT), help="LGG folder (patient folders of *_N.png|tif + *_N_mask)")
+    p.add_argument("--corrections", default=None, help="a correction store folder to add to training (optional)")
+    p.add_argument("--out", default=f"weights/{name}", help="weights folder to write (config.json + model.safetensors + card)")
+    p.add_argument("--run-dir", default=f"runs/{name}", help="logs, metrics, checkpoints and plots")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--steps-per-epoch", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128, help="training crop side at full resolution (0: whole slice)")
+    p.add_argument("--input-size", type=int, default=256, help="side of the model's input at inference")
+    p.add_argument("--encoder", default="tu-mobilenetv3_large_100")
+    p.add_argument("--decoder-channels", default="128,64,48,32,16")
+    p.add_argument("--pretrained", action="store_true", help="start from ImageNet encoder weights (needs network)")
+    p.add_argument("--freeze-epochs", type=int, default=2, help="with --pretrained: epochs with the encoder frozen")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--patience", type=int, default=10, help="early stop after this many epochs without a better val score")
+    p.add_argument("--n-val", type=int, default=10, help="validation patients (checkpoint and post-processing choice)")
+    p.add_argument("--n-test", type=int, default=10, help="test patients (reported once in the card)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def seg_loss():
+    import segmentation_models_pytorch as smp
+
+    dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    bce = torch.nn.BCEWithLogitsLoss()
+
+    def f(logits, y, x):
+        return dice(logits, y) + bce(logits, y)
+    return f
+
+
+def load_split(args) -> tuple[lgg.LggSet, dict]:
+    data = lgg.load_lgg(args.data)
+    split = lgg.patient_split(data.patients, data.has_tumour, args.n_val, args.n_test, seed=args.seed)
+    return data, split
+
+
+def build_model(args, in_channels: int, task: str):
+    from bt_demo.models.nets import SegNet
+
+    return SegNet(encoder_name=args.encoder, decoder_channels=[int(c) for c in args.decoder_channels.split(",")],
+                  in_channels=in_channels, task=task, input_size=args.input_size,
+                  encoder_weights="imagenet" if args.pretrained else None)
+
+
+def encoder_freezer(model):
+    def f(frozen: bool):
+        for p in model.net.encoder.parameters():
+            p.requires_grad = not frozen
+    return f
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train segmentation", description=__doc__)
+    add_args(p)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common.set_seed(args.seed)
+    device = common.pick_device(args.device)
+    run = common.Run(args.run_dir, vars(args) | {"argv": sys.argv}, args.resume)
+    data, split = load_split(args)
+    (run.dir / "split.json").write_text(json.dumps(split, indent=1))
+    train_set, val_set = data.subset(split["train"]), data.subset(split["val"])
+    if args.corrections:
+        from train.corrections import load_corrections
+
+        extra = load_corrections(args.corrections, size=data.images.shape[1])
+        if len(extra):
+            train_set = lgg.LggSet(np.concatenate([train_set.images, extra.images]),
+                                   np.concatenate([train_set.masks, extra.masks]),
+                                   np.concatenate([train_set.patients, extra.patients]),
+                                   np.concatenate([train_set.slice_numbers, extra.slice_numbers]))
+    run.log.info(f"train {len(train_set.patient_ids)} patients / {len(train_set)} slices, "
+                 f"val {len(val_set.patient_ids)} / {len(val_set)}, test {len(split['test'])} patients")
+    tumour_idx = np.nonzero(train_set.has_tumour)[0]
+    all_idx = np.arange(len(train_set))
+    imgs_f = train_set.images
+
+    def make_batch(rng):
+        xs, ys = [], []
+        for _ in range(args.batch_size):
+            i = int(rng.choice(tumour_idx)) if (len(tumour_idx) and rng.random() < 0.6) else int(rng.choice(all_idx))
+            x, m = augment_pair(imgs_f[i].astype(np.float32) / 255.0, train_set.masks[i], rng, args.crop or None)
+            xs.append(x)
+            ys.append(m)
+        return (torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys).astype(np.float32))[:, None])
+
+    from train.seg_eval import predict_probs, seg_metrics
+
+    def validate(model):
+        probs = predict_probs(model, val_set.images, device=device)
+        return seg_metrics(probs >= 0.5, val_set.masks, val_set.patients)
+
+    model = build_model(args, 1, "segmentation")
+    summary = common.Timer()
+    result = __import__("train.loop", fromlist=["fit"]).fit(
+        model, run, make_batch=make_batch, loss_fn=seg_loss(), validate=validate, score_key="patient_dice_mean",
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
+        seed=args.seed, device=device, resume=args.resume, patience=args.patience,
+        freeze_epochs=args.freeze_epochs if args.pretrained else 0,
+        freeze=encoder_freezer(model) if args.pretrained else None, progress=not args.no_progress)
+    finish(model, run, args, val_set, result, summary(), device)
+    return 0
+
+
+def finish(model, run, args, val_set, result, wall_s, device) -> None:
+    """Choose post-processing on validation, export the weights, write the card via evaluate."""
+    from train.seg_eval import choose_postprocessing, predict_probs
+
+    probs = predict_probs(model, val_set.images, device=device)
+    best, grid = choose_postprocessing(probs, val_set.masks, val_set.patients)
+    model.threshold = float(best["threshold"])
+    model.min_component_px = int(best["min_component_px"])
+    model._hub_mixin_config["threshold"] = model.threshold
+    model._hub_mixin_config["min_component_px"] = model.min_component_px
+    run.log.info(f"post-processing chosen on validation: {best}")
+    common.export_weights(model, args.out)
+    train_info = {"command": "python -m train " + " ".join(sys.argv[1:]), "best_epoch": result["best_epoch"],
+                  "epochs_run": len(run.history()), "train_seconds": round(result["train_seconds"], 1),
+                  "wall_seconds_this_process": round(wall_s, 1), "images_seen": result["images_seen"],
+                  "images_per_s": round(result["images_per_s"], 2), "val_best_score": result["best_score"],
+                  "postprocessing_grid_val": grid, "postprocessing_chosen": best, "machine": common.machine_info(),
+                  "args": {k: v for k, v in vars(args).items()}}
+    (run.dir / "train_info.json").write_text(json.dumps(train_info, indent=1, default=str))
+    from train import evaluate
+
+    evaluate.main(["--weights", args.out, "--run-dir", str(run.dir), "--data", args.data])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
