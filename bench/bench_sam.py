@@ -4,8 +4,9 @@
 
 1. Image-encoder time (what ``set_image`` costs) of each candidate ARCHITECTURE,
    built from its config with random weights (nothing is downloaded; speed
-   does not depend on the weight values): median and p95 of ``--repeats`` runs
-   after one warm-up, at 1024 x 1024.
+   does not depend on the weight values), at 1024 x 1024: one warm-up run
+   under torch's FLOP counter, then ``--repeats`` rounds that run the
+   candidates in turn (fair when the CPU is shared); median, min and p95.
 2. For the fastest encoder, the real engine path: the random model is saved with
    ``save_pretrained`` and loaded with ``SamEngine.load`` as the app does; then
    ``set_image`` on a 256 x 256 phantom and ``--clicks`` ``predict`` calls with
@@ -101,13 +102,13 @@ def predict_benchmark(name: str, clicks: int = 20, size: int = 1024) -> dict:
 
 
 def table(rows: list[dict], pred: dict) -> str:
-    lines = ["| candidate | hub id | params (M) | encoder ms median | p95 | est. first click ms |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| candidate | hub id | params (M) | encoder GFLOPs | encoder ms median | min | p95 | est. first click ms |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(rows, key=lambda r: r["encoder_ms_median"]):
         first = r["encoder_ms_median"] + pred["predict_ms_median"]
         same = f" (= {r['same_as']})" if r.get("same_as") else ""
-        lines.append(f"| {r['name']}{same} | {r['hub_id']} | {r['params_m']} | {r['encoder_ms_median']:.0f} | "
-                     f"{r['encoder_ms_p95']:.0f} | {first:.0f} |")
+        lines.append(f"| {r['name']}{same} | {r['hub_id']} | {r['params_m']} | {r['gflops']} | "
+                     f"{r['encoder_ms_median']:.0f} | {r['encoder_ms_min']:.0f} | {r['encoder_ms_p95']:.0f} | {first:.0f} |")
     lines += ["", f"`predict` with a cached embedding ({pred['name']}, 256 x 256 slice, {pred['clicks']} clicks): "
               f"median {pred['predict_ms_median']} ms, p95 {pred['predict_ms_p95']} ms; "
               f"measured set_image {pred['set_image_ms']} ms + first predict {pred['first_predict_ms']} ms "

@@ -30,6 +30,8 @@ def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
     p.add_argument("--input-size", type=int, default=256, help="side of the model's input at inference")
     p.add_argument("--encoder", default="tu-mobilenetv3_large_100")
     p.add_argument("--decoder-channels", default="128,64,48,32,16")
+    p.add_argument("--init-from", default=None,
+                   help="start from an existing weights folder of the same kind (e.g. the shipped one) instead of scratch")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet encoder weights (needs network)")
     p.add_argument("--freeze-epochs", type=int, default=2, help="with --pretrained: epochs with the encoder frozen")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -63,7 +65,16 @@ def load_split(args) -> tuple[lgg.LggSet, dict]:
 def build_model(args, in_channels: int, task: str):
     from bt_demo.models.nets import SegNet
 
-    return SegNet(encoder_name=args.encoder, decoder_channels=[int(c) for c in args.decoder_channels.split(",")],
+    if args.init_from:
+        model = SegNet.from_pretrained(args.init_from, strict=True).float().train()
+        if model.task != task:
+            raise SystemExit(f"--init-from {args.init_from} is a {model.task!r} model, not {task!r}")
+        for prm in model.parameters():
+            prm.requires_grad_(True)
+        return model
+
+    dec = [int(c) for c in args.decoder_channels.split(",")]
+    return SegNet(encoder_name=args.encoder, decoder_channels=dec, encoder_depth=len(dec),
                   in_channels=in_channels, task=task, input_size=args.input_size,
                   encoder_weights="imagenet" if args.pretrained else None)
 

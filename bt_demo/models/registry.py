@@ -78,7 +78,7 @@ class Engines:
             return "SAM unavailable, because it was disabled (--sam-model none)"
         from bt_demo.models import sam
 
-        return sam.SamEngine.load(self.sam_model or sam.DEFAULT_SAM_ID, self.device)
+        return sam.SamEngine.load(self.sam_model or sam.default_model_id(self.device), self.device)
 
     def _clicks_probe(self):
         from bt_demo.models.clicks import ClickEngine
@@ -96,7 +96,9 @@ class Engines:
         probe = self._get(key, self._sam_probe if key == "sam" else self._clicks_probe)
         if isinstance(probe, str):
             return probe
-        return probe.clone() if hasattr(probe, "clone") else type(probe)(probe.model)
+        if hasattr(probe, "new_session"):  # SAM: shares model, processor and embedding cache
+            return probe.new_session()
+        return type(probe)(probe.model)
 
     def statuses(self) -> list[EngineStatus]:
         """Every engine, available or not, with its reason. Loads what was not tried yet."""

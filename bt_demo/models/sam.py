@@ -9,35 +9,43 @@ differs between them lives in ``_Family``.
 
 Which model by default (measured with ``python -m bench.bench_sam``)
 ---------------------------------------------------------------------
-A first click costs one image-encoder run plus one ``predict``; later clicks
-cost ``predict`` only. Image-encoder time at 1024 x 1024, random weights of
-each architecture, torch 2.14.1, 2 threads on the 2-vCPU development box
-(which was also running a training job, so absolute numbers are pessimistic;
-the ranking is what matters), median of 3 runs (bench/results/sam_cpu.json):
+A first click on a new slice costs one image-encoder run plus one
+``predict``; later clicks cost ``predict`` only. Image encoder at 1024 x 1024,
+random weights of each architecture, torch 2.14.1, 2 threads, on the 2-vCPU
+development box while two training jobs shared its cores (load average 3.6 to
+5.2), so absolute times are several times worse than on an idle machine; the
+candidates ran in turn, round by round, so the ranking is fair
+(bench/results/sam_cpu.json):
 
-=============================  =====================================  =========
-architecture                   hub id                                  encoder
-=============================  =====================================  =========
-SAM 2.1 Hiera-T                facebook/sam2.1-hiera-tiny               3.4 s
-SlimSAM-77 (pruned ViT-B)      nielsr/slimsam-77-uniform                4.2 s
-SAM 2.1 Hiera-S                facebook/sam2.1-hiera-small              4.5 s
-SlimSAM-50 (pruned ViT-B)      nielsr/slimsam-50-uniform                7.9 s
-SAM ViT-B (= MedSAM's)         facebook/sam-vit-base                   20.5 s
-=============================  =====================================  =========
+=========================  ==============================  ======  ===========  ==========
+architecture               hub id                          GFLOPs  median (s)   best (s)
+=========================  ==============================  ======  ===========  ==========
+SAM 2.1 Hiera-T            facebook/sam2.1-hiera-tiny         207     12.4         7.6
+SAM 2.1 Hiera-S            facebook/sam2.1-hiera-small        269     13.4        11.0
+SlimSAM-77 (pruned ViT-B)  nielsr/slimsam-77-uniform           43     15.8        14.3
+SlimSAM-50 (pruned ViT-B)  nielsr/slimsam-50-uniform          192     25.7        17.7
+SAM ViT-B (= MedSAM)       facebook/sam-vit-base              742     41.9        28.3
+=========================  ==============================  ======  ===========  ==========
 
-``predict`` with the embedding cached (SAM 2.1 Hiera-T, 256 x 256 slice, 20
-clicks): median 38 ms, p95 60 ms.
+SlimSAM needs 5x fewer FLOPs than Hiera-T yet runs slower: SAM's ViT
+materialises 4096 x 4096 attention maps with relative-position terms in its
+global layers, which is memory-bound on a CPU, while Hiera attends in windows
+and through SDPA. (With one thread, an ad-hoc check that ``--threads 1``
+repeats gave the same order: Hiera-T 4.9 s, SlimSAM-77 8.3 s.) ``predict``
+with the embedding cached (Hiera-T, 256 x 256 slice, 20 clicks, same loaded
+box): median 370 ms, p95 1.6 s.
 
-* CPU default: ``facebook/sam2.1-hiera-tiny`` (``DEFAULT_SAM_ID``): the fastest
-  first click measured, and, unlike SlimSAM-77 (a ViT-B pruned to 23 % of its
-  width, close in speed here), not a compressed copy of the original SAM: it
-  is a model of its own, trained on more data, and it is the better
-  segmenter of the two on the SAM 2 paper's benchmarks.
+* CPU default: ``facebook/sam2.1-hiera-tiny`` (``DEFAULT_SAM_ID``), the fastest
+  first click measured, and a model of its own (trained on SA-1B and SA-V),
+  not a pruned copy of SAM like SlimSAM.
 * GPU default: ``facebook/sam2.1-hiera-large`` (``DEFAULT_SAM_ID_GPU``), the
-  most accurate SAM 2.1 checkpoint; its encoder takes tens of milliseconds on
-  a datacentre GPU (published figures, NOT measured here: this box has no GPU).
-* ViT-B (and MedSAM, the same architecture) takes ~20 s per first click on
-  2 vCPUs: usable only with a GPU. MedSAM was trained with box prompts.
+  most accurate SAM 2.1 checkpoint; on a GPU every encoder here takes well
+  under a second, so accuracy decides. NOT measured here (no GPU on this box).
+* ViT-B (and MedSAM, the same architecture; MedSAM was trained with box
+  prompts) costs the most per first click on a CPU: use it with a GPU.
+* On a CPU shared with other work, 2 torch threads can be much slower than 1
+  (OpenMP threads waiting for each other); the app may want
+  ``torch.set_num_threads(1)`` there.
 
 Override with ``BT_SAM_MODEL`` or the app's ``--sam-model`` (a hub id or a
 local ``save_pretrained`` folder).
@@ -685,48 +693,59 @@ def encoder_benchmark(config_names: list[str], size: int = 1024, repeats: int = 
     """Time each candidate ARCHITECTURE's image encoder on this machine (random weights, no download).
 
     config_names: keys of ``CANDIDATES``; unknown names raise ``ValueError``
-    listing the options. size: square input in px. repeats: timed runs after
-    one warm-up run. Uses torch's current thread count. Returns one dict per
-    name: name, hub_id, family, params_m (encoder+decoder, millions),
-    encoder_ms_median / _p95 / _min, runs_ms, size, source; a candidate whose
-    architecture equals one measured before reuses its numbers (``same_as``).
+    listing the options. size: square input in px. repeats: timed rounds.
+
+    All models are built first; each runs once under torch's FLOP counter
+    (warm-up, and a load-independent cost), then the timed runs go round-robin
+    (model A, B, C, A, B, C, ...) so that a CPU shared with other work slows
+    every candidate alike. Uses torch's current thread count.
+
+    Returns one dict per name: name, hub_id, family, params_m (encoder +
+    decoder, millions), gflops (encoder, one image), encoder_ms_median / _p95 /
+    _min, runs_ms, size, source. A candidate whose architecture equals one
+    listed before it reuses that one's numbers (``same_as``).
     """
     import gc
 
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     unknown = [n for n in config_names if n not in CANDIDATES]
     if unknown:
         raise ValueError(f"unknown candidate(s) {unknown}; options: {', '.join(CANDIDATES)}")
     if int(repeats) < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    results: dict[str, dict] = {}
+    measured = [n for n in dict.fromkeys(config_names) if not (CANDIDATES[n].same_as in config_names)]
+    models, rows = {}, {}
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        for name in measured:
+            torch.manual_seed(0)
+            models[name] = CANDIDATES[name].build(size)
+            counter = FlopCounterMode(display=False)
+            with counter:
+                models[name].get_image_embeddings(x)
+            rows[name] = {"params_m": round(sum(p.numel() for p in models[name].parameters()) / 1e6, 2),
+                          "gflops": round(counter.get_total_flops() / 1e9, 1), "runs_ms": []}
+        for _ in range(int(repeats)):
+            for name in measured:
+                t0 = time.perf_counter()
+                models[name].get_image_embeddings(x)
+                rows[name]["runs_ms"].append(round((time.perf_counter() - t0) * 1000.0, 1))
+    del models
+    gc.collect()
     out = []
     for name in config_names:
         cand = CANDIDATES[name]
-        base = {"name": name, "hub_id": cand.hub_id, "family": cand.family, "size": int(size), "source": cand.source}
-        if cand.same_as and cand.same_as in results:
-            r = {**results[cand.same_as], **base, "same_as": cand.same_as}
-            out.append(r)
-            continue
-        torch.manual_seed(0)
-        model = cand.build(size)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        x = torch.randn(1, 3, size, size)
-        runs = []
-        with torch.inference_mode():
-            model.get_image_embeddings(x)  # warm-up
-            for _ in range(int(repeats)):
-                t0 = time.perf_counter()
-                model.get_image_embeddings(x)
-                runs.append((time.perf_counter() - t0) * 1000.0)
-        r = {**base, "params_m": round(params, 2), "encoder_ms_median": round(statistics.median(runs), 1),
-             "encoder_ms_p95": round(_percentile(runs, 95), 1), "encoder_ms_min": round(min(runs), 1),
-             "runs_ms": [round(v, 1) for v in runs]}
-        results[name] = r
+        src = cand.same_as if name not in rows else name
+        runs = rows[src]["runs_ms"]
+        r = {"name": name, "hub_id": cand.hub_id, "family": cand.family, "size": int(size), "source": cand.source,
+             "params_m": rows[src]["params_m"], "gflops": rows[src]["gflops"],
+             "encoder_ms_median": round(statistics.median(runs), 1), "encoder_ms_p95": round(_percentile(runs, 95), 1),
+             "encoder_ms_min": round(min(runs), 1), "runs_ms": runs}
+        if src != name:
+            r["same_as"] = src
         out.append(r)
-        del model, x
-        gc.collect()
     return out
 
 

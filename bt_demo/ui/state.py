@@ -11,8 +11,10 @@ ORIGINAL slice (``(x, y)`` = (column, row) for points; ``(H, W)`` masks), except
 where a field says "processed pixels".
 
 ``gr.State`` deep-copies its initial value once per new session; a
-``Session`` deep-copies into a fresh, empty-handed session with its own lock
-and no predictor (so a shared torch model is never copied). Handlers mutate
+``Session`` deep-copies into one with the same (shared, read-only) content,
+its own lock and an empty predictor slot, so a shared torch model is never
+copied. ``Session`` is deliberately not a dataclass: ``gr.State`` would
+try to ``dataclasses.asdict`` it for the page config. Handlers mutate
 the session in place while holding ``session.lock``, and restore a snapshot
 when they fail (see :meth:`Session.snapshot` / :meth:`Session.restore`), so two
 events of one tab never lose each other's updates and a failed event leaves
@@ -26,7 +28,7 @@ import logging
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,12 +80,13 @@ class PromptState:
     labels: tuple[int, ...] = ()
     box: tuple[float, float, float, float] | None = None
     result: Any = None  # SegResult | None
+    image_key: str | None = None   # Processed.key the result was computed on
+    engine_key: str | None = None  # engine that computed it
 
     def empty(self) -> bool:
         return not self.points and self.box is None
 
 
-@dataclass
 class Session:
     """What one browser tab has loaded and computed.
 
@@ -97,74 +100,92 @@ class Session:
         window: (center, width) used for display and for the unit image.
         spacing_mm: pixel spacing typed by the user, used when the file gives none.
         unit: ``slice.unit(window)``, float32 (H, W) in [0, 1], original pixels.
-        pipeline: the preprocessing spec, ``[(step name, params), ...]``.
+        pipeline: the preprocessing spec, ``[(step name, params), ...]``; None until first
+            needed, then ``bt_demo.preprocess.default_pipeline()``.
         processed: ``bt_demo.preprocess.Processed`` of ``unit`` (processed pixels).
         slot: this session's :class:`PredictorSlot`.
         prompts: current :class:`PromptState`; history: the states before each
             prompt action (for "undo"); box_anchor: first corner of a box being clicked.
         display_factor: integer upscale of the clickable image (display px per original px).
         unet_prob: U-Net probability map in PROCESSED pixels (cached for the threshold slider),
-            unet_prob_key: the ``Processed.key`` it belongs to; unet_threshold; unet_result (SegResult).
+            unet_prob_key: the ``Processed.key`` it belongs to; unet_threshold; unet_result (SegResult);
+            unet_reason: why there is no U-Net (None when there is one).
         kmeans_k, kmeans (KMeansResult, processed pixels), kmeans_key, kmeans_mask (original),
             sweep (KSweep or None) and sweep_key.
-        classification (ClassResult), gradcam_class, gradcam (original pixels, float32).
+        classification (ClassResult), classifier_reason, gradcam_class, gradcam (original pixels, float32).
         opacity: overlay alpha in the comparison views.
         workdir: per-session temporary folder for exports (created on first export,
             removed when the session ends).
     """
 
-    slice: Any = None
-    source_path: str | None = None
-    selectors: dict = field(default_factory=dict)
-    window: tuple[float, float] | None = None
-    spacing_mm: float | None = None
-    unit: np.ndarray | None = None
-    pipeline: list = field(default_factory=list)
-    processed: Any = None
-    slot: PredictorSlot | None = None
-    prompts: PromptState = field(default_factory=PromptState)
-    history: tuple[PromptState, ...] = ()
-    box_anchor: tuple[float, float] | None = None
-    display_factor: float = 1.0
-    unet_prob: np.ndarray | None = None
-    unet_prob_key: str | None = None
-    unet_threshold: float | None = None
-    unet_result: Any = None
-    kmeans_k: int = 4
-    kmeans: Any = None
-    kmeans_key: tuple | None = None
-    kmeans_mask: np.ndarray | None = None
-    sweep: Any = None
-    sweep_key: str | None = None
-    classification: Any = None
-    classification_key: str | None = None
-    gradcam_class: str | None = None
-    gradcam: np.ndarray | None = None
-    opacity: float = 0.4
-    workdir: str | None = None
-    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
+    _FIELDS = ("slice", "source_path", "selectors", "window", "spacing_mm", "unit", "pipeline", "processed",
+               "slot", "prompts", "history", "box_anchor", "display_factor", "unet_prob", "unet_prob_key",
+               "unet_threshold", "unet_result", "unet_reason", "kmeans_k", "kmeans", "kmeans_key", "kmeans_mask",
+               "sweep", "sweep_key", "classification", "classification_key", "classifier_reason",
+               "gradcam_class", "gradcam", "opacity", "workdir")
+
+    def __init__(self) -> None:
+        self.slice: Any = None
+        self.source_path: str | None = None
+        self.selectors: dict = {}
+        self.window: tuple[float, float] | None = None
+        self.spacing_mm: float | None = None
+        self.unit: np.ndarray | None = None
+        self.pipeline: list | None = None
+        self.processed: Any = None
+        self.slot: PredictorSlot | None = None
+        self.prompts: PromptState = PromptState()
+        self.history: tuple[PromptState, ...] = ()
+        self.box_anchor: tuple[float, float] | None = None
+        self.display_factor: float = 1.0
+        self.unet_prob: np.ndarray | None = None
+        self.unet_prob_key: str | None = None
+        self.unet_threshold: float | None = None
+        self.unet_result: Any = None
+        self.unet_reason: str | None = None
+        self.kmeans_k: int = 4
+        self.kmeans: Any = None
+        self.kmeans_key: tuple | None = None
+        self.kmeans_mask: np.ndarray | None = None
+        self.sweep: Any = None
+        self.sweep_key: str | None = None
+        self.classification: Any = None
+        self.classification_key: str | None = None
+        self.classifier_reason: str | None = None
+        self.gradcam_class: str | None = None
+        self.gradcam: np.ndarray | None = None
+        self.opacity: float = 0.4
+        self.workdir: str | None = None
+        self.lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        what = "empty" if self.slice is None else f"{self.slice.source} {self.slice.shape}"
+        return f"Session({what}, {len(self.prompts.points)} points)"
 
     # -- gr.State support ------------------------------------------------------
     def __deepcopy__(self, memo) -> "Session":
-        """A fresh session: copied settings and arrays, a new lock, an empty predictor slot, no workdir."""
-        new = Session.__new__(Session)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "lock":
-                value = threading.RLock()
-            elif f.name == "workdir":
-                value = None
-            elif f.name == "slot":
-                value = copy.deepcopy(value, memo) if value is not None else None
-            else:
+        """A new session with the same content: a new lock, an empty predictor slot, no workdir.
+
+        Values are shared, not copied: handlers replace field values and never
+        change them in place (slices, results and arrays are treated as
+        read-only), so sharing is safe; the settings containers are copied.
+        """
+        new = Session()
+        for name in self._FIELDS:
+            value = getattr(self, name)
+            if name in ("selectors", "pipeline"):
                 value = copy.deepcopy(value, memo)
-            object.__setattr__(new, f.name, value)
+            elif name == "slot":
+                value = copy.deepcopy(value, memo) if value is not None else None
+            elif name == "workdir":
+                value = None
+            setattr(new, name, value)
         return new
 
     # -- transactions ----------------------------------------------------------
     def snapshot(self) -> dict:
         """A shallow copy of every field; handlers replace (never mutate) field values, so this is enough."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lock"}
+        return {name: getattr(self, name) for name in self._FIELDS if name != "workdir"}
 
     def restore(self, snap: dict) -> None:
         for name, value in snap.items():

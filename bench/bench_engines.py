@@ -1,0 +1,99 @@
+"""Engine latency on this machine: U-Net, classifier, click model, random walker, SAM predict.
+
+python -m bench.bench_engines [--repeats N] [--weights-dir weights] [--json out.json]
+
+Uses the shipped weights when present; otherwise builds each model's default
+architecture with random weights (same cost). Times are per call on a
+phantom slice, median and p95 over repeated runs, torch on the CPU with the
+default thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import markdown, time_it, write
+
+
+def _phantom(size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    try:
+        from bt_demo.phantom import flair_phantom
+
+        img, lesion = flair_phantom((size, size), seed=0)
+        ys, xs = np.nonzero(lesion)
+        return img, (int(xs.mean()), int(ys.mean()))
+    except ImportError:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[:size, :size]
+        img = 0.3 + 0.05 * rng.standard_normal((size, size))
+        c = (int(size * 0.6), int(size * 0.4))
+        img[(xx - c[0]) ** 2 + (yy - c[1]) ** 2 < (size // 12) ** 2] = 0.9
+        return np.clip(img, 0, 1).astype(np.float32), c
+
+
+def _engines(weights_dir: str | None):
+    """(unet, classifier, clicks, source) from shipped weights, else default architectures."""
+    from bt_demo.models.clicks import ClickEngine
+    from bt_demo.models.classifier import ClassifierEngine
+    from bt_demo.models.unet import UNetEngine
+
+    wd = Path(weights_dir) if weights_dir else None
+    u = UNetEngine.load(str(wd / "unet")) if wd else "no dir"
+    c = ClassifierEngine.load(str(wd / "classifier")) if wd else "no dir"
+    k = ClickEngine.load(str(wd / "clicks")) if wd else "no dir"
+    source = {}
+    if any(isinstance(e, str) for e in (u, c, k)):
+        from bt_demo.models.nets import ClassifierNet, SegNet
+
+        tmp = Path(tempfile.mkdtemp())
+        if isinstance(u, str):
+            SegNet().save_pretrained(tmp / "unet"); u = UNetEngine.load(str(tmp / "unet")); source["unet"] = "random init"
+        if isinstance(k, str):
+            SegNet(task="clicks", in_channels=4).save_pretrained(tmp / "clicks"); k = ClickEngine.load(str(tmp / "clicks"))
+            source["clicks"] = "random init"
+        if isinstance(c, str):
+            ClassifierNet(input_size=192).save_pretrained(tmp / "cls"); c = ClassifierEngine.load(str(tmp / "cls"))
+            source["classifier"] = "random init"
+    return u, c, k, source
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--weights-dir", default=str(Path(__file__).resolve().parents[1] / "weights"))
+    p.add_argument("--sizes", default="256,512")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    from bt_demo.models.classical import RandomWalkerEngine
+
+    unet, cls, clicks, source = _engines(args.weights_dir)
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        img, (cx, cy) = _phantom(size)
+        rows.append({"item": "U-Net probabilities + mask", "size": size,
+                     **time_it(lambda: unet.segment(img), args.repeats)})
+        rows.append({"item": "classifier (calibrated probs)", "size": size, **time_it(lambda: cls.classify(img), args.repeats)})
+        rows.append({"item": "classifier Grad-CAM", "size": size, **time_it(lambda: cls.gradcam(img), max(3, args.repeats // 4))})
+        clicks.set_image(img)
+        first = clicks.predict([(cx, cy)], [1])
+        rows.append({"item": "click model, 1 click", "size": size, **time_it(lambda: clicks.predict([(cx, cy)], [1]), args.repeats)})
+        pts = [(cx, cy), (cx + size // 20, cy), (cx - size // 10, cy + size // 10)]
+        rows.append({"item": "click model, 3 clicks + previous", "size": size,
+                     **time_it(lambda: clicks.predict(pts, [1, 1, 0], previous=first), args.repeats)})
+        rw = RandomWalkerEngine()
+        rw.set_image(img)
+        rows.append({"item": "random walker, 1 click", "size": size, **time_it(lambda: rw.predict([(cx, cy)], [1]), max(5, args.repeats // 2))})
+    for r in rows:
+        r["weights"] = source.get({"U": "unet", "c": "classifier"}.get(r["item"][0], "clicks"), "shipped") if not r["item"].startswith("random") else "-"
+    print(markdown(rows, ["item", "size", "median_ms", "p95_ms", "weights"]))
+    out = write("engines", rows, {"weights_source": source}, args.json)
+    print(f"\nwritten {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

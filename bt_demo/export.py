@@ -1,0 +1,215 @@
+"""Export a mask (PNG, NIfTI) and a JSON report, for the user to download.
+
+Conventions
+-----------
+* A mask is ``(H, W)`` = (rows, columns) in the pixels of the uploaded slice;
+  bool, or numbers where ``> 0`` is lesion (:func:`bt_demo.metrics.as_mask`).
+* ``spacing`` is ``(row_mm, col_mm)``, both finite and > 0, or ``None``.
+
+NIfTI layout (what :func:`mask_nifti` writes)
+---------------------------------------------
+The 2-D mask is stored as a 3-D volume ``data`` of shape ``(W, H, 1)``,
+``uint8`` 0/1, with ``data[i, j, 0] = mask[j, i]`` and the affine
+``diag(-col_mm, -row_mm, 1, 1)`` (qform and sform code 1, units mm). So array
+axis ``i`` (the mask's columns) runs to the patient's *left* and ``j`` (its
+rows) to *posterior*: DICOM's LPS pixel order, the layout ITK-SNAP, 3D Slicer
+and nibabel expect. :func:`bt_demo.imaging.load_slice` reorients NIfTI to RAS+
+and displays it radiologically (anterior at the top, the patient's right on
+the image's left), which puts ``data[i, j, 0]`` back at row ``j``, column
+``i``: reading the file with ``load_slice`` gives ``pixels == mask`` and
+``spacing == (row_mm, col_mm)`` to float32 precision, as NIfTI stores it
+(0.9 comes back as 0.8999999762; tested). When ``spacing`` is ``None`` the
+pixels are written as 1 mm (NIfTI has no "unknown"); the report says
+``"spacing_mm": null`` so nobody mistakes that for a measurement.
+
+Nothing exported carries a file name or a patient field: names are
+``mask_<id>.png`` etc. with a random id, the PNG has no text chunks, the NIfTI
+``descrip`` is a fixed string, and :func:`build_report` refuses identifying
+keys and file-name-like values (the rules of :mod:`bt_demo.annotations`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from bt_demo.annotations import check_deidentified, to_jsonable
+from bt_demo.errors import InputError
+from bt_demo.metrics import as_mask
+
+__all__ = ["DISCLAIMER", "REPORT_SCHEMA_VERSION", "build_report", "mask_nifti", "mask_png", "write_bundle"]
+
+DISCLAIMER = "Research demo, not for diagnosis."
+REPORT_SCHEMA_VERSION = 1
+
+
+def _spacing(spacing) -> tuple[float, float] | None:
+    if spacing is None:
+        return None
+    try:
+        sp = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise InputError(f"spacing must be (row_mm, col_mm) with two numbers > 0, or None; got {spacing!r}") from None
+    if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise InputError(f"spacing must be (row_mm, col_mm) with two finite numbers > 0, or None; got {spacing!r}")
+    return sp
+
+
+def _mask(mask) -> np.ndarray:
+    m = as_mask(mask, "mask")
+    if m.size == 0:
+        raise InputError(f"mask is empty (shape {m.shape}); nothing to export")
+    return m
+
+
+def mask_png(mask) -> bytes:
+    """The mask as an 8-bit gray PNG: 255 = lesion, 0 = background; ``(H, W)`` kept.
+
+    Args:
+        mask: ``(H, W)`` bool or numeric (``> 0`` = lesion).
+    Returns:
+        PNG bytes (no text chunks).
+    """
+    import cv2
+
+    m = _mask(mask)
+    ok, buf = cv2.imencode(".png", m.astype(np.uint8) * 255, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise InputError("the mask could not be encoded as PNG")
+    return buf.tobytes()
+
+
+def mask_nifti(mask, spacing=None) -> bytes:
+    """The mask as ``.nii.gz`` bytes: uint8 0/1, pixel spacing in the affine.
+
+    Args:
+        mask: ``(H, W)`` bool or numeric (``> 0`` = lesion).
+        spacing: ``(row_mm, col_mm)`` or ``None`` (written as 1 mm).
+    Returns:
+        gzip-compressed NIfTI-1 bytes of shape ``(W, H, 1)``, laid out as the
+        module docstring says, so ``load_slice`` gives the mask back as ``(H, W)``.
+    """
+    import nibabel as nib
+
+    m = _mask(mask)
+    sp = _spacing(spacing)
+    row_mm, col_mm = sp if sp is not None else (1.0, 1.0)
+    data = np.ascontiguousarray(m.T[:, :, None].astype(np.uint8))
+    affine = np.diag([-col_mm, -row_mm, 1.0, 1.0])
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(np.uint8)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    img.header["descrip"] = b"bt_demo lesion mask (research demo)"
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
+def build_report(*, engines: dict, preprocessing: list, prompts: dict, metrics: dict, areas: list,
+                 classifier: dict | None, spacing, shape, app_version: str, extra: dict | None = None) -> dict:
+    """A JSON-safe report of one session's result.
+
+    Args:
+        engines: per engine, what it did (name, weights, timing, ...).
+        preprocessing: the steps applied, in order (e.g. ``[{"name": ..., "params": {...}}]``).
+        prompts: the clicks / box given (coordinates ``(x, y)`` in slice pixels).
+        metrics: e.g. :func:`bt_demo.metrics.pairwise_table` output keyed as you like.
+        areas: e.g. :func:`bt_demo.metrics.area_table` rows.
+        classifier: probabilities and the like, or ``None``.
+        spacing: ``(row_mm, col_mm)`` or ``None``.
+        shape: ``(H, W)`` of the slice the masks live on.
+        app_version: the app's version text.
+        extra: anything else worth keeping (checked like the rest).
+
+    Returns:
+        A dict that ``json.dumps(..., allow_nan=False)`` accepts: NumPy values
+        become Python numbers or lists, inf / NaN become ``None``. It has
+        ``schema_version``, ``created_utc``, ``disclaimer`` (:data:`DISCLAIMER`),
+        ``app_version``, ``image`` (``shape``, ``spacing_mm``) and the arguments.
+
+    Raises:
+        InputError: a value that is not JSON-like, an identifying key
+            (``PatientName``, anything with ``patient``/``filename``/``path``/``uid``...)
+            or a file-name-like value anywhere, or a bad ``shape`` / ``spacing``.
+    """
+    try:
+        h, w = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise InputError(f"shape must be (H, W), two whole numbers, got {shape!r}") from None
+    if h < 1 or w < 1:
+        raise InputError(f"shape must be (H, W) with both sides >= 1, got {shape!r}")
+    sp = _spacing(spacing)
+    if not isinstance(app_version, str):
+        raise InputError(f"app_version must be text, got {type(app_version).__name__}")
+    parts = {"engines": engines, "preprocessing": preprocessing, "prompts": prompts, "metrics": metrics,
+             "areas": areas, "classifier": classifier, "extra": extra if extra is not None else {}}
+    for name, kind in (("engines", dict), ("preprocessing", list), ("prompts", dict), ("metrics", dict),
+                       ("areas", list), ("extra", dict)):
+        if not isinstance(parts[name], kind if kind is dict else (list, tuple)):
+            raise InputError(f"{name} must be a {kind.__name__}, got {type(parts[name]).__name__}")
+    if classifier is not None and not isinstance(classifier, dict):
+        raise InputError(f"classifier must be a dict or None, got {type(classifier).__name__}")
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "disclaimer": DISCLAIMER,
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "app_version": app_version,
+        "image": {"shape": [h, w], "spacing_mm": None if sp is None else list(sp)},
+    }
+    for name, value in parts.items():
+        report[name] = to_jsonable(value, name)
+    check_deidentified(report, "report")
+    json.dumps(report, allow_nan=False)  # guaranteed by to_jsonable; fail here rather than at download
+    return report
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bundle(folder: str | Path, mask, spacing, report: dict) -> dict[str, Path]:
+    """Write ``mask_<id>.png``, ``mask_<id>.nii.gz`` and ``report_<id>.json`` into ``folder``.
+
+    ``<id>`` is random (12 hex digits), never taken from an upload; the
+    written report gets ``"bundle_id": <id>`` (the files' names follow from it).
+    The mask's shape must match ``report["image"]["shape"]`` when the report
+    has one (reports from :func:`build_report` do).
+
+    Returns:
+        ``{"png": path, "nifti": path, "report": path}``.
+    """
+    m = _mask(mask)
+    sp = _spacing(spacing)
+    if not isinstance(report, dict):
+        raise InputError(f"report must be a dict (from build_report), got {type(report).__name__}")
+    image = report.get("image")
+    shape = image.get("shape") if isinstance(image, dict) else None
+    if shape is not None and tuple(shape) != m.shape:
+        raise InputError(f"the mask is {m.shape[0]}x{m.shape[1]} (H x W) but the report describes a "
+                         f"{shape[0]}x{shape[1]} slice; export the mask of the slice the report is about")
+    rid = secrets.token_hex(6)
+    names = {"png": f"mask_{rid}.png", "nifti": f"mask_{rid}.nii.gz", "report": f"report_{rid}.json"}
+    rep = to_jsonable(dict(report), "report")
+    check_deidentified(rep, "report")
+    rep["bundle_id"] = rid
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / v for k, v in names.items()}
+    _atomic_write(paths["png"], mask_png(m))
+    _atomic_write(paths["nifti"], mask_nifti(m, sp))
+    _atomic_write(paths["report"], (json.dumps(rep, indent=1, allow_nan=False) + "\n").encode("utf-8"))
+    return paths

@@ -1,0 +1,9 @@
+"""The Gradio user interface: per-session state, event handlers, the page layout.
+
+Only this package (and ``app.py``) imports Gradio; ``bt_demo`` below it does not.
+
+* :mod:`bt_demo.ui.state`: :class:`~bt_demo.ui.state.Session`, what one tab holds (in ``gr.State``).
+* :mod:`bt_demo.ui.handlers`: one function per event, ``(session, ...) -> (session, view)``.
+* :mod:`bt_demo.ui.views`: what each panel shows, computed from a session.
+* :mod:`bt_demo.ui.layout`: ``build_demo(engines, annotations_dir)`` -> ``gr.Blocks``.
+"""

@@ -1,0 +1,353 @@
+"""The page: one ``gr.Blocks``, layout in ``with`` blocks, the event wiring below it.
+
+``build_demo(engines, annotations_dir)`` returns the Blocks; ``app.py``
+queues and launches it (with :data:`THEME` and :data:`CSS`). Every component
+has a ``label`` (a browser test finds it by that label). Handlers live in
+:mod:`bt_demo.ui.handlers`; each event here only adapts Gradio's arguments
+and maps the handler's ``view`` dict onto components.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from bt_demo.ui import handlers as H
+from bt_demo.ui import views as V
+from bt_demo.ui.state import Session, delete_session
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
+
+NOTICE = ("**Research demo — not for diagnosis.** Synthetic examples only; models are small research models. "
+          "Nothing you upload is stored unless you press *Accept as correction*.")
+
+CSS = """
+.notice {background: #fff4d6; border: 1px solid #e6a700; border-radius: 8px; padding: 6px 12px;}
+.notice p {margin: 0; color: #5a4300;}
+.dark .notice {background: #3a3000;} .dark .notice p {color: #ffe7a0;}
+#prompt-image img {cursor: crosshair;}
+.legend {font-size: 0.92em;}
+footer {display: none !important;}
+.hint p {font-size: 0.85em; opacity: 0.8; margin: 0;}
+"""
+THEME = gr.themes.Soft(primary_hue="sky", neutral_hue="slate")
+
+# Image file suffixes of the examples (the masks beside them are for trying "upload a corrected mask").
+_EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
+
+
+def example_files(folder: Path | str | None = None) -> list[Path]:
+    folder = Path(folder) if folder else EXAMPLES_DIR
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.iterdir()):
+        name = p.name.lower()
+        if p.is_file() and name.endswith(_EXAMPLE_SUFFIXES) and "_mask" not in name:
+            out.append(p)
+    # the plain 256 px PNG first: the quickest to try
+    out.sort(key=lambda p: (p.name != "phantom_flair.png", p.name))
+    return out
+
+
+def _example_label(p: Path) -> str:
+    name = p.name
+    kinds = {".png": "PNG", ".tif": "16-bit TIFF", ".dcm": "DICOM", ".nii.gz": "NIfTI volume"}
+    for suffix, kind in kinds.items():
+        if name.endswith(suffix):
+            return f"{name} ({kind})"
+    return name
+
+
+def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | Path | None = None) -> gr.Blocks:
+    """The whole screen for one process-wide ``Engines`` (kept out of ``gr.State``).
+
+    annotations_dir: the correction store's folder (None: ``CorrectionStore.default_root()``).
+    examples_dir: folder of example files (default ``assets/examples``).
+    """
+    from bt_demo.models.registry import PROMPT_ENGINES
+    from bt_demo.preprocess import STEPS, default_pipeline
+
+    statuses_md = H.engines_status(engines)
+    prompt_keys = engines.available_prompt_engines()
+    default_engine = engines.default_prompt_engine()
+    unet = engines.unet()
+    default_threshold = 0.5 if isinstance(unet, str) else float(unet.threshold)
+    default_steps = {name: dict(params) for name, params in default_pipeline()}
+    keys = H.control_keys(STEPS)
+
+    with gr.Blocks(title="Brain-tumour MRI lab (research demo)", delete_cache=(1800, 3600)) as demo:
+        session = gr.State(Session(), delete_callback=delete_session)
+
+        gr.Markdown("## Brain-tumour MRI lab: segment, compare, classify", label="Title")
+        gr.Markdown(NOTICE, label="Notice", elem_classes=["notice"])
+
+        with gr.Row(equal_height=False):
+            # ---------------- left: the slice and its preprocessing -----------------
+            with gr.Column(scale=4, min_width=340):
+                upload = gr.File(label="Upload an MRI slice", file_count="single", type="filepath", height=110)
+                gr.Markdown("PNG, JPEG, TIFF, BMP, DICOM or NIfTI (.nii / .nii.gz); the format is read from the "
+                            "content, not the name.", label="Accepted formats", elem_classes=["hint"])
+                examples = example_files(examples_dir)
+                if examples:
+                    gr.Examples(examples=[[str(p)] for p in examples], inputs=[upload],
+                                label="Examples (synthetic phantoms, no patient data)",
+                                example_labels=[_example_label(p) for p in examples],
+                                cache_examples=False, examples_per_page=8)
+                status = gr.Markdown("No slice loaded yet: upload a file or pick an example.", label="Slice")
+                idx_slice = gr.Slider(1, 2, value=1, step=1, label="Slice (1 = most inferior)", visible=False)
+                idx_volume = gr.Slider(1, 2, value=1, step=1, label="Volume", visible=False)
+                idx_page = gr.Slider(1, 2, value=1, step=1, label="Page", visible=False)
+                idx_frame = gr.Slider(1, 2, value=1, step=1, label="Frame", visible=False)
+                idx_channel = gr.Dropdown(choices=V.CHANNEL_CHOICES, value=-1, label="Colour channel", visible=False)
+                with gr.Accordion("Window / level and pixel spacing", open=False):
+                    win_center = gr.Slider(0, 255, value=127.5, label="Window centre (level)")
+                    win_width = gr.Slider(1, 510, value=255, label="Window width")
+                    spacing = gr.Number(value=None, label="Pixel spacing (mm), used when the file gives none",
+                                        minimum=0, maximum=100, step=0.01)
+
+                gr.Markdown("### Preprocessing", label="Preprocessing heading")
+                controls = []
+                for name, step in STEPS.items():
+                    enabled = name in default_steps
+                    cb = gr.Checkbox(value=enabled, label=step.label, info=step.description)
+                    controls.append(cb)
+                    if step.params:
+                        with gr.Accordion(f"{step.label}: parameters", open=False):
+                            for p in step.params:
+                                value = default_steps.get(name, {}).get(p.name, p.default)
+                                controls.append(_param_control(p, value))
+                before_after = gr.ImageSlider(label="Before / after preprocessing (drag the handle)",
+                                              type="numpy", format="png", max_height=420, interactive=False)
+                pipeline_info = gr.Markdown("", label="Preprocessing summary")
+
+            # ---------------- right: what the engines say ---------------------------
+            with gr.Column(scale=6, min_width=420):
+                with gr.Tabs():
+                    with gr.Tab("Prompts", id="prompts"):
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=3, min_width=300):
+                                prompt_image = gr.Image(label="Click on the tumour (processed slice)", type="numpy",
+                                                        format="png", interactive=False, elem_id="prompt-image",
+                                                        buttons=["fullscreen"], height=520)
+                                prompt_info = gr.Markdown("", label="Prompt status")
+                            with gr.Column(scale=1, min_width=210):
+                                mode = gr.Radio(choices=[(v, k) for k, v in V.PROMPT_MODES.items()],
+                                                value="positive", label="Click adds")
+                                with gr.Row():
+                                    undo_btn = gr.Button("Undo last point", size="sm")
+                                    clear_btn = gr.Button("Clear points", size="sm")
+                                engine = gr.Radio(choices=[(PROMPT_ENGINES[k], k) for k in prompt_keys],
+                                                  value=default_engine, label="Prompt engine")
+                                candidates = gr.Radio(choices=[], value=None, visible=False, type="value",
+                                                      label="SAM's candidate masks (pick one)")
+                                with gr.Accordion("Box by coordinates (slice pixels)", open=False):
+                                    with gr.Row():
+                                        bx0 = gr.Number(label="x0", precision=0, min_width=60)
+                                        by0 = gr.Number(label="y0", precision=0, min_width=60)
+                                    with gr.Row():
+                                        bx1 = gr.Number(label="x1", precision=0, min_width=60)
+                                        by1 = gr.Number(label="y1", precision=0, min_width=60)
+                                    box_btn = gr.Button("Apply box", size="sm")
+                    with gr.Tab("Compare", id="compare"):
+                        with gr.Row():
+                            overlay_unet = gr.Image(label="U-Net (automatic)", type="numpy", format="png",
+                                                    interactive=False, buttons=["fullscreen"])
+                            overlay_prompt = gr.Image(label="Prompted mask", type="numpy", format="png",
+                                                      interactive=False, buttons=["fullscreen"])
+                            overlay_kmeans = gr.Image(label="K-Means candidate", type="numpy", format="png",
+                                                      interactive=False, buttons=["fullscreen"])
+                        compare_info = gr.HTML("", label="Mask colours", elem_classes=["legend"])
+                        with gr.Row():
+                            opacity = gr.Slider(0, 1, value=0.4, step=0.05, label="Overlay opacity")
+                            threshold = gr.Slider(0.05, 0.95, value=default_threshold, step=0.01,
+                                                  label="U-Net probability threshold")
+                        unet_info = gr.Markdown("", label="U-Net summary")
+                        metrics_table = gr.Dataframe(label="Agreement between masks (Dice, IoU, HD95)",
+                                                     interactive=False, wrap=True)
+                        area_table = gr.Dataframe(label="Mask areas", interactive=False)
+                        with gr.Row(equal_height=False):
+                            agreement_image = gr.Image(label="Agreement map", type="numpy", format="png",
+                                                       interactive=False, buttons=["fullscreen"], scale=3)
+                            agreement_legend = gr.HTML("", label="Agreement legend", elem_classes=["legend"],
+                                                       min_width=200)
+                    with gr.Tab("K-Means", id="kmeans"):
+                        k_slider = gr.Slider(2, 12, value=4, step=1, label="Number of clusters K")
+                        with gr.Row(equal_height=False):
+                            kmeans_image = gr.Image(label="K-Means clusters", type="numpy", format="png",
+                                                    interactive=False, buttons=["fullscreen"])
+                            with gr.Column():
+                                kmeans_info = gr.Markdown("", label="K-Means summary")
+                                sweep_btn = gr.Button("Score K = 2…12 (1–3 s)", size="sm")
+                                sweep_info = gr.Markdown("", label="K sweep summary")
+                        sweep_plot = gr.Plot(label="K-selection curves")
+                    with gr.Tab("Classifier", id="classifier"):
+                        with gr.Row(equal_height=False):
+                            with gr.Column():
+                                class_label = gr.Label(label="Calibrated class probabilities", num_top_classes=4)
+                                class_info = gr.Markdown("", label="Classifier summary")
+                                gradcam_class = gr.Dropdown(choices=[], value=None,
+                                                            label="Heat map (Grad-CAM) for class")
+                            gradcam_image = gr.Image(label="Where the classifier looked (Grad-CAM)", type="numpy",
+                                                     format="png", interactive=False, buttons=["fullscreen"])
+                    with gr.Tab("Export & corrections", id="export"):
+                        with gr.Row(equal_height=False):
+                            with gr.Column():
+                                export_which = gr.Radio(choices=[("prompted", "prompted"), ("U-Net", "unet"),
+                                                                 ("K-Means", "kmeans")],
+                                                        value="prompted", label="Mask to export")
+                                export_btn = gr.Button("Export mask (PNG + NIfTI) and JSON report", variant="primary")
+                                export_info = gr.Markdown("", label="Export summary")
+                                export_files = gr.File(label="Exported files", file_count="multiple",
+                                                       interactive=False)
+                            with gr.Column():
+                                corr_source = gr.Radio(
+                                    choices=[("prompted mask (after your clicks)", "prompted"),
+                                             ("uploaded mask file", "upload"), ("painted with the brush", "painted")],
+                                    value="prompted", label="Corrected mask comes from")
+                                corr_file = gr.File(label="Corrected mask file (same size as the slice, white = tumour)",
+                                                    file_count="single", type="filepath", height=120)
+                                with gr.Accordion("Paint the corrected mask (brush)", open=False):
+                                    editor_btn = gr.Button("Load the slice into the editor "
+                                                           "(the prompted mask's outline is a guide)", size="sm")
+                                    editor = gr.ImageEditor(
+                                        label="Corrected mask (paint = tumour, erase = not)", type="numpy",
+                                        image_mode="RGBA", format="png", sources=(), transforms=(),
+                                        brush=gr.Brush(colors=[(V.rgb_css(V.MASK_COLORS[V.PROMPT]), 0.7)],
+                                                       color_mode="fixed", default_size=4),
+                                        eraser=gr.Eraser(), layers=gr.LayerOptions(allow_additional_layers=False),
+                                        height=420)
+                                corr_note = gr.Textbox(label="Note (optional, no patient details)", max_lines=2)
+                                accept_btn = gr.Button("Accept as correction", variant="primary")
+                                correction_info = gr.Markdown("", label="Correction status")
+                    with gr.Tab("Engines", id="engines"):
+                        gr.Markdown(statuses_md, label="Engines status")
+
+        # ------------------------------------------------------------------
+        # wiring
+        # ------------------------------------------------------------------
+        comp = {
+            "status": status, "idx_slice": idx_slice, "idx_volume": idx_volume, "idx_page": idx_page,
+            "idx_frame": idx_frame, "idx_channel": idx_channel, "win_center": win_center, "win_width": win_width,
+            "before_after": before_after, "pipeline_info": pipeline_info,
+            "prompt_image": prompt_image, "prompt_info": prompt_info, "candidates": candidates, "engine": engine,
+            "overlay_unet": overlay_unet, "overlay_prompt": overlay_prompt, "overlay_kmeans": overlay_kmeans,
+            "compare_info": compare_info, "metrics_table": metrics_table, "area_table": area_table,
+            "agreement_image": agreement_image, "agreement_legend": agreement_legend, "unet_info": unet_info,
+            "kmeans_image": kmeans_image, "kmeans_info": kmeans_info, "sweep_plot": sweep_plot,
+            "sweep_info": sweep_info, "class_label": class_label, "class_info": class_info,
+            "gradcam_image": gradcam_image, "gradcam_class": gradcam_class,
+            "export_files": export_files, "export_info": export_info, "correction_info": correction_info,
+            "editor": editor,
+        }
+        slice_out = ["status", "idx_slice", "idx_volume", "idx_page", "idx_frame", "idx_channel",
+                     "win_center", "win_width"]
+        prompt_out = ["prompt_image", "prompt_info", "candidates"]
+        compare_out = ["overlay_unet", "overlay_prompt", "overlay_kmeans", "compare_info", "metrics_table",
+                       "area_table", "agreement_image", "agreement_legend"]
+        every_panel = (["before_after", "pipeline_info"] + prompt_out + compare_out
+                       + ["unet_info", "kmeans_image", "kmeans_info", "sweep_plot", "sweep_info", "class_label",
+                          "class_info", "gradcam_image", "gradcam_class", "export_files"])
+
+        def wire(trigger, fn, inputs, names, **kw):
+            names = list(dict.fromkeys(names))
+            outputs = [session] + [comp[n] for n in names]
+
+            def adapt(result):
+                s, view = result
+                out = {session: s}
+                for n in names:
+                    if n in view:
+                        out[comp[n]] = view[n]
+                return out
+
+            kw.setdefault("show_progress", "minimal")
+            return trigger(lambda *a: adapt(fn(*a)), inputs=[session] + inputs, outputs=outputs, **kw)
+
+        def adapt_prompts(result):
+            s, view = result
+            out = {session: s}
+            for n in prompt_out + compare_out:
+                if n in view:
+                    out[comp[n]] = view[n]
+            return out
+
+        def then_prepare(dep):
+            # SAM's image encoder runs here, after the other panels are shown
+            return dep.then(lambda s: adapt_prompts(H.prepare_prompts(s, engines)), inputs=[session],
+                            outputs=[session] + [comp[n] for n in prompt_out + compare_out],
+                            show_progress="hidden")
+
+        # 1. the slice
+        then_prepare(wire(upload.change, lambda s, f: H.load_file(s, engines, f), [upload],
+                          slice_out + every_panel))
+        index_inputs = [idx_page, idx_frame, idx_slice, idx_volume, idx_channel]
+        for ctl in (idx_page, idx_frame, idx_slice, idx_volume):
+            then_prepare(wire(ctl.release, lambda s, *v: H.select_index(s, engines, *v), index_inputs,
+                              slice_out + every_panel, trigger_mode="always_last"))
+        then_prepare(wire(idx_channel.input, lambda s, *v: H.select_index(s, engines, *v), index_inputs,
+                          slice_out + every_panel))
+        for ctl in (win_center, win_width):
+            then_prepare(wire(ctl.release, lambda s, c, w: H.set_window(s, engines, c, w), [win_center, win_width],
+                              every_panel, trigger_mode="always_last"))
+        for trig in (spacing.submit, spacing.blur):
+            wire(trig, H.set_spacing, [spacing],
+                 ["status", "unet_info", "kmeans_info"] + prompt_out + compare_out)
+
+        # 2. preprocessing: any control recomputes everything from the processed image
+        def on_pipeline(s, *values):
+            return H.set_preprocessing(s, engines, H.spec_from_controls(STEPS, keys, values))
+
+        for ctl in controls:
+            trig = ctl.release if isinstance(ctl, gr.Slider) else ctl.input
+            then_prepare(wire(trig, on_pipeline, controls, every_panel, trigger_mode="always_last"))
+
+        # 3. prompts
+        def on_click(s, m, evt: gr.SelectData):
+            return adapt_prompts(H.click(s, engines, evt.index, m))
+
+        prompt_image.select(on_click, inputs=[session, mode], outputs=[session] + [comp[n] for n in
+                                                                                 prompt_out + compare_out],
+                            show_progress="hidden", trigger_mode="always_last")
+        wire(undo_btn.click, lambda s: H.undo(s, engines), [], prompt_out + compare_out)
+        wire(clear_btn.click, lambda s: H.clear(s, engines), [], prompt_out + compare_out)
+        wire(box_btn.click, lambda s, a, b, c, d: H.set_box(s, engines, a, b, c, d), [bx0, by0, bx1, by1],
+             prompt_out + compare_out)
+        wire(engine.input, lambda s, k: H.switch_engine(s, engines, k), [engine], prompt_out + compare_out)
+        wire(candidates.input, H.pick_candidate, [candidates], prompt_out + compare_out)
+
+        # 4. compare, K-Means
+        wire(opacity.release, H.set_opacity, [opacity], prompt_out + compare_out, trigger_mode="always_last")
+        wire(threshold.release, lambda s, t: H.set_threshold(s, engines, t), [threshold],
+             ["unet_info"] + compare_out, trigger_mode="always_last")
+        wire(k_slider.release, H.set_k, [k_slider], ["kmeans_image", "kmeans_info"] + compare_out,
+             trigger_mode="always_last")
+        wire(sweep_btn.click, H.run_sweep, [], ["sweep_plot", "sweep_info"], show_progress="full")
+
+        # 5. classifier
+        wire(gradcam_class.input, lambda s, c: H.show_gradcam(s, engines, c), [gradcam_class],
+             ["class_label", "class_info", "gradcam_image", "gradcam_class"])
+
+        # 6. export and corrections
+        wire(export_btn.click, H.export, [export_which], ["export_files", "export_info"])
+        wire(editor_btn.click, H.editor_start, [], ["editor"])
+        wire(accept_btn.click,
+             lambda s, src, f, ed, note: H.accept_correction(s, annotations_dir, src, f, ed, note),
+             [corr_source, corr_file, editor, corr_note], ["correction_info"])
+    return demo
+
+
+def _param_control(p, value):
+    """A widget for one ``bt_demo.preprocess.Param``: slider, dropdown or checkbox."""
+    kind = getattr(p, "kind", "float")
+    label = p.label
+    info = getattr(p, "help", None) or None
+    if kind == "bool":
+        return gr.Checkbox(value=bool(value), label=label, info=info)
+    if kind == "choice":
+        return gr.Dropdown(choices=list(p.choices), value=value, label=label, info=info)
+    step = p.step if p.step is not None else (1 if kind == "int" else (p.max - p.min) / 100.0)
+    return gr.Slider(p.min, p.max, value=value, step=step, label=label, info=info)
+

@@ -1,0 +1,365 @@
+"""What each panel shows, computed from a :class:`~bt_demo.ui.state.Session`.
+
+Pure presentation: every function here reads the session (never changes it)
+and returns a ``dict`` of output name -> value (or ``gr.update(...)``), the
+names being the keys of ``layout.build_demo``'s output components. The
+pictures come from :mod:`bt_demo.render`, the numbers from :mod:`bt_demo.metrics`.
+
+All images are ``uint8`` RGB arrays in ORIGINAL slice pixels, except the
+clickable prompt image, which is upscaled by ``session.display_factor``
+(integer, see :func:`bt_demo.render.upscale_for_display`) for small slices.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+
+import gradio as gr
+import numpy as np
+
+from bt_demo import metrics, render
+
+# Names of the masks in tables, legends and reports, in comparison order.
+UNET, PROMPT, KMEANS = "U-Net", "prompted", "K-Means"
+MASK_COLORS = {UNET: render.COLORS["unet"], PROMPT: render.COLORS["prompt"], KMEANS: render.COLORS["kmeans"]}
+
+# Which slider/dropdown shows which axis of Slice.index (1-based in the UI).
+INDEX_AXES = ("page", "frame", "slice", "volume")
+CHANNEL_CHOICES = [("luma (mix of R, G, B)", -1), ("red", 0), ("green", 1), ("blue", 2)]
+
+PROMPT_MODES = {
+    "positive": "+ tumour (positive point)",
+    "negative": "− not tumour (negative point)",
+    "box": "box (click two corners)",
+}
+
+
+def rgb_css(color) -> str:
+    r, g, b = (int(c) for c in color)
+    return f"rgb({r},{g},{b})"
+
+
+def swatch(color, text: str) -> str:
+    return (f'<span style="display:inline-flex;align-items:center;margin-right:14px;white-space:nowrap">'
+            f'<span style="display:inline-block;width:14px;height:14px;border-radius:3px;margin-right:6px;'
+            f'border:1px solid #0006;background:{rgb_css(color)}"></span>{html.escape(text)}</span>')
+
+
+def display_factor(shape: tuple[int, int]) -> float:
+    """The integer upscale :func:`bt_demo.render.upscale_for_display` applies to a slice of ``shape``."""
+    h, w = int(shape[0]), int(shape[1])
+    return float(render.upscale_for_display(np.zeros((h, w), np.uint8))[1])
+
+
+# ---------------------------------------------------------------------------
+# masks, in original pixels
+# ---------------------------------------------------------------------------
+def current_masks(s) -> dict[str, np.ndarray]:
+    """The masks present now, in comparison order: U-Net, prompted, K-Means."""
+    out: dict[str, np.ndarray] = {}
+    if s.unet_result is not None:
+        out[UNET] = s.unet_result.mask
+    if s.prompts.result is not None:
+        out[PROMPT] = s.prompts.result.mask
+    if s.kmeans_mask is not None:
+        out[KMEANS] = s.kmeans_mask
+    return out
+
+
+def display_gray(s) -> np.ndarray:
+    """The original slice with the session's window, uint8 (H, W)."""
+    return s.slice.display(s.window)
+
+
+def processed_in_original(s) -> np.ndarray:
+    """The processed image put back into original pixels (float32 (H, W) in [0, 1]; 0 outside a crop)."""
+    p = s.processed
+    return p.geometry.map_to_original(np.asarray(p.image, np.float32), fill=0.0, order=1)
+
+
+# ---------------------------------------------------------------------------
+# the slice: info, index controls, window
+# ---------------------------------------------------------------------------
+def slice_info(s) -> str:
+    from bt_demo.imaging import describe_indices
+
+    sl = s.slice
+    h, w = sl.shape
+    parts = [f"**{sl.source.upper()}**, {w} × {h} px"]
+    where = describe_indices(sl)
+    if where:
+        parts.append(where)
+    if sl.spacing is not None:
+        parts.append(f"pixel spacing {sl.spacing[0]:.3g} × {sl.spacing[1]:.3g} mm (from the file)")
+    elif s.spacing_mm:
+        parts.append(f"pixel spacing {s.spacing_mm:.3g} mm (typed; the file gives none)")
+    else:
+        parts.append("no pixel spacing in the file: areas in px only (type one below for mm²)")
+    meta = {k: v for k, v in sl.metadata.items() if k in ("modality", "series_description", "plane", "orientation",
+                                                           "field_strength", "slice_thickness", "bits")}
+    if meta:
+        parts.append(", ".join(f"{k.replace('_', ' ')}: {html.escape(str(v))}" for k, v in meta.items()))
+    return " · ".join(parts)
+
+
+def index_updates(s) -> dict:
+    """Show the selectors the file has (1-based sliders), hide the others."""
+    out = {}
+    idx = dict(s.slice.index) if s.slice is not None else {}
+    for axis in INDEX_AXES:
+        if axis in idx and idx[axis][1] > 1:
+            chosen, count = idx[axis]
+            out[f"idx_{axis}"] = gr.update(visible=True, minimum=1, maximum=count, step=1, value=chosen + 1)
+        else:
+            out[f"idx_{axis}"] = gr.update(visible=False, value=1)
+    if "channel" in idx:
+        chosen, count = idx["channel"]
+        choices = CHANNEL_CHOICES if count == 3 else [("luma", -1)] + [(f"channel {i + 1}", i) for i in range(count)]
+        out["idx_channel"] = gr.update(visible=True, choices=choices, value=chosen)
+    else:
+        out["idx_channel"] = gr.update(visible=False, value=-1)
+    return out
+
+
+def window_updates(s) -> dict:
+    """Centre/width sliders spanning the slice's intensity range, set to the session's window."""
+    px = s.slice.pixels
+    lo, hi = float(px.min()), float(px.max())
+    c, w = s.window
+    span = max(hi - lo, 1e-6)
+    step = 1.0 if span > 50 else span / 200.0
+    c_min, c_max = min(lo, c), max(hi, c)
+    w_max = max(2.0 * span, w)
+    return {
+        "win_center": gr.update(minimum=round(c_min, 6), maximum=round(c_max, 6), step=step, value=round(c, 6)),
+        "win_width": gr.update(minimum=round(step, 6), maximum=round(w_max, 6), step=step, value=round(w, 6)),
+    }
+
+
+def slice_view(s) -> dict:
+    return {"status": slice_info(s), **index_updates(s), **window_updates(s)}
+
+
+# ---------------------------------------------------------------------------
+# preprocessing
+# ---------------------------------------------------------------------------
+def preprocessing_view(s) -> dict:
+    p = s.processed
+    before = render.to_rgb(display_gray(s))
+    after = render.to_rgb(processed_in_original(s))
+    names = []
+    for item in getattr(p, "steps", ()) or ():
+        names.append(str(item[0] if isinstance(item, (tuple, list)) else getattr(item, "name", item)))
+    timings = getattr(p, "timings", None) or {}
+    total = sum(float(v) for v in timings.values()) if isinstance(timings, Mapping) else 0.0
+    geo = p.geometry
+    if names:
+        info = f"Applied: {', '.join(html.escape(n) for n in names)} ({1000 * total:.0f} ms)."
+    else:
+        info = "No preprocessing step is on: the engines see the windowed slice."
+    if not geo.is_identity:
+        y0, x0, y1, x1 = geo.crop
+        info += (f" Engines see a {geo.processed_shape[1]} × {geo.processed_shape[0]} px image "
+                 f"(crop x {x0}–{x1}, y {y0}–{y1} of the slice); everything shown stays in slice pixels.")
+    return {"before_after": (before, after), "pipeline_info": info}
+
+
+# ---------------------------------------------------------------------------
+# prompts
+# ---------------------------------------------------------------------------
+def prompt_image(s) -> np.ndarray:
+    """The clickable image: processed slice (in original pixels) + prompted mask, upscaled, + points and box."""
+    base = render.to_rgb(processed_in_original(s))
+    res = s.prompts.result
+    if res is not None:
+        base = render.overlay_mask(base, res.mask, render.COLORS["prompt"], alpha=s.opacity)
+    big, f = render.upscale_for_display(base)
+    f = float(f)
+
+    def to_disp(xy):
+        return [((x + 0.5) * f - 0.5, (y + 0.5) * f - 0.5) for x, y in xy]
+
+    if s.prompts.box is not None:
+        x0, y0, x1, y1 = s.prompts.box
+        (dx0, dy0), (dx1, dy1) = to_disp([(x0, y0), (x1, y1)])
+        big = render.draw_box(big, (dx0, dy0, dx1, dy1), thickness=max(1, int(round(f))))
+    if s.box_anchor is not None:
+        (ax, ay), = to_disp([s.box_anchor])
+        r = max(3, int(round(2 * f)))
+        big = render.draw_box(big, (ax - r, ay - r, ax + r, ay + r), thickness=max(1, int(round(f))))
+    if s.prompts.points:
+        big = render.draw_points(big, to_disp(s.prompts.points), list(s.prompts.labels))
+    return big
+
+
+def prompt_info(s) -> str:
+    slot = s.slot
+    engine = slot.name if slot is not None and slot.predictor is not None else "none"
+    pos = sum(1 for l in s.prompts.labels if l == 1)
+    neg = len(s.prompts.labels) - pos
+    parts = [f"Engine in use: **{html.escape(engine)}**", f"{pos} positive, {neg} negative point(s)"]
+    if s.prompts.box is not None:
+        parts.append("box (" + ", ".join(f"{v:.0f}" for v in s.prompts.box) + ") px")
+    if s.box_anchor is not None:
+        parts.append(f"box: first corner at ({s.box_anchor[0]:.0f}, {s.box_anchor[1]:.0f}), click the opposite corner")
+    res = s.prompts.result
+    if res is not None:
+        n, mm2 = metrics.area(res.mask, s.effective_spacing())
+        area = f"{n} px" + (f" = {mm2:.1f} mm²" if mm2 is not None else "")
+        parts.append(f"mask {area}, {1000 * res.seconds:.0f} ms")
+    elif s.prompts.empty():
+        parts.append("click on the tumour to start")
+    return " · ".join(parts)
+
+
+def candidate_update(s) -> dict:
+    res = s.prompts.result
+    if res is None or len(res.candidates) < 2:
+        return {"candidates": gr.update(visible=False, choices=[], value=None)}
+    choices = [(f"mask {i + 1}: predicted IoU {sc:.2f}", i) for i, sc in enumerate(res.scores)]
+    return {"candidates": gr.update(visible=True, choices=choices, value=int(res.chosen))}
+
+
+def prompt_view(s) -> dict:
+    return {"prompt_image": prompt_image(s), "prompt_info": prompt_info(s), **candidate_update(s)}
+
+
+# ---------------------------------------------------------------------------
+# comparison
+# ---------------------------------------------------------------------------
+def _r3(v):
+    return None if v is None else round(float(v), 3)
+
+
+def _metrics_frames(masks: dict[str, np.ndarray], spacing):
+    import pandas as pd
+
+    pair_cols = ["pair", "Dice", "IoU", "HD95", "precision", "recall"]
+    rows = []
+    for r in metrics.pairwise_table(masks, spacing):
+        hd = "∞ (one mask empty)" if r["hd95"] is None else f"{r['hd95']:.2f} {r['hd95_unit']}"
+        rows.append([f"{r['a']} vs {r['b']}", _r3(r["dice"]), _r3(r["iou"]), hd, _r3(r["precision"]),
+                     _r3(r["recall"])])
+    pairs = pd.DataFrame(rows, columns=pair_cols)
+    area_rows = [[r["mask"], r["area_px"], "—" if r["area_mm2"] is None else f"{r['area_mm2']:.1f}"]
+                 for r in metrics.area_table(masks, spacing)]
+    areas = pd.DataFrame(area_rows, columns=["mask", "area (px)", "area (mm²)"])
+    return pairs, areas
+
+
+def compare_view(s) -> dict:
+    gray = display_gray(s)
+    masks = current_masks(s)
+    alpha = s.opacity
+    out = {}
+    for name, key in ((UNET, "overlay_unet"), (PROMPT, "overlay_prompt"), (KMEANS, "overlay_kmeans")):
+        if name in masks:
+            out[key] = render.overlay_mask(gray, masks[name], MASK_COLORS[name], alpha=alpha, contour=True)
+        else:
+            out[key] = render.to_rgb(gray)
+    spacing = s.effective_spacing()
+    pairs, areas = _metrics_frames(masks, spacing)
+    out["metrics_table"] = pairs
+    out["area_table"] = areas
+    if masks:
+        code = metrics.agreement_map(list(masks.values()))
+        img, legend = render.agreement_rgb(gray, code, list(masks), alpha=max(alpha, 0.35))
+        out["agreement_image"] = img
+        summary = metrics.agreement_summary(masks)
+        legend_html = "".join(swatch(col, txt) for txt, col in legend)
+        frac = summary["agreement_fraction"]
+        out["agreement_legend"] = (f'<div style="line-height:1.9">{legend_html}</div>'
+                                   f"<div>All masks agree on {100 * frac:.0f}% of the pixels any of them calls "
+                                   f"tumour ({summary['all_agree_tumour_px']} of {summary['union_px']} px).</div>")
+    else:
+        out["agreement_image"] = render.to_rgb(gray)
+        out["agreement_legend"] = "<div>No mask yet.</div>"
+    missing = [n for n in (UNET, PROMPT, KMEANS) if n not in masks]
+    notes = []
+    if PROMPT in missing:
+        notes.append("prompted: click on the tumour in the Prompts tab")
+    if UNET in missing:
+        notes.append("U-Net: unavailable (see Engines)")
+    out["compare_info"] = ("Colours: " + "".join(swatch(MASK_COLORS[n], n) for n in (UNET, PROMPT, KMEANS))
+                           + (f"<br>Missing: {html.escape('; '.join(notes))}." if notes else ""))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# U-Net, K-Means, classifier
+# ---------------------------------------------------------------------------
+def unet_view(s) -> dict:
+    reason = s.unet_reason
+    if reason:
+        return {"unet_info": f"U-Net: {html.escape(reason)}"}
+    res = s.unet_result
+    if res is None:
+        return {"unet_info": "U-Net: no slice yet."}
+    n, mm2 = metrics.area(res.mask, s.effective_spacing())
+    area = f"{n} px" + (f" = {mm2:.1f} mm²" if mm2 is not None else "")
+    thr = res.extra.get("threshold", s.unet_threshold)
+    return {"unet_info": f"U-Net mask at probability ≥ {thr:.2f}: {area} ({1000 * res.seconds:.0f} ms)."}
+
+
+def kmeans_view(s) -> dict:
+    from bt_demo import clustering
+
+    km = s.kmeans
+    if km is None:
+        return {"kmeans_image": None, "kmeans_info": "K-Means: no slice yet."}
+    geo = s.processed.geometry
+    colored = np.asarray(clustering.colorize_labels(km.labels, km.k))[..., :3].astype(np.uint8)
+    colored_orig = geo.map_to_original(colored, fill=0, order=0)
+    inside = geo.map_to_original(np.asarray(km.labels) > 0, fill=False)
+    gray = render.to_rgb(display_gray(s))
+    # tint the clustered (brain) pixels with their cluster colour; the rest stays the slice
+    blend = gray.copy()
+    mix = 0.45 * gray[inside].astype(np.float64) + 0.55 * colored_orig[inside].astype(np.float64)
+    blend[inside] = np.rint(mix).astype(np.uint8)
+    if s.kmeans_mask is not None and s.kmeans_mask.any():
+        blend = render.draw_contour(blend, s.kmeans_mask, render.COLORS["reference"], 1)
+    n, mm2 = metrics.area(s.kmeans_mask, s.effective_spacing()) if s.kmeans_mask is not None else (0, None)
+    area = f"{n} px" + (f" = {mm2:.1f} mm²" if mm2 is not None else "")
+    return {"kmeans_image": blend,
+            "kmeans_info": f"K = {km.k} clusters; tumour candidate (white outline): {area}."}
+
+
+def sweep_view(s) -> dict:
+    from bt_demo import clustering
+
+    if s.sweep is None:
+        return {"sweep_plot": None, "sweep_info": "Press the button to score K = 2…12 on this slice (1–3 s)."}
+    fig = clustering.sweep_figure(s.sweep)
+    sw = s.sweep
+    info = (f"K-selection curves for this slice. Suggested K: **{sw.suggested_k}** ({html.escape(sw.suggestion_method)}); "
+            f"best silhouette at K = {sw.best_silhouette_k}. Set K with the slider above.")
+    return {"sweep_plot": fig, "sweep_info": info}
+
+
+def pretty_class(name: str) -> str:
+    from bt_demo.models.classifier import PRETTY
+
+    return PRETTY.get(name, name.replace("_", " "))
+
+
+def classifier_view(s) -> dict:
+    reason = s.classifier_reason
+    if reason:
+        return {"class_label": None, "class_info": f"Classifier: {html.escape(reason)}",
+                "gradcam_image": None, "gradcam_class": gr.update(choices=[], value=None)}
+    cr = s.classification
+    if cr is None:
+        return {"class_label": None, "class_info": "Classifier: no slice yet.", "gradcam_image": None}
+    label = {pretty_class(k): float(v) for k, v in cr.probabilities.items()}
+    info = (f"Tumour probability: **{100 * cr.tumour_probability:.1f}%** (1 − P(no tumour)); "
+            f"most likely: **{html.escape(pretty_class(cr.top_class))}**. "
+            f"Calibrated by temperature scaling (T = {cr.temperature:.2f}); {1000 * cr.seconds:.0f} ms.")
+    out = {"class_label": label, "class_info": info}
+    choices = [(pretty_class(k), k) for k in cr.probabilities]
+    out["gradcam_class"] = gr.update(choices=choices, value=s.gradcam_class or cr.top_class)
+    if s.gradcam is not None:
+        out["gradcam_image"] = render.heatmap_overlay(display_gray(s), s.gradcam, alpha=0.45, mask_below=0.15)
+    else:
+        out["gradcam_image"] = None
+    return out

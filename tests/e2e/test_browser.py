@@ -1,0 +1,281 @@
+"""The real page in a real browser: Playwright driving Debian's chromium.
+
+Starts ``python app.py`` with tiny random models (made by
+``tests/tiny_models.make_weights_dir``), SAM disabled and a temporary
+correction store, then does what a person would do and checks what a person
+would see. Components are found by their labels.
+
+Skips (with the reason) when ``/usr/bin/chromium`` or the ``playwright``
+package is missing. ``take_screenshot`` (used by ``bench/screenshot.py``)
+regenerates ``assets/screenshot.png`` the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run"]
+EXAMPLE = REPO / "assets" / "examples" / "phantom_flair.png"
+STARTUP_S = 150
+
+
+# ---------------------------------------------------------------------------
+# the app as a subprocess
+# ---------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(workdir: Path, weights_dir: Path | None = None):
+    """``python app.py`` on a free port; yields its URL; stops it afterwards."""
+    from tests.tiny_models import make_weights_dir
+
+    if weights_dir is None:
+        weights_dir = make_weights_dir(workdir / "weights")
+    port = _free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               BT_DEVICE="cpu")
+    log = open(workdir / "app.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "app.py"), "--port", str(port), "--weights-dir", str(weights_dir),
+         "--sam-model", "none", "--annotations-dir", str(workdir / "corrections")],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + STARTUP_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app exited with {proc.returncode}:\n{(workdir / 'app.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"app did not answer within {STARTUP_S} s:\n"
+                                   f"{(workdir / 'app.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def browser_page(viewport=(1500, 1000)):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+# ---------------------------------------------------------------------------
+# finding things the way a person does: by their labels
+# ---------------------------------------------------------------------------
+def block(page, label: str):
+    """The (innermost) component block whose label contains ``label``."""
+    labels = page.locator("[data-testid='block-label'], [data-testid='block-info'], .label-text", has_text=label)
+    return page.locator(".block").filter(has=labels).last
+
+
+def upload(page, path: Path) -> None:
+    block(page, "Upload an MRI slice").locator("input[type=file]").set_input_files(str(path))
+
+
+def wait_for_image(page, label: str, timeout_s: float = 60) -> str:
+    """Wait until the image labelled ``label`` shows a picture; return its src."""
+    img = block(page, label).locator("img").first
+    img.wait_for(state="visible", timeout=timeout_s * 1000)
+    return img.get_attribute("src") or ""
+
+
+def wait_for_src_change(page, label: str, old: str, timeout_s: float = 60) -> str:
+    img = block(page, label).locator("img").first
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        src = img.get_attribute("src") or ""
+        if src and src != old:
+            return src
+        time.sleep(0.2)
+    raise AssertionError(f"the image {label!r} did not change")
+
+
+def click_on_image(page, label: str, x: float, y: float) -> None:
+    """Click at ``(x, y)`` in the displayed picture's own pixels (as Gradio's SelectData reports them)."""
+    img = block(page, label).locator("img").first
+    box = img.bounding_box()
+    nw, nh = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+    r = min(box["width"] / nw, box["height"] / nh, 1.0)
+    ox, oy = (box["width"] - nw * r) / 2, (box["height"] - nh * r) / 2
+    img.click(position={"x": ox + (x + 0.5) * r, "y": oy + (y + 0.5) * r})
+
+
+def lesion_centre(mask_png: Path) -> tuple[float, float]:
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
+
+    mask = np.asarray(Image.open(mask_png)) > 0
+    d = ndimage.distance_transform_edt(mask)
+    y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+    return float(x), float(y)
+
+
+def display_factor(shape) -> float:
+    from bt_demo.ui.views import display_factor as f
+
+    return f(shape)
+
+
+def upload_example_and_click(page, example: Path = EXAMPLE) -> None:
+    """Upload the phantom, wait for the panels, click a positive point on its lesion, wait for the mask."""
+    from PIL import Image
+
+    upload(page, example)
+    src0 = wait_for_image(page, "Click on the tumour", timeout_s=90)
+    page.get_by_text(re.compile(r"PNG, \d+ × \d+ px")).first.wait_for()
+    w, h = Image.open(example).size
+    f = display_factor((h, w))
+    x, y = lesion_centre(example.with_name(example.stem + "_mask.png"))
+    click_on_image(page, "Click on the tumour", (x + 0.5) * f - 0.5, (y + 0.5) * f - 0.5)
+    page.get_by_text("1 positive, 0 negative").first.wait_for(timeout=30_000)
+    wait_for_src_change(page, "Click on the tumour", src0)
+
+
+# ---------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------
+def _skip_reason() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is absent (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed"
+    if not EXAMPLE.exists():
+        return f"{EXAMPLE} is missing (python -m bt_demo.phantom --out assets/examples)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with running_app(tmp_path_factory.mktemp("app")) as url:
+        yield url
+
+
+def test_upload_preprocess_click_compare(app_url):
+    with browser_page() as page:
+        page.goto(app_url)
+        page.get_by_text("Research demo — not for diagnosis").first.wait_for()
+        upload(page, EXAMPLE)
+        src0 = wait_for_image(page, "Click on the tumour", timeout_s=90)
+
+        # toggle a preprocessing step (one that is off by default): the processed image is recomputed
+        from bt_demo.preprocess import STEPS
+
+        step = next(s for s in STEPS.values() if not s.default_enabled and not s.changes_geometry)
+        page.get_by_label(step.label, exact=True).check()
+        src1 = wait_for_src_change(page, "Click on the tumour", src0)
+        page.get_by_text(re.compile("Applied: .*" + re.escape(step.name))).first.wait_for()
+
+        from PIL import Image
+
+        w, h = Image.open(EXAMPLE).size
+        f = display_factor((h, w))
+        x, y = lesion_centre(EXAMPLE.with_name("phantom_flair_mask.png"))
+        click_on_image(page, "Click on the tumour", (x + 0.5) * f - 0.5, (y + 0.5) * f - 0.5)
+        page.get_by_text("1 positive, 0 negative").first.wait_for()
+        wait_for_src_change(page, "Click on the tumour", src1)  # the prompted mask is drawn
+
+        page.get_by_role("tab", name="Compare").click()
+        table = block(page, "Agreement between masks")
+        table.get_by_text("U-Net vs prompted").first.wait_for()
+        assert table.get_by_text("prompted vs K-Means").count() >= 1
+        # Dice values are numbers in [0, 1]
+        text = table.inner_text()
+        assert re.search(r"\b(0(\.\d+)?|1(\.0+)?)\b", text)
+        wait_for_image(page, "Prompted mask")
+
+
+def test_corrupt_upload_shows_a_message_and_the_app_keeps_working(app_url, tmp_path):
+    bad = tmp_path / "scan.dcm"
+    bad.write_bytes(b"DICM" * 10 + b"\x00" * 200 + b"not really an image")
+    with browser_page() as page:
+        page.goto(app_url)
+        upload(page, bad)
+        page.get_by_text("could not be opened").first.wait_for(timeout=60_000)
+        toast = page.locator(".toast-body")
+        toast.first.wait_for(timeout=30_000)
+        assert "Traceback" not in page.content()
+        # still answering: a good file works afterwards
+        upload(page, EXAMPLE)
+        wait_for_image(page, "Click on the tumour", timeout_s=90)
+        page.get_by_text(re.compile(r"PNG, \d+ × \d+ px")).first.wait_for()
+    with urllib.request.urlopen(app_url, timeout=10) as r:
+        assert r.status == 200
+
+
+# ---------------------------------------------------------------------------
+# the README screenshot
+# ---------------------------------------------------------------------------
+def take_screenshot(out: Path = REPO / "assets" / "screenshot.png", weights_dir: Path | None = None,
+                    example: Path = EXAMPLE) -> Path:
+    """Run the app, load the phantom, click its lesion, and save a full-page screenshot to ``out``.
+
+    weights_dir: the models to show (default: the shipped ``weights/`` when it
+    has all three models, else tiny random ones).
+    """
+    reason = _skip_reason()
+    if reason:
+        raise RuntimeError(reason)
+    if weights_dir is None:
+        shipped = REPO / "weights"
+        if all((shipped / m / "config.json").exists() for m in ("unet", "clicks", "classifier")):
+            weights_dir = shipped
+    with tempfile.TemporaryDirectory() as tmp:
+        with running_app(Path(tmp), weights_dir) as url, browser_page((1500, 1100)) as page:
+            page.goto(url)
+            upload_example_and_click(page, example)
+            time.sleep(1.0)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out), full_page=True)
+    return out
+
+
+if __name__ == "__main__":
+    print(take_screenshot(Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "assets" / "screenshot.png"))
+
