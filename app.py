@@ -79,6 +79,7 @@ def build(args: argparse.Namespace):
     from bt_demo.ui.layout import build_demo
 
     engines = Engines(weights_dir=args.weights_dir, sam_model=args.sam_model, device=args.device)
+    engines.preload(background=True)  # the page comes up at once; engines still loading say so
     annotations = args.annotations_dir or str(CorrectionStore.default_root())
     demo = build_demo(engines, annotations_dir=annotations)
     demo.queue(default_concurrency_limit=args.concurrency)

@@ -1,15 +1,64 @@
-"""The preprocessing lab: named steps in one registry, a pipeline, and its geometry.
+"""The preprocessing lab: named steps, a pipeline of them, and the geometry they change.
 
-Every step is a pure function ``fn(image, **params) -> image`` on float32
-(h, w) images in [0, 1] (inputs outside that range or of another dtype are
-converted: clipped to [0, 1] as float32). Parameters are declared (name,
-default, range) so the UI builds its controls from ``STEPS`` and
-``validate_params`` rejects bad values with the allowed range. Only
-``crop_brain`` changes geometry; ``run_pipeline`` returns the processed image
-and the ``Geometry`` that maps points and masks back to the original slice.
+Every step is a pure function ``fn(image, **params) -> image`` registered in
+:data:`STEPS` with declared parameter ranges, so the UI builds its toggles and
+sliders from the registry and tests run every step on every kind of input.
 
-Steps always run in registry order (crop, skull strip, denoise, CLAHE,
-MUSICA, sharpen, normalise), whatever order the caller lists them in.
+Image convention (all public functions here):
+
+* input: a 2-D array ``(H, W)`` (``(H, W, 1)`` is squeezed). The intended
+  input is float32 in ``[0, 1]`` (``Slice.unit()``); anything else is
+  converted by :func:`as_unit_float`: bool -> 0/1, uint8 -> ``/ 255``,
+  floats already inside ``[0, 1]`` -> cast to float32 unchanged, every other
+  dtype or range (uint16, int, float outside ``[0, 1]``) -> min-max rescaled to
+  ``[0, 1]``. Non-finite values are replaced by the finite minimum (warning).
+* output: float32 ``(h, w)`` in ``[0, 1]``, finite. Only ``crop_brain``
+  changes the shape (and returns its box).
+* a constant image is returned unchanged with a ``RuntimeWarning``, never NaN.
+
+The steps, in registry (= run) order; none is on by default except ``normalize``:
+
+``crop_brain(margin=8)``
+    Bounding box of :func:`head_mask` plus ``margin`` px (0..64), clipped to
+    the image; returns ``(cropped, (y0, x0, y1, x1))``. A head smaller than
+    8 px a side gives the full image (with a warning), never an empty crop.
+    ``run_pipeline`` composes the box into ``Processed.geometry``.
+``skull_strip(method="morphological", erosion=4, iterations=30)``
+    morphological: Otsu tissue threshold inside the head, erosion by
+    ``erosion`` px to cut scalp-brain bridges, the largest component not
+    touching the outer band of the head (else the largest), dilated back,
+    holes filled. snakes: that mask refined by scikit-image's
+    ``morphological_chan_vese`` (``iterations`` steps) on a copy at most 128 px
+    a side, confined to 3 px around the initial mask. Outside the brain -> 0.
+``denoise(method="median", strength=0.5)``, strength in [0, 1]:
+    median: 3x3 (s <= 1/3), 5x5 (s <= 2/3), else 5x5 twice (float32, no
+    quantisation); gaussian: sigma = 0.5 + 2.5 s px; bilateral (float32):
+    range sigma 0.05 + 0.25 s, space sigma 1 + 3 s px; nlmeans: OpenCV
+    ``fastNlMeansDenoising`` on the 8-bit image (5x5 patches, 11x11 search),
+    h = (0.8 + 1.7 s) x the noise sigma estimated by :func:`noise_sigma`.
+``clahe(clip_limit=2.0, tile_grid=8)``
+    OpenCV CLAHE on the 8-bit image (output has 256 levels). Not 16-bit:
+    OpenCV's 16-bit CLAHE uses 65536 bins, where its clip limit barely clips
+    and the result is close to plain per-tile equalisation (noise blown up).
+``musica(levels=5, power=0.7, amplification=1.0)``
+    Laplacian pyramid (cv2.pyrDown/pyrUp; ``levels`` capped so the coarsest
+    level keeps >= 4 px a side, see :func:`musica_levels`); each detail
+    coefficient d of a level with M = max |d| becomes
+    ``sign(d) * M * a * (|d| / M) ** p``; reconstruct; then the output's 0.5 /
+    99.5 percentiles are mapped onto the input's and the result clipped to
+    [0, 1]. With p = 1 and a = 1 the input comes back (within 1e-6).
+``unsharp(radius=1.5, amount=0.8)``
+    ``clip(img + amount * (img - gaussian(img, sigma=radius)), 0, 1)``.
+``normalize(method="percentile", low=0.5, high=99.5)``
+    Statistics over the non-zero ("brain") pixels; zeros stay 0. percentile:
+    clip to the ``low``/``high`` percentiles and rescale to [0, 1]. zscore:
+    ``clip((z + 3) / 6, 0, 1)``: kept in [0, 1] for display; the models
+    standardise their input again anyway.
+
+Boxes here are ``(y0, x0, y1, x1)`` in pixels (end exclusive), the order
+:meth:`Geometry.then_crop` takes; points elsewhere are ``(x, y)``.
+
+No Gradio import here (``bt_demo`` is the core).
 """
 
 from __future__ import annotations
@@ -18,16 +67,405 @@ import hashlib
 import json
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
+import cv2
 import numpy as np
 
-from bt_demo.geometry import Geometry
+from .errors import InputError
+from .geometry import Geometry
+
+__all__ = [
+    "Param", "Step", "STEPS", "get_step", "validate_params", "default_pipeline", "PipelineSpec",
+    "Processed", "run_pipeline", "pipeline_key", "estimate_brain_mask", "head_mask", "apply_step", "as_unit_float",
+    "as_unit", "crop_brain", "skull_strip", "denoise", "clahe", "musica", "unsharp", "normalize", "musica_levels",
+    "max_levels", "noise_sigma",
+]
+
+_CONST_EPS = 1e-6  # an image whose max - min is below this is treated as constant
+_MIN_SIDE = 4      # smallest accepted image side, in pixels
 
 
+# --------------------------------------------------------------------------
+# input handling
+# --------------------------------------------------------------------------
+def as_unit_float(image: np.ndarray) -> np.ndarray:
+    """Any 2-D grey image -> float32 ``(H, W)`` in ``[0, 1]`` (a new array when converted).
+
+    Conversion rules: bool -> 0/1; uint8 -> ``/ 255``; float already within
+    ``[0, 1]`` -> cast only; anything else (uint16, other ints, floats outside
+    ``[0, 1]``) -> min-max rescale to ``[0, 1]`` (a constant one -> zeros).
+    NaN/inf are replaced by the finite minimum, with a warning.
+
+    Raises :class:`InputError` (a ``ValueError``) for non-2-D input or a side
+    shorter than 4 pixels.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise InputError(f"expected a 2-D grey image of shape (H, W), got shape {arr.shape}; "
+                         "pick one slice and one channel first")
+    if min(arr.shape) < _MIN_SIDE:
+        raise InputError(f"image is too small: shape {arr.shape}, each side must be at least {_MIN_SIDE} pixels")
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / np.float32(255.0)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"image dtype {arr.dtype} is not numeric")
+    out = arr.astype(np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        warnings.warn("image has NaN/inf pixels; they were replaced by the smallest finite value",
+                      RuntimeWarning, stacklevel=3)
+        fill = float(out[finite].min()) if finite.any() else 0.0
+        out = np.where(finite, out, np.float32(fill)).astype(np.float32)
+    lo, hi = float(out.min()), float(out.max())
+    if np.issubdtype(arr.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        return out if out is not arr else out.copy()
+    if hi - lo <= 0:
+        return np.zeros_like(out)
+    return ((out - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32)
+
+
+def _is_constant(img: np.ndarray) -> bool:
+    return float(img.max()) - float(img.min()) < _CONST_EPS
+
+
+def _warn_constant(what: str) -> None:
+    warnings.warn(f"constant image: {what} has nothing to work on; the image is returned unchanged",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8 by rounding (the 8-bit version steps share)."""
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = max(0, int(radius))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """bool (H, W) -> bool (H, W): the largest 8-connected component (empty stays empty)."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return lab == best
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """bool (H, W): ``mask`` with every background region not 4-connected to the border filled
+    (what ``scipy.ndimage.binary_fill_holes`` does, via one OpenCV flood fill)."""
+    h, w = mask.shape
+    pad = np.zeros((h + 2, w + 2), np.uint8)
+    pad[1:-1, 1:-1] = mask
+    cv2.floodFill(pad, None, (0, 0), 2, flags=4)
+    return pad[1:-1, 1:-1] != 2
+
+
+def _large_components(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """bool (H, W): the 8-connected components with at least ``fraction`` of the largest one's area."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    keep = areas >= fraction * areas[1:].max()
+    keep[0] = False
+    return keep[lab]
+
+
+def _otsu_u8(img: np.ndarray) -> tuple[np.ndarray, int]:
+    """Min-max stretch to uint8 and Otsu threshold it: (u8 image, threshold)."""
+    lo, hi = float(img.min()), float(img.max())
+    u8 = np.clip(np.rint((img - lo) / max(hi - lo, 1e-12) * 255.0), 0, 255).astype(np.uint8)
+    t, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return u8, int(t)
+
+
+def _smooth(img: np.ndarray) -> np.ndarray:
+    sigma = max(1.0, min(img.shape) / 256.0)
+    return cv2.GaussianBlur(img, (0, 0), sigma)
+
+
+# --------------------------------------------------------------------------
+# brain / head mask
+# --------------------------------------------------------------------------
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """The head (foreground) of a slice: bool ``(H, W)``.
+
+    image: 2-D grey image, ideally float32 ``(H, W)`` in ``[0, 1]`` (others are
+    converted, see :func:`as_unit_float`). Otsu threshold of the
+    Gaussian-smoothed image (sigma = max(1, min(H, W) / 256) px), the largest
+    8-connected component together with any other at least 10 % of its area
+    (a scalp ring cut off from the brain by dark bone), a small closing (disk
+    radius max(1, round(min(H, W) / 64)) px), holes filled. Includes scalp and skull
+    when the slice shows them. Never empty: falls back to the non-zero pixels,
+    then the whole image (also for a constant image, silently).
+    """
+    img = as_unit_float(image)
+    if _is_constant(img):
+        return np.ones(img.shape, bool)
+    u8, t = _otsu_u8(_smooth(img))
+    mask = _large_components(u8 > t, 0.1)
+    if mask.any():
+        r = max(1, int(round(min(img.shape) / 64.0)))
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, _disk(r)) > 0
+        mask = _fill_holes(mask)
+    if not mask.any():
+        mask = img > 0
+    if not mask.any():
+        mask = np.ones(img.shape, bool)
+    return mask
+
+
+def estimate_brain_mask(image: np.ndarray) -> np.ndarray:
+    """A brain estimate: bool ``(H, W)``, the pixels K-Means clusters and measurements use.
+
+    image: 2-D grey image, ideally float32 ``(H, W)`` in ``[0, 1]`` (others are
+    converted, see :func:`as_unit_float`).
+
+    Method: :func:`head_mask` (Otsu threshold of the smoothed image, largest
+    component, small closing, holes filled), then the scalp and skull are
+    peeled off: the head is eroded by a disk of radius 6 % of its equivalent
+    diameter (about 11 px for a 256-px slice of a whole head; scalp fat is bright
+    on FLAIR and would otherwise pose as tumour), and the largest component is
+    kept. (On an image that is already skull-stripped this also trims the
+    outer cortex by the same amount.) When the peeled mask would be tiny
+    (< 16 px or < 25 % of the head: a thin or small object) the head itself is
+    returned. Never empty for a non-constant image (falls back to the non-zero
+    pixels, then the whole image). A constant image gives all True and a
+    ``RuntimeWarning``.
+    """
+    img = as_unit_float(image)
+    if _is_constant(img):
+        warnings.warn("constant image: the brain mask is the whole image", RuntimeWarning, stacklevel=2)
+        return np.ones(img.shape, bool)
+    head = head_mask(img)
+    area = int(head.sum())
+    r = int(round(0.06 * np.sqrt(4.0 * area / np.pi)))
+    if r >= 1:
+        peeled = _largest_component(cv2.erode(head.astype(np.uint8), _disk(r)) > 0)
+        if peeled.sum() >= max(16, 0.25 * area):
+            return peeled
+    return head
+
+
+# --------------------------------------------------------------------------
+# the steps (implementations take validated params)
+# --------------------------------------------------------------------------
+def _crop_brain(img: np.ndarray, margin: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    h, w = img.shape
+    full = (0, 0, h, w)
+    if _is_constant(img):
+        _warn_constant("crop_brain")
+        return img.copy(), full
+    mask = head_mask(img)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return img.copy(), full
+    y0, y1 = max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)
+    x0, x1 = max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)
+    min_side = min(8, h, w)
+    if y1 - y0 < min_side or x1 - x0 < min_side:
+        warnings.warn(f"crop_brain: the head found is smaller than {min_side} px; keeping the full image",
+                      RuntimeWarning, stacklevel=4)
+        return img.copy(), full
+    box = (int(y0), int(x0), int(y1), int(x1))
+    return img[y0:y1, x0:x1].copy(), box
+
+
+def _morphological_brain(img: np.ndarray, erosion: int) -> np.ndarray:
+    """bool brain mask: tissue threshold, erode, pick the brain component, dilate back, fill."""
+    head = head_mask(img)
+    sm = _smooth(img)
+    u8, t = _otsu_u8(sm)
+    tissue = (u8 > t) & head
+    er = cv2.erode(tissue.astype(np.uint8), _disk(erosion)) if erosion > 0 else tissue.astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(er, connectivity=8)
+    if n <= 1:
+        return head
+    # The outer band of the head is scalp/skull: prefer the largest component not touching it.
+    band_w = max(2, erosion + 1)
+    band = head & ~(cv2.erode(head.astype(np.uint8), _disk(band_w)) > 0)
+    touching = np.zeros(n, bool)
+    touching[np.unique(lab[band])] = True
+    areas = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
+    areas[0] = -1
+    inner = np.where(~touching & (areas >= 0.05 * head.sum()), areas, -1)
+    best = int(np.argmax(inner)) if inner.max() > 0 else int(np.argmax(areas))
+    brain = (lab == best).astype(np.uint8)
+    if erosion > 0:
+        brain = cv2.dilate(brain, _disk(erosion))
+    brain = _fill_holes((brain > 0) & head)
+    return brain if brain.any() else head
+
+
+def _snake_brain(img: np.ndarray, erosion: int, iterations: int) -> np.ndarray:
+    """Refine the morphological mask with a morphological Chan-Vese snake (on <= 128 px side)."""
+    from skimage.segmentation import morphological_chan_vese
+
+    init = _morphological_brain(img, erosion)
+    h, w = img.shape
+    f = min(1.0, 128.0 / max(h, w))
+    sh, sw = max(4, int(round(h * f))), max(4, int(round(w * f)))
+    small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA) if f < 1 else img
+    init_s = cv2.resize(init.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0 if f < 1 else init
+    # Keep the snake near the initial brain: the skull further out is hidden from it.
+    reach = cv2.dilate(init_s.astype(np.uint8), _disk(3)) > 0
+    ls = morphological_chan_vese(np.where(reach, small, 0).astype(np.float64), num_iter=int(iterations),
+                                 init_level_set=init_s.astype(np.int8), smoothing=1)
+    seg = _fill_holes(_largest_component((ls > 0) & reach))
+    if f < 1:
+        seg = cv2.resize(seg.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+    return seg if seg.any() else init
+
+
+def _skull_strip(img: np.ndarray, method: str, erosion: int, iterations: int) -> np.ndarray:
+    if _is_constant(img):
+        _warn_constant("skull_strip")
+        return img.copy()
+    brain = _morphological_brain(img, erosion) if method == "morphological" else _snake_brain(img, erosion, iterations)
+    return np.where(brain, img, np.float32(0)).astype(np.float32)
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Gaussian noise sigma of a float image (same units), from Immerkaer's 3x3
+    Laplacian-difference kernel N (whose response to white noise has std 6 sigma),
+    made robust to edges: sigma = 1.4826 * median(|I * N|) / 6 over interior pixels."""
+    img = np.asarray(image, np.float32)
+    h, w = img.shape
+    if h < 3 or w < 3:
+        return 0.0
+    k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    resp = cv2.filter2D(img, cv2.CV_32F, k)[1:-1, 1:-1]
+    return float(1.4826 * np.median(np.abs(resp)) / 6.0)
+
+
+def _median_ksizes(strength: float) -> tuple[int, ...]:
+    """Median strength -> kernel sizes applied in turn (float32 medianBlur allows only 3 and 5)."""
+    if strength <= 1 / 3:
+        return (3,)
+    if strength <= 2 / 3:
+        return (5,)
+    return (5, 5)
+
+
+def _denoise(img: np.ndarray, method: str, strength: float) -> np.ndarray:
+    if _is_constant(img):
+        _warn_constant("denoise")
+        return img.copy()
+    if method == "median":
+        out = img
+        for k in _median_ksizes(strength):
+            out = cv2.medianBlur(out, k)
+    elif method == "gaussian":
+        out = cv2.GaussianBlur(img, (0, 0), 0.5 + 2.5 * strength)
+    elif method == "bilateral":
+        out = cv2.bilateralFilter(img, -1, 0.05 + 0.25 * strength, 1.0 + 3.0 * strength)
+    else:  # nlmeans
+        h = max(1.0, 255.0 * noise_sigma(img) * (0.8 + 1.7 * strength))
+        out = cv2.fastNlMeansDenoising(_to_u8(img), None, h=h, templateWindowSize=5, searchWindowSize=11)
+        out = out.astype(np.float32) / np.float32(255.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _clahe(img: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
+    if _is_constant(img):
+        _warn_constant("clahe")
+        return img.copy()
+    clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid)))
+    return clahe.apply(_to_u8(img)).astype(np.float32) / np.float32(255.0)
+
+
+def musica_levels(shape: tuple[int, int], levels: int) -> int:
+    """Pyramid levels actually used: ``levels`` capped so the coarsest level keeps >= 4 px a side."""
+    cap = max(1, int(np.floor(np.log2(max(min(shape), 4) / 4.0))))
+    return max(1, min(int(levels), cap))
+
+
+def _robust_range(a: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    if hi - lo < _CONST_EPS:
+        lo, hi = float(a.min()), float(a.max())
+    return float(lo), float(hi)
+
+
+def _musica(img: np.ndarray, levels: int, power: float, amplification: float) -> np.ndarray:
+    if _is_constant(img):
+        _warn_constant("musica")
+        return img.copy()
+    n = musica_levels(img.shape, levels)
+    gauss = [img.astype(np.float32)]
+    for _ in range(n):
+        gauss.append(cv2.pyrDown(gauss[-1]))
+    details = []
+    for i in range(n):
+        g = gauss[i]
+        up = cv2.pyrUp(gauss[i + 1], dstsize=(g.shape[1], g.shape[0]))
+        d = g - up
+        m = float(np.abs(d).max())
+        if m > 0 and (power != 1.0 or amplification != 1.0):
+            d = (np.sign(d) * m * amplification * np.power(np.abs(d) / m, power)).astype(np.float32)
+        details.append(d)
+    out = gauss[n]
+    for i in range(n - 1, -1, -1):
+        g = details[i]
+        out = cv2.pyrUp(out, dstsize=(g.shape[1], g.shape[0])) + g
+    # Robust rescale: the output's 0.5/99.5 percentiles go onto the input's, then clip.
+    ilo, ihi = _robust_range(img)
+    olo, ohi = _robust_range(out)
+    if ohi - olo > _CONST_EPS:
+        out = (out - olo) / (ohi - olo) * (ihi - ilo) + ilo
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _unsharp(img: np.ndarray, radius: float, amount: float) -> np.ndarray:
+    if _is_constant(img):
+        _warn_constant("unsharp")
+        return img.copy()
+    blurred = cv2.GaussianBlur(img, (0, 0), float(radius))
+    return np.clip(img + np.float32(amount) * (img - blurred), 0.0, 1.0).astype(np.float32)
+
+
+def _normalize(img: np.ndarray, method: str, low: float, high: float) -> np.ndarray:
+    if _is_constant(img):
+        _warn_constant("normalize")
+        return img.copy()
+    brain = img > 0
+    vals = img[brain] if brain.any() else img.ravel()
+    if method == "percentile":
+        lo, hi = (float(v) for v in np.percentile(vals, [low, high]))
+        if hi - lo < _CONST_EPS:
+            lo, hi = float(img.min()), float(img.max())
+        out = (np.clip(img, lo, hi) - lo) / (hi - lo)
+        out = np.where(brain, out, 0.0)
+    else:  # zscore
+        mean, std = float(vals.mean()), float(vals.std())
+        if std < _CONST_EPS:
+            warnings.warn("normalize: the brain (non-zero) pixels are constant; z-score skipped, image unchanged",
+                          RuntimeWarning, stacklevel=4)
+            return img.copy()
+        out = np.where(brain, np.clip(((img - mean) / std + 3.0) / 6.0, 0.0, 1.0), 0.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Param:
+    """One parameter of a step, enough for the UI to build a slider/dropdown/checkbox.
+
+    ``min``/``max`` are inclusive bounds for numeric kinds; ``choices`` for a
+    dropdown. ``kind`` is derived: "choice" when ``choices`` is set, else
+    "bool" / "int" / "float" from the type of ``default``.
+    """
+
     name: str
     label: str
     default: float | int | str | bool
@@ -50,6 +488,16 @@ class Param:
 
 @dataclass(frozen=True)
 class Step:
+    """A named preprocessing step.
+
+    ``fn(image, **params)``: image float32 ``(h, w)`` in ``[0, 1]`` (other
+    inputs converted, see :func:`as_unit_float`) -> float32 ``[0, 1]``; for
+    ``crop_brain`` (the only step with ``changes_geometry``) it returns
+    ``(image, box)`` with box ``(y0, x0, y1, x1)`` in input pixels. ``fn``
+    validates its parameters (missing ones take defaults) and raises
+    ``ValueError`` with the allowed range for bad ones.
+    """
+
     name: str
     label: str
     description: str
@@ -62,411 +510,270 @@ class Step:
         for p in self.params:
             if p.name == name:
                 return p
-        raise KeyError(f"step {self.name!r} has no parameter {name!r}; it has {[p.name for p in self.params]}")
+        raise KeyError(f"step {self.name!r} has no parameter {name!r}; options: "
+                       f"{', '.join(p.name for p in self.params) or '(none)'}")
 
 
-# -- helpers ----------------------------------------------------------------
+def _checked(name: str, impl: Callable) -> Callable:
+    def fn(image: np.ndarray, *args, **params):
+        if args:  # positional parameters in declaration order, e.g. unsharp(img, 1.5, 0.8)
+            names = [p.name for p in STEPS[name].params]
+            if len(args) > len(names):
+                raise ValueError(f"{name} takes at most {len(names)} parameters ({', '.join(names)}); got {len(args)}")
+            dup = [n for n in names[:len(args)] if n in params]
+            if dup:
+                raise ValueError(f"{name}: parameter {dup[0]!r} given twice")
+            params = {**dict(zip(names, args)), **params}
+        p = validate_params(name, params)
+        return impl(as_unit_float(image), **p)
 
-def as_unit(image) -> np.ndarray:
-    """float32 (h, w) in [0, 1]: NaN -> 0, values clipped."""
-    a = np.asarray(image)
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2-D image (h, w), got shape {a.shape}")
-    a = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(a, 0.0, 1.0)
-
-
-def _is_constant(img: np.ndarray) -> bool:
-    return float(img.max() - img.min()) < 1e-6
-
-
-def _warn_constant(step: str) -> None:
-    warnings.warn(f"{step}: the image is constant; returned unchanged", RuntimeWarning, stacklevel=3)
-
-
-def _to_u16(img: np.ndarray) -> np.ndarray:
-    return np.round(img * 65535.0).astype(np.uint16)
+    fn.__name__ = name
+    fn.__qualname__ = name
+    fn.__doc__ = impl.__doc__
+    return fn
 
 
-def _to_u8(img: np.ndarray) -> np.ndarray:
-    return np.round(img * 255.0).astype(np.uint8)
+def _build_registry() -> dict[str, Step]:
+    specs = [
+        ("crop_brain", "Crop to brain",
+         "Crops to the bounding box of the head (largest bright component) plus a margin; "
+         "masks and clicks are mapped back to the original slice.",
+         (Param("margin", "Margin (px)", 8, 0, 64, 1, help="pixels kept around the head on each side"),),
+         False, True, _crop_brain),
+        ("skull_strip", "Skull stripping",
+         "Sets everything outside the estimated brain (scalp, skull, background) to zero.",
+         (Param("method", "Method", "morphological", choices=("morphological", "snakes"),
+                help="morphological: threshold + erosion + largest inner component; "
+                     "snakes: refines that mask with a morphological Chan-Vese active contour"),
+          Param("erosion", "Erosion (px)", 4, 0, 20, 1,
+                help="erosion radius that cuts thin bridges between brain and scalp"),
+          Param("iterations", "Snake iterations", 30, 1, 200, 1, help="used by the snakes method only")),
+         False, False, _skull_strip),
+        ("denoise", "Denoising",
+         "Smooths noise with a median, Gaussian, bilateral or non-local-means filter.",
+         (Param("method", "Method", "median", choices=("median", "gaussian", "bilateral", "nlmeans")),
+          Param("strength", "Strength", 0.5, 0.0, 1.0, 0.05,
+                help="median: 3x3 (<=1/3), 5x5 (<=2/3), 5x5 twice; gaussian: sigma 0.5+2.5s px; "
+                     "bilateral: range sigma 0.05+0.25s, space sigma 1+3s px; "
+                     "nlmeans (OpenCV, 8-bit): h = (0.8+1.7s) x the estimated noise sigma")),
+         False, False, _denoise),
+        ("clahe", "CLAHE",
+         "Contrast-limited adaptive histogram equalisation: local contrast in tiles, with a clip limit.",
+         (Param("clip_limit", "Clip limit", 2.0, 0.5, 10.0, 0.1, help="higher = stronger local contrast"),
+          Param("tile_grid", "Tiles per side", 8, 2, 16, 1, help="the image is split into N x N tiles")),
+         False, False, _clahe),
+        ("musica", "MUSICA contrast",
+         "Multiscale contrast amplification: a power law on the detail layers of a Laplacian pyramid.",
+         (Param("levels", "Pyramid levels", 5, 2, 8, 1,
+                help="capped so the coarsest level keeps at least 4 px a side"),
+          Param("power", "Power", 0.7, 0.3, 1.0, 0.05, help="< 1 boosts faint details more than strong ones"),
+          Param("amplification", "Amplification", 1.0, 1.0, 3.0, 0.1,
+                help="gain on every detail layer; 1 = power law only")),
+         False, False, _musica),
+        ("unsharp", "Sharpening",
+         "Unsharp mask: adds back the difference between the image and a blurred copy.",
+         (Param("radius", "Radius (px)", 1.5, 0.5, 5.0, 0.1, help="Gaussian sigma of the blur"),
+          Param("amount", "Amount", 0.8, 0.0, 3.0, 0.1, help="0 = no change")),
+         False, False, _unsharp),
+        ("normalize", "Normalise intensities",
+         "Rescales the brain (non-zero) intensities to [0, 1] by percentiles or by z-score.",
+         (Param("method", "Method", "percentile", choices=("percentile", "zscore"),
+                help="zscore shows (z + 3) / 6 clipped to [0, 1]; the models standardise again anyway"),
+          Param("low", "Low percentile", 0.5, 0.0, 20.0, 0.5),
+          Param("high", "High percentile", 99.5, 80.0, 100.0, 0.5)),
+         True, False, _normalize),
+    ]
+    return {name: Step(name, label, desc, params, enabled, geo, _checked(name, impl))
+            for name, label, desc, params, enabled, geo, impl in specs}
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    import cv2
+STEPS: dict[str, Step] = _build_registry()
+"""The registry: step name -> :class:`Step`; insertion order is the pipeline order."""
 
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return mask.astype(bool)
-    return lab == (1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    return ndimage.binary_fill_holes(mask)
-
-
-def head_mask(image: np.ndarray) -> np.ndarray:
-    """bool (h, w): the head (everything brighter than the background), largest component, holes filled."""
-    import cv2
-
-    img = as_unit(image)
-    if _is_constant(img):
-        return np.ones(img.shape, bool)
-    u8 = _to_u8(cv2.GaussianBlur(img, (0, 0), 1.0) / max(float(img.max()), 1e-6))
-    # background is dark and large: a low threshold (half of Otsu) keeps the dim scalp
-    t, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    m = u8 > max(1, t * 0.5)
-    if not m.any():
-        return np.ones(img.shape, bool)
-    return _fill_holes(_largest_component(m))
-
-
-def estimate_brain_mask(image: np.ndarray) -> np.ndarray:
-    """bool (h, w): a brain estimate for clustering and measurements.
-
-    The head (Otsu threshold on a smoothed image, halved so dim tissue stays;
-    largest component; holes filled) eroded by 7 % of its equivalent diameter,
-    which peels off scalp and skull, whose fat is bright on FLAIR. Never empty
-    for an image with content (falls back to the head, then the non-zero
-    region, then the whole image). A constant image gives all True and a warning.
-    """
-    import cv2
-
-    img = as_unit(image)
-    if _is_constant(img):
-        warnings.warn("estimate_brain_mask: the image is constant; using the whole image", RuntimeWarning, stacklevel=2)
-        return np.ones(img.shape, bool)
-    head = head_mask(img)
-    r = int(round(0.07 * np.sqrt(head.sum())))
-    m = head
-    if r >= 1:
-        kern = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        m = cv2.erode(head.astype(np.uint8), kern) > 0
-        if m.sum() >= 16:
-            m = _largest_component(m)
-    if m.sum() < 16:
-        m = head
-    if m.sum() < 16:
-        nz = img > 0
-        return nz if nz.sum() >= 16 else np.ones(img.shape, bool)
-    return m
-
-
-# -- steps ------------------------------------------------------------------
-
-def crop_brain(image: np.ndarray, margin: int = 8) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Crop to the head's bounding box plus ``margin`` px. Returns (image, (y0, x0, y1, x1))."""
-    img = as_unit(image)
-    h, w = img.shape
-    if _is_constant(img):
-        _warn_constant("crop_brain")
-        return img.copy(), (0, 0, h, w)
-    m = head_mask(img)
-    ys, xs = np.nonzero(m)
-    if len(ys) == 0:
-        return img.copy(), (0, 0, h, w)
-    y0, y1 = max(0, ys.min() - margin), min(h, ys.max() + 1 + margin)
-    x0, x1 = max(0, xs.min() - margin), min(w, xs.max() + 1 + margin)
-    if y1 - y0 < 8 or x1 - x0 < 8:  # degenerate: keep the full image
-        return img.copy(), (0, 0, h, w)
-    return img[y0:y1, x0:x1].copy(), (int(y0), int(x0), int(y1), int(x1))
-
-
-def skull_strip(image: np.ndarray, method: str = "morphological", erosion: int = 4, iterations: int = 30) -> np.ndarray:
-    """Zero everything outside the brain.
-
-    morphological: head mask, eroded by ``erosion`` px to peel the scalp and
-    skull, opened, largest component, holes filled. snakes: scikit-image's
-    morphological Chan-Vese started from that mask (on a grid of at most 128
-    px for speed), ``iterations`` steps.
-    """
-    import cv2
-
-    img = as_unit(image)
-    if _is_constant(img):
-        _warn_constant("skull_strip")
-        return img.copy()
-    m = head_mask(img)
-    r = max(1, int(erosion))
-    kern = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    core = cv2.erode(m.astype(np.uint8), kern)
-    core = cv2.morphologyEx(core, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))) > 0
-    if core.sum() < 16:
-        core = m
-    core = _fill_holes(_largest_component(core))
-    if method == "snakes":
-        from skimage.segmentation import morphological_chan_vese
-
-        s = min(1.0, 128 / max(img.shape))
-        small = cv2.resize(img, (max(8, round(img.shape[1] * s)), max(8, round(img.shape[0] * s))),
-                           interpolation=cv2.INTER_AREA)
-        init = cv2.resize(core.astype(np.uint8), small.shape[::-1], interpolation=cv2.INTER_NEAREST)
-        ls = morphological_chan_vese(small, num_iter=int(iterations), init_level_set=init, smoothing=2)
-        ls = cv2.resize(ls.astype(np.uint8), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
-        ls &= m
-        if ls.sum() >= 16:
-            core = _fill_holes(_largest_component(ls))
-    return np.where(core, img, 0.0).astype(np.float32)
-
-
-def denoise(image: np.ndarray, method: str = "median", strength: float = 1.0) -> np.ndarray:
-    """median: kernel 2*round(strength)+1 px; gaussian: sigma = strength px;
-    bilateral: sigma_space = 3*strength px, sigma_colour = 0.05*strength;
-    nlmeans: OpenCV fastNlMeans with h = 6*strength grey levels (of 255)."""
-    import cv2
-
-    img = as_unit(image)
-    if _is_constant(img):
-        _warn_constant("denoise")
-        return img.copy()
-    s = float(strength)
-    if method == "median":
-        k = 2 * max(1, int(round(s))) + 1
-        out = cv2.medianBlur(_to_u16(img), 5 if k > 5 else k) if k <= 5 else cv2.medianBlur(_to_u8(img), k)
-        return (out.astype(np.float32) / (65535.0 if out.dtype == np.uint16 else 255.0))
-    if method == "gaussian":
-        return np.clip(cv2.GaussianBlur(img, (0, 0), s), 0, 1).astype(np.float32)
-    if method == "bilateral":
-        return np.clip(cv2.bilateralFilter(img, d=0, sigmaColor=0.05 * s, sigmaSpace=3 * s), 0, 1).astype(np.float32)
-    if method == "nlmeans":
-        out = cv2.fastNlMeansDenoising(_to_u8(img), None, h=6 * s, templateWindowSize=7, searchWindowSize=21)
-        return out.astype(np.float32) / 255.0
-    raise ValueError(f"unknown denoise method {method!r}; choose one of median, gaussian, bilateral, nlmeans")
-
-
-def clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
-    """OpenCV CLAHE on a 16-bit copy (keeps precision)."""
-    import cv2
-
-    img = as_unit(image)
-    if _is_constant(img):
-        _warn_constant("clahe")
-        return img.copy()
-    c = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid)))
-    return c.apply(_to_u16(img)).astype(np.float32) / 65535.0
-
-
-def _laplacian_pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
-    import cv2
-
-    pyr, cur = [], img
-    for _ in range(levels):
-        down = cv2.pyrDown(cur)
-        up = cv2.pyrUp(down, dstsize=(cur.shape[1], cur.shape[0]))
-        pyr.append(cur - up)
-        cur = down
-    pyr.append(cur)
-    return pyr
-
-
-def _reconstruct(pyr: list[np.ndarray]) -> np.ndarray:
-    import cv2
-
-    cur = pyr[-1]
-    for d in reversed(pyr[:-1]):
-        cur = cv2.pyrUp(cur, dstsize=(d.shape[1], d.shape[0])) + d
-    return cur
+# The steps as plain functions (validated, positional or keyword parameters):
+# ``clahe(img, 2.0, 8)`` == ``STEPS["clahe"].fn(img, clip_limit=2.0, tile_grid=8)``.
+crop_brain = STEPS["crop_brain"].fn
+skull_strip = STEPS["skull_strip"].fn
+denoise = STEPS["denoise"].fn
+clahe = STEPS["clahe"].fn
+musica = STEPS["musica"].fn
+unsharp = STEPS["unsharp"].fn
+normalize = STEPS["normalize"].fn
+as_unit = as_unit_float  # short name used elsewhere in the project
 
 
 def max_levels(shape: tuple[int, int]) -> int:
-    """Pyramid depth the image allows (the coarsest level keeps >= 8 px)."""
-    return int(max(1, np.floor(np.log2(max(8, min(shape)) / 8))))
-
-
-def musica(image: np.ndarray, levels: int = 5, power: float = 0.7, amplification: float = 1.0) -> np.ndarray:
-    """MUSICA multiscale contrast amplification (Vuylsteke & Schoeters).
-
-    Laplacian pyramid; each detail coefficient d of a level with maximum |d| = M
-    becomes a * M * sign(d) * (|d| / M) ** power (``amplification`` a, the same
-    on every detail level); reconstruct; rescale to [0, 1] between the 0.1 and
-    99.9 percentiles. power = 1 and a = 1 reconstruct the input exactly (no rescale).
-    """
-    img = as_unit(image)
-    if _is_constant(img):
-        _warn_constant("musica")
-        return img.copy()
-    lv = int(min(levels, max_levels(img.shape)))
-    pyr = _laplacian_pyramid(img, lv)
-    if power == 1.0 and amplification == 1.0:
-        return np.clip(_reconstruct(pyr), 0, 1).astype(np.float32)
-    out = []
-    for d in pyr[:-1]:
-        m = float(np.abs(d).max())
-        out.append(d if m < 1e-8 else (amplification * m * np.sign(d) * (np.abs(d) / m) ** power).astype(np.float32))
-    rec = _reconstruct(out + [pyr[-1]])
-    lo, hi = np.percentile(rec, [0.1, 99.9])
-    if hi - lo < 1e-6:
-        return np.clip(rec, 0, 1).astype(np.float32)
-    return np.clip((rec - lo) / (hi - lo), 0, 1).astype(np.float32)
-
-
-def unsharp(image: np.ndarray, radius: float = 1.5, amount: float = 0.8) -> np.ndarray:
-    """image + amount * (image - gaussian(image, radius)), clipped to [0, 1]."""
-    import cv2
-
-    img = as_unit(image)
-    blur = cv2.GaussianBlur(img, (0, 0), float(radius))
-    return np.clip(img + float(amount) * (img - blur), 0, 1).astype(np.float32)
-
-
-def normalize(image: np.ndarray, method: str = "percentile", low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """percentile: clip to the low/high percentiles of the non-zero (brain/head)
-    pixels and rescale to [0, 1]. zscore: z-score over those pixels, shown as
-    (z + 3) / 6 clipped to [0, 1] (the display stays in [0, 1]; models
-    standardise again anyway)."""
-    img = as_unit(image)
-    if _is_constant(img):
-        _warn_constant("normalize")
-        return img.copy()
-    fg = img[img > 0]
-    if fg.size < 16:
-        fg = img.ravel()
-    if method == "percentile":
-        if not 0 <= low < high <= 100:
-            raise ValueError(f"normalize.low must be < normalize.high, got {low} and {high}")
-        lo, hi = np.percentile(fg, [low, high])
-        if hi - lo < 1e-6:
-            lo, hi = float(img.min()), float(img.max())
-        out = (img - lo) / (hi - lo)
-        out[img == 0] = 0.0  # keep the background (and a stripped skull) black
-        return np.clip(out, 0, 1).astype(np.float32)
-    if method == "zscore":
-        mu, sd = float(fg.mean()), float(fg.std())
-        out = ((img - mu) / max(sd, 1e-6) + 3.0) / 6.0
-        out[img == 0] = 0.0
-        return np.clip(out, 0, 1).astype(np.float32)
-    raise ValueError(f"unknown normalize method {method!r}; choose percentile or zscore")
-
-
-STEPS: dict[str, Step] = {
-    s.name: s
-    for s in (
-        Step("crop_brain", "Crop to brain", "Crop to the head's bounding box (with a margin); masks map back to the slice.",
-             (Param("margin", "margin (px)", 8, 0, 64, 1),), False, True, crop_brain),
-        Step("skull_strip", "Skull stripping", "Remove scalp and skull: threshold + largest component + erosion, or a morphological snake.",
-             (Param("method", "method", "morphological", choices=("morphological", "snakes")),
-              Param("erosion", "erosion (px)", 4, 0, 20, 1, help="how much to peel off the head outline"),
-              Param("iterations", "snake iterations", 30, 5, 200, 5)), False, False, skull_strip),
-        Step("denoise", "Denoising", "Median, Gaussian, bilateral or non-local-means smoothing.",
-             (Param("method", "method", "median", choices=("median", "gaussian", "bilateral", "nlmeans")),
-              Param("strength", "strength", 1.0, 0.5, 5.0, 0.5)), False, False, denoise),
-        Step("clahe", "CLAHE", "Contrast-limited adaptive histogram equalisation.",
-             (Param("clip_limit", "clip limit", 2.0, 0.5, 10.0, 0.5), Param("tile_grid", "tile grid", 8, 2, 16, 1)),
-             False, False, clahe),
-        Step("musica", "MUSICA contrast", "Multiscale contrast amplification on a Laplacian pyramid.",
-             (Param("levels", "levels", 5, 2, 8, 1), Param("power", "power", 0.7, 0.3, 1.0, 0.05),
-              Param("amplification", "amplification", 1.0, 1.0, 3.0, 0.1)), False, False, musica),
-        Step("unsharp", "Sharpening", "Unsharp mask.",
-             (Param("radius", "radius (px)", 1.5, 0.5, 5.0, 0.1), Param("amount", "amount", 0.8, 0.0, 3.0, 0.1)),
-             False, False, unsharp),
-        Step("normalize", "Intensity normalisation", "Percentile clip and rescale, or z-score.",
-             (Param("method", "method", "percentile", choices=("percentile", "zscore")),
-              Param("low", "low percentile", 0.5, 0.0, 20.0, 0.5), Param("high", "high percentile", 99.5, 80.0, 100.0, 0.1)),
-             True, False, normalize),
-    )
-}
+    """Deepest MUSICA pyramid the shape allows (coarsest level >= 4 px a side)."""
+    return musica_levels(shape, 10**6)
 
 
 def get_step(name: str) -> Step:
+    """The registered step ``name``; an unknown name raises ``KeyError`` listing the options."""
     try:
         return STEPS[name]
-    except KeyError:
-        raise KeyError(f"unknown preprocessing step {name!r}; choose one of {list(STEPS)}") from None
+    except (KeyError, TypeError):
+        raise KeyError(f"unknown preprocessing step {name!r}; options: {', '.join(STEPS)}") from None
+
+
+def _coerce(step: str, p: Param, value) -> float | int | str | bool:
+    where = f"{step}.{p.name}"
+    kind = p.kind
+    if kind == "choice":
+        if not isinstance(value, str) or value not in p.choices:
+            raise ValueError(f"{where} must be one of {', '.join(p.choices)}; got {value!r}")
+        return value
+    if kind == "bool":
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, (int, np.integer)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{where} must be true or false; got {value!r}")
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        raise ValueError(f"{where} must be a number in [{p.min}, {p.max}]; got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number in [{p.min}, {p.max}]; got {value!r}") from None
+    if not np.isfinite(x):
+        raise ValueError(f"{where} must be a finite number in [{p.min}, {p.max}]; got {value!r}")
+    if kind == "int":
+        if abs(x - round(x)) > 1e-9:
+            raise ValueError(f"{where} must be a whole number in [{p.min}, {p.max}]; got {value!r}")
+        x = int(round(x))
+    if (p.min is not None and x < p.min) or (p.max is not None and x > p.max):
+        raise ValueError(f"{where} must be in [{p.min}, {p.max}], got {value!r}")
+    return x
 
 
 def validate_params(name: str, params: Mapping | None) -> dict:
-    """Defaults filled in, types coerced, ranges checked (ValueError naming the allowed range)."""
+    """Check and complete the parameters of step ``name``.
+
+    Returns a new dict with every parameter of the step (missing ones take
+    their defaults), ints as int (3.0 -> 3), floats as float, bools as bool.
+    Raises ``KeyError`` for an unknown step and ``ValueError`` for an unknown
+    parameter name, a value outside ``[min, max]`` (message like
+    ``"clahe.clip_limit must be in [0.5, 10.0], got 42"``), a non-integral
+    int, or a choice not offered.
+    """
     step = get_step(name)
-    params = dict(params or {})
+    given = dict(params or {})
     known = {p.name for p in step.params}
-    unknown = set(params) - known
+    unknown = sorted(set(given) - known)
     if unknown:
-        raise ValueError(f"{name} has no parameter(s) {sorted(unknown)}; it has {sorted(known)}")
-    out = {}
-    for p in step.params:
-        v = params.get(p.name, p.default)
-        if p.kind == "choice":
-            if v not in p.choices:
-                raise ValueError(f"{name}.{p.name} must be one of {list(p.choices)}, got {v!r}")
-        elif p.kind == "bool":
-            v = bool(v)
-        else:
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"{name}.{p.name} must be a number, got {v!r}") from None
-            if not np.isfinite(v) or (p.min is not None and v < p.min) or (p.max is not None and v > p.max):
-                raise ValueError(f"{name}.{p.name} must be in [{p.min}, {p.max}], got {v}")
-            v = int(round(v)) if p.kind == "int" else v
-        out[p.name] = v
+        raise ValueError(f"{name} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"options: {', '.join(p.name for p in step.params) or '(none)'}")
+    out = {p.name: _coerce(name, p, given[p.name]) if p.name in given else p.default for p in step.params}
+    if name == "normalize" and not out["low"] < out["high"]:
+        raise ValueError(f"normalize.low must be below normalize.high; got low={out['low']}, high={out['high']}")
     return out
 
 
-PipelineSpec = Sequence[tuple[str, Mapping]]
-
-
 def default_pipeline() -> list[tuple[str, dict]]:
-    return [(s.name, validate_params(s.name, {})) for s in STEPS.values() if s.default_enabled]
+    """The steps enabled by default, with default parameters, in registry order."""
+    return [(s.name, validate_params(s.name, None)) for s in STEPS.values() if s.default_enabled]
 
 
-def _validated(steps: PipelineSpec | None) -> tuple[tuple[str, dict], ...]:
+PipelineSpec = Sequence[tuple[str, Mapping]]
+"""Ordered ``(step name, params)`` pairs. Steps always run in REGISTRY order
+(crop -> skull strip -> denoise -> CLAHE -> MUSICA -> sharpen -> normalise),
+whatever order they are given in; a step named twice is rejected."""
+
+
+def apply_step(name: str, image: np.ndarray, params: Mapping | None = None):
+    """Run one step with validated params: ``get_step(name).fn(image, **params)``."""
+    return get_step(name).fn(image, **(params or {}))
+
+
+def _validate_spec(steps: PipelineSpec | None) -> tuple[tuple[str, dict], ...]:
     if steps is None:
         return tuple(default_pipeline())
-    seen, out = set(), {}
-    for name, params in steps:
+    if isinstance(steps, (str, bytes, Mapping)):
+        raise ValueError("steps must be a sequence of (step name, params) pairs, e.g. [('clahe', {'clip_limit': 2.0})]")
+    seen: dict[str, dict] = {}
+    for item in steps:
+        try:
+            name, params = item
+        except (TypeError, ValueError):
+            raise ValueError(f"each pipeline entry must be a (step name, params) pair; got {item!r}") from None
         get_step(name)
         if name in seen:
-            raise ValueError(f"step {name!r} is listed twice")
-        seen.add(name)
-        out[name] = validate_params(name, params)
-    return tuple((n, out[n]) for n in STEPS if n in out)
+            raise ValueError(f"step {name!r} appears twice in the pipeline; give each step at most once")
+        seen[name] = validate_params(name, params)
+    order = list(STEPS)
+    return tuple((n, seen[n]) for n in sorted(seen, key=order.index))
 
 
-def pipeline_key(image, steps: PipelineSpec | None) -> str:
-    """sha1 of the image bytes + shape and the validated steps: the key engines cache by."""
-    img = np.ascontiguousarray(np.asarray(image, np.float32))
-    h = hashlib.sha1(img.tobytes())
-    h.update(repr(img.shape).encode())
-    h.update(json.dumps(_validated(steps), sort_keys=True).encode())
+def _key(img: np.ndarray, spec: tuple[tuple[str, dict], ...]) -> str:
+    h = hashlib.sha1()
+    h.update(b"bt_demo.preprocess/v1")
+    h.update(json.dumps(list(img.shape)).encode())
+    h.update(np.ascontiguousarray(img, dtype=np.float32).tobytes())
+    h.update(json.dumps([[n, p] for n, p in spec], sort_keys=True).encode())
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
+def pipeline_key(image: np.ndarray, steps: PipelineSpec | None = None) -> str:
+    """sha1 hex of the (converted float32) image bytes + shape and the validated, ordered steps.
+
+    Equal for equal content and parameters (3 and 3.0 are equal, the order the
+    steps are given in does not matter); the key :func:`run_pipeline` puts on
+    its result, used by engines as a cache key.
+    """
+    return _key(as_unit_float(image), _validate_spec(steps))
+
+
+@dataclass(frozen=True, eq=False)
 class Processed:
-    image: np.ndarray                 # float32 (h, w) in [0, 1]
-    geometry: Geometry                # original slice -> this image
-    brain_mask: np.ndarray            # bool (h, w) in processed pixels
+    """The output of :func:`run_pipeline`.
+
+    image: float32 ``(h, w)`` in ``[0, 1]``.
+    geometry: original slice -> this image (``geometry.to_original`` maps points back).
+    brain_mask: bool ``(h, w)``, :func:`estimate_brain_mask` of ``image``, in processed pixels.
+    steps: the validated spec that ran, in run (registry) order.
+    key: :func:`pipeline_key` of the input and steps.
+    timings: seconds per step name (and ``"brain_mask"``).
+    """
+
+    image: np.ndarray
+    geometry: Geometry
+    brain_mask: np.ndarray
     steps: tuple[tuple[str, dict], ...]
     key: str
-    timings: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def run_pipeline(image: np.ndarray, steps: PipelineSpec | None = None) -> Processed:
-    """Run the enabled steps in registry order. image: float32 (H, W) in [0, 1] (the slice's unit image).
+    """Run preprocessing steps on one slice.
 
-    None -> default_pipeline(); [] -> identity. Returns the processed image, the
-    geometry, a brain mask (processed pixels), the validated spec, the cache key
-    and seconds per step.
+    image: 2-D grey image, ideally float32 ``(H, W)`` in ``[0, 1]`` (others are
+    converted, see :func:`as_unit_float`).
+    steps: ``None`` -> :func:`default_pipeline`; ``[]`` -> identity. Steps run
+    in registry order regardless of the order given; duplicates and unknown
+    steps/params raise (``ValueError`` / ``KeyError``).
     """
-    img = as_unit(image)
-    spec = _validated(steps)
-    geom = Geometry.identity(img.shape)
-    timings = {}
-    cur = img
+    img = as_unit_float(image)
+    spec = _validate_spec(steps)
+    key = _key(img, spec)
+    geometry = Geometry.identity(img.shape)
+    timings: dict[str, float] = {}
+    out = img
     for name, params in spec:
-        t0 = time.perf_counter()
         step = STEPS[name]
+        t0 = time.perf_counter()
         if step.changes_geometry:
-            cur, box = step.fn(cur, **params)
-            if box != (0, 0, *geom.processed_shape):
-                geom = geom.then_crop(box)
+            out, box = step.fn(out, **params)
+            geometry = geometry.then_crop(box)
         else:
-            cur = step.fn(cur, **params)
-        cur = as_unit(cur)
+            out = step.fn(out, **params)
         timings[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        brain = estimate_brain_mask(cur)
-    return Processed(cur, geom, brain, spec, pipeline_key(img, spec), timings)
+        if _is_constant(img):  # the step that met it already warned
+            warnings.simplefilter("ignore")
+        mask = estimate_brain_mask(out)
+    timings["brain_mask"] = time.perf_counter() - t0
+    if out is img and spec == ():
+        out = img.copy() if img is image else img
+    return Processed(np.ascontiguousarray(out, dtype=np.float32), geometry, mask, spec, key, timings)

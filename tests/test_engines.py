@@ -215,3 +215,28 @@ def test_import_bt_demo_stays_light():
             "print('torch' in sys.modules, 'gradio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_slow_engine_load_reports_still_loading_instead_of_blocking(wdir):
+    import threading
+
+    eng = Engines(weights_dir=str(wdir), sam_model="none")
+    gate = threading.Event()
+
+    def slow():
+        gate.wait(5)
+        return "SAM unavailable, because test"
+    eng._sam_probe = slow
+    t = threading.Thread(target=lambda: eng.new_predictor("sam"))
+    t.start()
+    import time
+
+    for _ in range(100):
+        if "sam" in eng._loading:
+            break
+        time.sleep(0.01)
+    assert "still loading" in eng.new_predictor("sam", wait=False)
+    assert eng.default_prompt_engine(wait=False) == "clicks"
+    gate.set()
+    t.join()
+    assert "because test" in eng.new_predictor("sam")

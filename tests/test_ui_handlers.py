@@ -30,6 +30,9 @@ from tests.tiny_models import make_weights_dir
 
 SIDE = 160
 
+# gr.Warning / gr.Info outside a running app only print or warn; the tests read view["_messages"] instead
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
+
 
 # ---------------------------------------------------------------------------
 # fixtures
@@ -245,6 +248,46 @@ def test_display_to_original_round_trip():
     assert H.display_to_original([10_000, -5], 2.0, (100, 80)) == (79.0, 0.0)
 
 
+def test_crop_to_brain_keeps_everything_in_slice_pixels(engines, phantom):
+    path, mask, (cx, cy) = phantom
+    s = loaded(engines, path)
+    s, _ = H.click(s, engines, to_display(s, (cx, cy)), "positive")
+    spec = [("crop_brain", {"margin": 2})] + list(s.pipeline)
+    s, view = H.set_preprocessing(s, engines, spec)
+    s, view2 = H.prepare_prompts(s, engines)
+    geo = s.processed.geometry
+    assert not geo.is_identity and s.processed.image.shape != (SIDE, SIDE)
+    # the click stays where it was, and is answered again on the cropped image
+    assert s.prompts.points[0] == pytest.approx((cx, cy), abs=0.5)
+    assert s.prompts.result is not None and s.prompts.image_key == s.processed.key
+    for m in (s.unet_result.mask, s.kmeans_mask, s.prompts.result.mask, s.gradcam):
+        assert m.shape == (SIDE, SIDE)
+    assert view["before_after"][1].shape == (SIDE, SIDE, 3)
+    assert "crop" in view["pipeline_info"]
+    # outside the crop the processed view is black: the slice's frame is kept
+    y0, x0, y1, x1 = geo.crop
+    if y0 > 0:
+        assert view["before_after"][1][: y0].max() == 0
+
+
+def test_large_slice_is_shown_shrunk_and_clicks_map_back(engines, tmp_path, monkeypatch):
+    """Slices longer than views.MAX_DISPLAY_SIDE are sent shrunk (here the limit is lowered to keep this fast)."""
+    import cv2
+
+    monkeypatch.setattr(V, "MAX_DISPLAY_SIDE", 300)
+    small, small_mask = flair_phantom((SIDE, SIDE), seed=3)
+    img = cv2.resize(small, (380, 400), interpolation=cv2.INTER_LINEAR)
+    mask = cv2.resize(small_mask.astype(np.uint8), (380, 400), interpolation=cv2.INTER_NEAREST) > 0
+    path = _png(tmp_path / "big.png", img)
+    s, view = H.load_file(Session(), engines, str(path))
+    assert s.display_factor == pytest.approx(300 / 400)
+    assert max(view["prompt_image"].shape[:2]) == 300 and max(view["overlay_unet"].shape[:2]) == 300
+    x, y = _deepest(mask)
+    s, view = H.click(s, engines, to_display(s, (x, y)), "positive")
+    assert s.prompts.points[0] == pytest.approx((x, y), abs=1.5)
+    assert s.prompts.result.mask.shape == (400, 380)
+
+
 def test_click_positive_negative_undo_clear(engines, phantom):
     path, mask, (cx, cy) = phantom
     s = loaded(engines, path)
@@ -302,6 +345,7 @@ def test_engine_switch_random_walker_finds_the_lesion(engines, phantom):
     assert dice(res.mask, mask) > 0.5
     s, view = H.switch_engine(s, engines, "sam")  # disabled with --sam-model none
     assert "SAM unavailable" in messages(view) and s.slot.engine_key == "random_walker"
+    assert view["engine"] == "random_walker"  # the chooser goes back to the engine in use
 
 
 class FakeSam:
@@ -331,10 +375,10 @@ class FakeSam:
 
 
 class SamFakeEngines(Engines):
-    def new_predictor(self, key):
+    def new_predictor(self, key, **kw):
         if key == "sam":
             return FakeSam()
-        return super().new_predictor(key)
+        return super().new_predictor(key, **kw)
 
 
 def test_sam_candidates_and_deferred_set_image(weights, phantom):
@@ -536,6 +580,8 @@ def test_empty_weights_dir_gives_clear_notices(empty_engines, phantom):
     assert list(view["metrics_table"]["pair"]) == ["prompted vs K-Means"]
     status = H.engines_status(empty_engines)
     assert status.count("unavailable, because") >= 3 and "random walker" in status
+    summary = H.engines_summary(empty_engines)
+    assert "unavailable" in summary and "random walker" in summary and "Engines tab" in summary
     s, view = H.show_gradcam(s, empty_engines, None)
     assert "classifier unavailable" in messages(view)
 

@@ -47,30 +47,70 @@ class Engines:
         self.device = device
         self._lock = threading.Lock()
         self._results: dict[str, object] = {}
+        self._loading: dict[str, threading.Event] = {}
 
     def _path(self, name: str) -> str:
         return os.path.join(self.weights_dir, name)
 
-    def _get(self, key: str, loader):
+    def _get(self, key: str, loader, wait: bool = True):
+        """The engine (or reason) for ``key``, loading it on first use.
+
+        Loads of different engines run in parallel; with wait=False a load in
+        progress answers "still loading" instead of blocking (SAM's first
+        download, or its network time-out offline, can take tens of seconds).
+        """
         with self._lock:
-            if key not in self._results:
-                try:
-                    self._results[key] = loader()
-                except Exception as exc:  # noqa: BLE001 - an engine that fails is reported, not raised
-                    self._results[key] = f"{key} unavailable, because {type(exc).__name__}: {exc}"
+            if key in self._results:
+                return self._results[key]
+            ev = self._loading.get(key)
+            owner = ev is None
+            if owner:
+                ev = self._loading[key] = threading.Event()
+        if not owner:
+            if not wait and not ev.is_set():
+                return f"{key} is still loading; try again in a moment"
+            ev.wait()
             return self._results[key]
+        try:
+            result = loader()
+        except Exception as exc:  # noqa: BLE001 - an engine that fails is reported, not raised
+            result = f"{key} unavailable, because {type(exc).__name__}: {exc}"
+        with self._lock:
+            self._results[key] = result
+        ev.set()
+        return result
+
+    def preload(self, background: bool = True) -> threading.Thread | None:
+        """Load every engine now (in a daemon thread by default) so the first user does not wait."""
+        def run():
+            for key, loader in (("unet", self._unet_loader), ("classifier", self._cls_loader),
+                                ("clicks", self._clicks_probe), ("sam", self._sam_probe)):
+                self._get(key, loader)
+        if not background:
+            run()
+            return None
+        t = threading.Thread(target=run, name="engine-preload", daemon=True)
+        t.start()
+        return t
+
+    def _unet_loader(self):
+        from bt_demo.models.unet import UNetEngine
+
+        return UNetEngine.load(self._path("unet"), self.device)
+
+    def _cls_loader(self):
+        from bt_demo.models.classifier import ClassifierEngine
+
+        return ClassifierEngine.load(self._path("classifier"), self.device)
 
     # -- automatic engines (stateless, shared) ------------------------------
     def unet(self):
         """UNetEngine or a str reason."""
-        from bt_demo.models.unet import UNetEngine
-
-        return self._get("unet", lambda: UNetEngine.load(self._path("unet"), self.device))
+        return self._get("unet", self._unet_loader)
 
     def classifier(self):
-        from bt_demo.models.classifier import ClassifierEngine
-
-        return self._get("classifier", lambda: ClassifierEngine.load(self._path("classifier"), self.device))
+        """ClassifierEngine or a str reason."""
+        return self._get("classifier", self._cls_loader)
 
     # -- promptable engines (one predictor per session) ---------------------
     def _sam_probe(self):
@@ -85,35 +125,40 @@ class Engines:
 
         return ClickEngine.load(self._path("clicks"), self.device)
 
-    def new_predictor(self, key: str):
-        """A fresh predictor for one session, or a str reason it is unavailable."""
+    def new_predictor(self, key: str, wait: bool = True):
+        """A fresh predictor for one session, or a str reason it is unavailable.
+
+        wait=False: if the engine is still loading (see ``preload``), say so instead of blocking.
+        """
         if key not in PROMPT_ENGINES:
             raise KeyError(f"unknown engine {key!r}; choose one of {list(PROMPT_ENGINES)}")
         if key == "random_walker":
             from bt_demo.models.classical import RandomWalkerEngine
 
             return RandomWalkerEngine()
-        probe = self._get(key, self._sam_probe if key == "sam" else self._clicks_probe)
+        probe = self._get(key, self._sam_probe if key == "sam" else self._clicks_probe, wait=wait)
         if isinstance(probe, str):
             return probe
         if hasattr(probe, "new_session"):  # SAM: shares model, processor and embedding cache
             return probe.new_session()
         return type(probe)(probe.model)
 
-    def statuses(self) -> list[EngineStatus]:
-        """Every engine, available or not, with its reason. Loads what was not tried yet."""
+    def statuses(self, wait: bool = True) -> list[EngineStatus]:
+        """Every engine, available or not, with its reason. Loads what was not tried yet
+        (wait=False: engines still loading are reported as such)."""
         out = []
-        for key, label, obj in (("unet", "U-Net (automatic)", self.unet()),
-                                ("classifier", "classifier", self.classifier())):
+        for key, label, loader in (("unet", "U-Net (automatic)", self._unet_loader),
+                                   ("classifier", "classifier", self._cls_loader)):
+            obj = self._get(key, loader, wait=wait)
             out.append(EngineStatus(key, label, not isinstance(obj, str), obj if isinstance(obj, str) else "loaded"))
         for key, label in PROMPT_ENGINES.items():
-            p = self.new_predictor(key)
+            p = self.new_predictor(key, wait=wait)
             out.append(EngineStatus(key, label, not isinstance(p, str), p if isinstance(p, str) else getattr(p, "name", label)))
         return out
 
-    def available_prompt_engines(self) -> list[str]:
-        return [k for k in FALLBACK_ORDER if not isinstance(self.new_predictor(k), str)]
+    def available_prompt_engines(self, wait: bool = True) -> list[str]:
+        return [k for k in FALLBACK_ORDER if not isinstance(self.new_predictor(k, wait=wait), str)]
 
-    def default_prompt_engine(self) -> str:
-        """SAM if loadable, else the click model, else the random walker."""
-        return self.available_prompt_engines()[0]
+    def default_prompt_engine(self, wait: bool = True) -> str:
+        """SAM if loadable, else the click model, else the random walker (always available)."""
+        return self.available_prompt_engines(wait=wait)[0]

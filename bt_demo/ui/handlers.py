@@ -129,16 +129,27 @@ def _pipeline(s: Session) -> list:
 
 
 def _ensure_slot(s: Session, engines) -> PredictorSlot:
-    """This session's predictor; created on first use (or after a deep copy emptied the slot)."""
+    """This session's predictor; created on first use (or after a deep copy emptied the slot).
+
+    The first available of SAM, the click model, the random walker; SAM is
+    not waited for while it is still loading (its first download can take
+    minutes), the click model is (it loads in a second or two).
+    """
     if s.slot is None:
-        s.slot = _new_slot(engines, engines.default_prompt_engine())
+        from bt_demo.models.registry import FALLBACK_ORDER
+
+        for key in FALLBACK_ORDER:
+            slot = _new_slot(engines, key, wait=key != "sam")
+            if slot.predictor is not None:
+                s.slot = slot
+                break
     elif s.slot.predictor is None and not s.slot.reason:
         s.slot = _new_slot(engines, s.slot.engine_key)
     return s.slot
 
 
-def _new_slot(engines, key: str) -> PredictorSlot:
-    p = engines.new_predictor(key)
+def _new_slot(engines, key: str, wait: bool = True) -> PredictorSlot:
+    p = engines.new_predictor(key, wait=wait)
     if isinstance(p, str):
         return PredictorSlot(key, None, p)
     return PredictorSlot(key, p)
@@ -315,7 +326,7 @@ def load_file(s: Session, engines, path) -> dict:
         sl = _load(path, {})
     except InputError as exc:
         keep = " The previous image is still shown." if s.loaded else ""
-        view["status"] = f"⚠️ **This file could not be opened:** {html.escape(str(exc))}.{keep}"
+        view["status"] = f"⚠️ **This file could not be opened:** {html.escape(str(exc).rstrip('.'))}.{keep}"
         notify(view, str(exc))
         return view
     s.slice, s.source_path, s.selectors = sl, str(path), {}
@@ -554,18 +565,24 @@ def clear(s: Session, engines=None) -> dict:
 
 @_handler("switching the prompt engine")
 def switch_engine(s: Session, engines, key: str) -> dict:
-    """Use another promptable engine (a key of ``PROMPT_ENGINES``); the current prompts are re-answered."""
+    """Use another promptable engine (a key of ``PROMPT_ENGINES``); the current prompts are re-answered.
+
+    An unavailable engine is a warning saying why; the engine in use stays (and the chooser shows it again).
+    """
     from bt_demo.models.registry import PROMPT_ENGINES
 
     if key not in PROMPT_ENGINES:
         raise InputError(f"unknown engine {key!r}; choose one of {', '.join(PROMPT_ENGINES)}")
-    slot = _new_slot(engines, key)
-    if slot.predictor is None:
-        raise InputError(slot.reason)
-    s.slot = slot
+    slot = _new_slot(engines, key, wait=False)
     view: dict = {}
-    if not s.loaded:
+    if slot.predictor is None:
+        notify(view, slot.reason)
+        current = s.slot.engine_key if s.slot is not None else None
+        view["engine"] = current
         return view
+    s.slot = slot
+    if not s.loaded:
+        return views.prompt_view_engine(s)
     slot.ensure_image(s.processed)
     s.prompts = _predict(s, s.prompts, view)
     return _prompt_and_compare(s, view)
@@ -857,11 +874,33 @@ def accept_correction(s: Session, store_root, source: str = "prompted", mask_fil
 # ---------------------------------------------------------------------------
 # 7. engines
 # ---------------------------------------------------------------------------
-def engines_status(engines) -> str:
-    """Markdown: every engine, available or "unavailable, because ..."."""
+def _loading(st) -> bool:
+    return not st.available and "still loading" in str(st.reason)
+
+
+def engines_summary(engines, wait: bool = True) -> str:
+    """One line for the top of the page: which engines answer, and the default prompt engine."""
+    from bt_demo.models.registry import PROMPT_ENGINES
+
+    sts = engines.statuses(wait=wait)
+    marks = []
+    for st in sts:
+        if st.key in ("unet", "classifier"):
+            state = "available" if st.available else ("loading…" if _loading(st) else "unavailable")
+            marks.append(f"{st.label}: {state}")
+    prompt = next((st.key for st in sts if st.key in PROMPT_ENGINES and st.available), "random_walker")
+    missing = any(not st.available for st in sts if st.key in ("unet", "classifier"))
+    tail = " (the Engines tab says why)" if missing else ""
+    return "Engines: " + " · ".join(marks) + f" · clicks answered by the {PROMPT_ENGINES[prompt]}{tail}."
+
+
+def engines_status(engines, wait: bool = True) -> str:
+    """Markdown: every engine, available, loading, or "unavailable, because ..."."""
     lines = []
-    for st in engines.statuses():
-        if st.available:
+    for st in engines.statuses(wait=wait):
+        if _loading(st):
+            lines.append(f"- ⏳ **{html.escape(st.label)}**: still loading (reload the page in a moment)")
+        elif st.available:
             detail = "" if st.reason in ("", "loaded") else f" ({html.escape(str(st.reason))})"
             lines.append(f"- ✅ **{html.escape(st.label)}**: available{detail}")
         else:

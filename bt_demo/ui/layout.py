@@ -70,9 +70,10 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
     from bt_demo.models.registry import PROMPT_ENGINES
     from bt_demo.preprocess import STEPS, default_pipeline
 
-    statuses_md = H.engines_status(engines)
-    prompt_keys = engines.available_prompt_engines()
-    default_engine = engines.default_prompt_engine()
+    # wait=False: an engine still loading (see Engines.preload) is shown as such; the page refreshes on load
+    statuses_md = H.engines_status(engines, wait=False)
+    summary_md = H.engines_summary(engines, wait=False)
+    default_engine = engines.default_prompt_engine(wait=False)
     unet = engines.unet()
     default_threshold = 0.5 if isinstance(unet, str) else float(unet.threshold)
     default_steps = {name: dict(params) for name, params in default_pipeline()}
@@ -83,6 +84,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
 
         gr.Markdown("## Brain-tumour MRI lab: segment, compare, classify", label="Title")
         gr.Markdown(NOTICE, label="Notice", elem_classes=["notice"])
+        engines_line = gr.Markdown(summary_md, label="Engines summary", elem_classes=["hint"])
 
         with gr.Row(equal_height=False):
             # ---------------- left: the slice and its preprocessing -----------------
@@ -108,17 +110,6 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                     spacing = gr.Number(value=None, label="Pixel spacing (mm), used when the file gives none",
                                         minimum=0, maximum=100, step=0.01)
 
-                gr.Markdown("### Preprocessing", label="Preprocessing heading")
-                controls = []
-                for name, step in STEPS.items():
-                    enabled = name in default_steps
-                    cb = gr.Checkbox(value=enabled, label=step.label, info=step.description)
-                    controls.append(cb)
-                    if step.params:
-                        with gr.Accordion(f"{step.label}: parameters", open=False):
-                            for p in step.params:
-                                value = default_steps.get(name, {}).get(p.name, p.default)
-                                controls.append(_param_control(p, value))
                 before_after = gr.ImageSlider(label="Before / after preprocessing (drag the handle)",
                                               type="numpy", format="png", max_height=420, interactive=False)
                 pipeline_info = gr.Markdown("", label="Preprocessing summary")
@@ -139,7 +130,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                 with gr.Row():
                                     undo_btn = gr.Button("Undo last point", size="sm")
                                     clear_btn = gr.Button("Clear points", size="sm")
-                                engine = gr.Radio(choices=[(PROMPT_ENGINES[k], k) for k in prompt_keys],
+                                engine = gr.Radio(choices=[(v, k) for k, v in PROMPT_ENGINES.items()],
                                                   value=default_engine, label="Prompt engine")
                                 candidates = gr.Radio(choices=[], value=None, visible=False, type="value",
                                                       label="SAM's candidate masks (pick one)")
@@ -170,9 +161,10 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                         area_table = gr.Dataframe(label="Mask areas", interactive=False)
                         with gr.Row(equal_height=False):
                             agreement_image = gr.Image(label="Agreement map", type="numpy", format="png",
-                                                       interactive=False, buttons=["fullscreen"], scale=3)
+                                                       interactive=False, buttons=["fullscreen"], scale=3,
+                                                       min_width=240)
                             agreement_legend = gr.HTML("", label="Agreement legend", elem_classes=["legend"],
-                                                       min_width=200)
+                                                       scale=2, min_width=160)
                     with gr.Tab("K-Means", id="kmeans"):
                         k_slider = gr.Slider(2, 12, value=4, step=1, label="Number of clusters K")
                         with gr.Row(equal_height=False):
@@ -208,7 +200,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                              ("uploaded mask file", "upload"), ("painted with the brush", "painted")],
                                     value="prompted", label="Corrected mask comes from")
                                 corr_file = gr.File(label="Corrected mask file (same size as the slice, white = tumour)",
-                                                    file_count="single", type="filepath", height=120)
+                                                    file_count="single", type="filepath")
                                 with gr.Accordion("Paint the corrected mask (brush)", open=False):
                                     editor_btn = gr.Button("Load the slice into the editor "
                                                            "(the prompted mask's outline is a guide)", size="sm")
@@ -223,7 +215,29 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                 accept_btn = gr.Button("Accept as correction", variant="primary")
                                 correction_info = gr.Markdown("", label="Correction status")
                     with gr.Tab("Engines", id="engines"):
-                        gr.Markdown(statuses_md, label="Engines status")
+                        engines_md = gr.Markdown(statuses_md, label="Engines status")
+
+        # ---------------- below: the preprocessing steps, from the registry -----------
+        gr.Markdown("### Preprocessing steps (applied in this order; every panel above follows)",
+                    label="Preprocessing heading")
+        controls = []
+        per_row = 4
+        names = list(STEPS)
+        for start in range(0, len(names), per_row):
+            with gr.Row(equal_height=False):
+                for name in names[start:start + per_row]:
+                    step = STEPS[name]
+                    with gr.Column(min_width=220):
+                        with gr.Group():
+                            cb = gr.Checkbox(value=name in default_steps, label=step.label, info=step.description)
+                            controls.append(cb)
+                            if step.params:
+                                with gr.Accordion(f"{step.label}: parameters", open=False):
+                                    for p in step.params:
+                                        value = default_steps.get(name, {}).get(p.name, p.default)
+                                        controls.append(_param_control(p, value))
+                for _ in range(per_row - len(names[start:start + per_row])):
+                    gr.Column(min_width=220)  # keep the grid aligned
 
         # ------------------------------------------------------------------
         # wiring
@@ -244,7 +258,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
         }
         slice_out = ["status", "idx_slice", "idx_volume", "idx_page", "idx_frame", "idx_channel",
                      "win_center", "win_width"]
-        prompt_out = ["prompt_image", "prompt_info", "candidates"]
+        prompt_out = ["prompt_image", "prompt_info", "candidates", "engine"]
         compare_out = ["overlay_unet", "overlay_prompt", "overlay_kmeans", "compare_info", "metrics_table",
                        "area_table", "agreement_image", "agreement_legend"]
         every_panel = (["before_after", "pipeline_info"] + prompt_out + compare_out
@@ -280,17 +294,21 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                             outputs=[session] + [comp[n] for n in prompt_out + compare_out],
                             show_progress="hidden")
 
+        # 7. engines: refresh what is loaded when a page opens (models load in the background)
+        demo.load(lambda: (H.engines_summary(engines, wait=False), H.engines_status(engines, wait=False)),
+                  inputs=None, outputs=[engines_line, engines_md], show_progress="hidden")
+
         # 1. the slice
         then_prepare(wire(upload.change, lambda s, f: H.load_file(s, engines, f), [upload],
                           slice_out + every_panel))
         index_inputs = [idx_page, idx_frame, idx_slice, idx_volume, idx_channel]
         for ctl in (idx_page, idx_frame, idx_slice, idx_volume):
-            then_prepare(wire(ctl.release, lambda s, *v: H.select_index(s, engines, *v), index_inputs,
+            then_prepare(wire(ctl.input, lambda s, *v: H.select_index(s, engines, *v), index_inputs,
                               slice_out + every_panel, trigger_mode="always_last"))
         then_prepare(wire(idx_channel.input, lambda s, *v: H.select_index(s, engines, *v), index_inputs,
                           slice_out + every_panel))
         for ctl in (win_center, win_width):
-            then_prepare(wire(ctl.release, lambda s, c, w: H.set_window(s, engines, c, w), [win_center, win_width],
+            then_prepare(wire(ctl.input, lambda s, c, w: H.set_window(s, engines, c, w), [win_center, win_width],
                               every_panel, trigger_mode="always_last"))
         for trig in (spacing.submit, spacing.blur):
             wire(trig, H.set_spacing, [spacing],
@@ -301,7 +319,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
             return H.set_preprocessing(s, engines, H.spec_from_controls(STEPS, keys, values))
 
         for ctl in controls:
-            trig = ctl.release if isinstance(ctl, gr.Slider) else ctl.input
+            trig = ctl.input  # user changes only (dragging, typing, ticking); never our own updates
             then_prepare(wire(trig, on_pipeline, controls, every_panel, trigger_mode="always_last"))
 
         # 3. prompts
@@ -310,7 +328,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
 
         prompt_image.select(on_click, inputs=[session, mode], outputs=[session] + [comp[n] for n in
                                                                                  prompt_out + compare_out],
-                            show_progress="hidden", trigger_mode="always_last")
+                            show_progress="hidden", trigger_mode="multiple")  # never drop a click
         wire(undo_btn.click, lambda s: H.undo(s, engines), [], prompt_out + compare_out)
         wire(clear_btn.click, lambda s: H.clear(s, engines), [], prompt_out + compare_out)
         wire(box_btn.click, lambda s, a, b, c, d: H.set_box(s, engines, a, b, c, d), [bx0, by0, bx1, by1],
@@ -319,10 +337,10 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
         wire(candidates.input, H.pick_candidate, [candidates], prompt_out + compare_out)
 
         # 4. compare, K-Means
-        wire(opacity.release, H.set_opacity, [opacity], prompt_out + compare_out, trigger_mode="always_last")
-        wire(threshold.release, lambda s, t: H.set_threshold(s, engines, t), [threshold],
+        wire(opacity.input, H.set_opacity, [opacity], prompt_out + compare_out, trigger_mode="always_last")
+        wire(threshold.input, lambda s, t: H.set_threshold(s, engines, t), [threshold],
              ["unet_info"] + compare_out, trigger_mode="always_last")
-        wire(k_slider.release, H.set_k, [k_slider], ["kmeans_image", "kmeans_info"] + compare_out,
+        wire(k_slider.input, H.set_k, [k_slider], ["kmeans_image", "kmeans_info"] + compare_out,
              trigger_mode="always_last")
         wire(sweep_btn.click, H.run_sweep, [], ["sweep_plot", "sweep_info"], show_progress="full")
 

@@ -28,6 +28,9 @@ MASK_COLORS = {UNET: render.COLORS["unet"], PROMPT: render.COLORS["prompt"], KME
 INDEX_AXES = ("page", "frame", "slice", "volume")
 CHANNEL_CHOICES = [("luma (mix of R, G, B)", -1), ("red", 0), ("green", 1), ("blue", 2)]
 
+FORMAT_LABEL = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP", "gif": "GIF", "webp": "WebP",
+                "dicom": "DICOM", "nifti": "NIfTI"}
+
 PROMPT_MODES = {
     "positive": "+ tumour (positive point)",
     "negative": "− not tumour (negative point)",
@@ -46,10 +49,37 @@ def swatch(color, text: str) -> str:
             f'border:1px solid #0006;background:{rgb_css(color)}"></span>{html.escape(text)}</span>')
 
 
+MAX_DISPLAY_SIDE = 1024  # larger slices are shown (and sent to the browser) shrunk to this long side
+
+
 def display_factor(shape: tuple[int, int]) -> float:
-    """The integer upscale :func:`bt_demo.render.upscale_for_display` applies to a slice of ``shape``."""
+    """Display pixels per slice pixel for the clickable image.
+
+    Small slices: the integer upscale of :func:`bt_demo.render.upscale_for_display`;
+    slices longer than :data:`MAX_DISPLAY_SIDE`: ``MAX_DISPLAY_SIDE / long side`` (< 1).
+    """
     h, w = int(shape[0]), int(shape[1])
+    if max(h, w) > MAX_DISPLAY_SIDE:
+        return MAX_DISPLAY_SIDE / max(h, w)
     return float(render.upscale_for_display(np.zeros((h, w), np.uint8))[1])
+
+
+def to_display(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """Scale an image by ``factor``: nearest-neighbour blocks up (crisp pixels), area-averaging down."""
+    if factor == 1.0:
+        return rgb
+    if factor > 1.0:
+        return render.upscale_for_display(rgb)[0]
+    import cv2
+
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+
+
+def fit(rgb: np.ndarray) -> np.ndarray:
+    """A view image shrunk to at most :data:`MAX_DISPLAY_SIDE` on its long side (never enlarged)."""
+    long_side = max(rgb.shape[:2])
+    return rgb if long_side <= MAX_DISPLAY_SIDE else to_display(rgb, MAX_DISPLAY_SIDE / long_side)
 
 
 # ---------------------------------------------------------------------------
@@ -86,7 +116,7 @@ def slice_info(s) -> str:
 
     sl = s.slice
     h, w = sl.shape
-    parts = [f"**{sl.source.upper()}**, {w} × {h} px"]
+    parts = [f"**{FORMAT_LABEL.get(sl.source, sl.source.upper())}**, {w} × {h} px"]
     where = describe_indices(sl)
     if where:
         parts.append(where)
@@ -162,7 +192,7 @@ def preprocessing_view(s) -> dict:
         y0, x0, y1, x1 = geo.crop
         info += (f" Engines see a {geo.processed_shape[1]} × {geo.processed_shape[0]} px image "
                  f"(crop x {x0}–{x1}, y {y0}–{y1} of the slice); everything shown stays in slice pixels.")
-    return {"before_after": (before, after), "pipeline_info": info}
+    return {"before_after": (fit(before), fit(after)), "pipeline_info": info}
 
 
 # ---------------------------------------------------------------------------
@@ -174,8 +204,8 @@ def prompt_image(s) -> np.ndarray:
     res = s.prompts.result
     if res is not None:
         base = render.overlay_mask(base, res.mask, render.COLORS["prompt"], alpha=s.opacity)
-    big, f = render.upscale_for_display(base)
-    f = float(f)
+    f = float(s.display_factor)
+    big = to_display(base, f)
 
     def to_disp(xy):
         return [((x + 0.5) * f - 0.5, (y + 0.5) * f - 0.5) for x, y in xy]
@@ -221,8 +251,14 @@ def candidate_update(s) -> dict:
     return {"candidates": gr.update(visible=True, choices=choices, value=int(res.chosen))}
 
 
+def prompt_view_engine(s) -> dict:
+    """The engine chooser shows the engine this session really uses."""
+    return {} if s.slot is None else {"engine": s.slot.engine_key}
+
+
 def prompt_view(s) -> dict:
-    return {"prompt_image": prompt_image(s), "prompt_info": prompt_info(s), **candidate_update(s)}
+    return {"prompt_image": prompt_image(s), "prompt_info": prompt_info(s), **candidate_update(s),
+            **prompt_view_engine(s)}
 
 
 # ---------------------------------------------------------------------------
@@ -255,9 +291,9 @@ def compare_view(s) -> dict:
     out = {}
     for name, key in ((UNET, "overlay_unet"), (PROMPT, "overlay_prompt"), (KMEANS, "overlay_kmeans")):
         if name in masks:
-            out[key] = render.overlay_mask(gray, masks[name], MASK_COLORS[name], alpha=alpha, contour=True)
+            out[key] = fit(render.overlay_mask(gray, masks[name], MASK_COLORS[name], alpha=alpha, contour=True))
         else:
-            out[key] = render.to_rgb(gray)
+            out[key] = fit(render.to_rgb(gray))
     spacing = s.effective_spacing()
     pairs, areas = _metrics_frames(masks, spacing)
     out["metrics_table"] = pairs
@@ -265,7 +301,7 @@ def compare_view(s) -> dict:
     if masks:
         code = metrics.agreement_map(list(masks.values()))
         img, legend = render.agreement_rgb(gray, code, list(masks), alpha=max(alpha, 0.35))
-        out["agreement_image"] = img
+        out["agreement_image"] = fit(img)
         summary = metrics.agreement_summary(masks)
         legend_html = "".join(swatch(col, txt) for txt, col in legend)
         frac = summary["agreement_fraction"]
@@ -273,7 +309,7 @@ def compare_view(s) -> dict:
                                    f"<div>All masks agree on {100 * frac:.0f}% of the pixels any of them calls "
                                    f"tumour ({summary['all_agree_tumour_px']} of {summary['union_px']} px).</div>")
     else:
-        out["agreement_image"] = render.to_rgb(gray)
+        out["agreement_image"] = fit(render.to_rgb(gray))
         out["agreement_legend"] = "<div>No mask yet.</div>"
     missing = [n for n in (UNET, PROMPT, KMEANS) if n not in masks]
     notes = []
@@ -299,7 +335,8 @@ def unet_view(s) -> dict:
     n, mm2 = metrics.area(res.mask, s.effective_spacing())
     area = f"{n} px" + (f" = {mm2:.1f} mm²" if mm2 is not None else "")
     thr = res.extra.get("threshold", s.unet_threshold)
-    return {"unet_info": f"U-Net mask at probability ≥ {thr:.2f}: {area} ({1000 * res.seconds:.0f} ms)."}
+    return {"unet_info": f"U-Net mask at probability ≥ {thr:.2f}: {area}. Moving the threshold re-uses the "
+                         "probability map (the network does not run again)."}
 
 
 def kmeans_view(s) -> dict:
@@ -321,7 +358,7 @@ def kmeans_view(s) -> dict:
         blend = render.draw_contour(blend, s.kmeans_mask, render.COLORS["reference"], 1)
     n, mm2 = metrics.area(s.kmeans_mask, s.effective_spacing()) if s.kmeans_mask is not None else (0, None)
     area = f"{n} px" + (f" = {mm2:.1f} mm²" if mm2 is not None else "")
-    return {"kmeans_image": blend,
+    return {"kmeans_image": fit(blend),
             "kmeans_info": f"K = {km.k} clusters; tumour candidate (white outline): {area}."}
 
 
@@ -359,7 +396,7 @@ def classifier_view(s) -> dict:
     choices = [(pretty_class(k), k) for k in cr.probabilities]
     out["gradcam_class"] = gr.update(choices=choices, value=s.gradcam_class or cr.top_class)
     if s.gradcam is not None:
-        out["gradcam_image"] = render.heatmap_overlay(display_gray(s), s.gradcam, alpha=0.45, mask_below=0.15)
+        out["gradcam_image"] = fit(render.heatmap_overlay(display_gray(s), s.gradcam, alpha=0.45, mask_below=0.15))
     else:
         out["gradcam_image"] = None
     return out

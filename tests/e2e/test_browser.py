@@ -105,12 +105,18 @@ def browser_page(viewport=(1500, 1000)):
 # ---------------------------------------------------------------------------
 def block(page, label: str):
     """The (innermost) component block whose label contains ``label``."""
-    labels = page.locator("[data-testid='block-label'], [data-testid='block-info'], .label-text", has_text=label)
+    labels = page.locator("[data-testid='block-label'], [data-testid='block-info'], .label-text, .header-row .label",
+                          has_text=label)
     return page.locator(".block").filter(has=labels).last
 
 
 def upload(page, path: Path) -> None:
-    block(page, "Upload an MRI slice").locator("input[type=file]").set_input_files(str(path))
+    """Upload ``path`` into the "Upload an MRI slice" box (clearing the previous file first, as a person would)."""
+    box = block(page, "Upload an MRI slice")
+    clear = box.get_by_role("button", name="Clear")
+    if clear.count():
+        clear.first.click()
+    box.locator("input[type=file]").set_input_files(str(path))
 
 
 def wait_for_image(page, label: str, timeout_s: float = 60) -> str:
@@ -222,7 +228,7 @@ def test_upload_preprocess_click_compare(app_url):
         wait_for_src_change(page, "Click on the tumour", src1)  # the prompted mask is drawn
 
         page.get_by_role("tab", name="Compare").click()
-        table = block(page, "Agreement between masks")
+        table = page.get_by_role("grid", name="Agreement between masks")
         table.get_by_text("U-Net vs prompted").first.wait_for()
         assert table.get_by_text("prompted vs K-Means").count() >= 1
         # Dice values are numbers in [0, 1]
@@ -256,17 +262,22 @@ def take_screenshot(out: Path = REPO / "assets" / "screenshot.png", weights_dir:
                     example: Path = EXAMPLE) -> Path:
     """Run the app, load the phantom, click its lesion, and save a full-page screenshot to ``out``.
 
-    weights_dir: the models to show (default: the shipped ``weights/`` when it
-    has all three models, else tiny random ones).
+    weights_dir: the models to show. Default: the shipped ``weights/`` when it
+    holds all three trained models; otherwise an empty folder, so the picture
+    never shows a random network's output (the random walker answers the
+    click, and the U-Net / classifier panels say why they are unavailable).
     """
     reason = _skip_reason()
     if reason:
         raise RuntimeError(reason)
-    if weights_dir is None:
-        shipped = REPO / "weights"
-        if all((shipped / m / "config.json").exists() for m in ("unet", "clicks", "classifier")):
-            weights_dir = shipped
     with tempfile.TemporaryDirectory() as tmp:
+        if weights_dir is None:
+            shipped = REPO / "weights"
+            if all((shipped / m / "config.json").exists() for m in ("unet", "clicks", "classifier")):
+                weights_dir = shipped
+            else:
+                weights_dir = Path(tmp) / "no_weights"
+                weights_dir.mkdir()
         with running_app(Path(tmp), weights_dir) as url, browser_page((1500, 1100)) as page:
             page.goto(url)
             upload_example_and_click(page, example)
