@@ -1,28 +1,163 @@
-"""python -m bench [core|engines|sam|all] [--quick]: run the benchmark suites, JSON under bench/results/."""
+"""python -m bench [SUITE ...] [--quick] [--weights-dir DIR]: run benchmark suites, then write the summary.
+
+Suites (default: all but ``sam``, which downloads nothing but takes ~8 min):
+  core      preprocessing steps, default pipeline, K-Means, K sweep (256², 512², 1024²)
+  engines   U-Net, classifier, Grad-CAM, click model (1..20 clicks), random walker (256², 512², 1024²)
+  studies   histogram/CDF view, watershed, snakes, measurement, TTA uncertainty (256², 512²)
+  ui        the app's handlers: upload -> panels, click -> mask, preprocessing change, K change
+  startup   cold start of `python app.py` to the first served page
+  corpus    the bad-input corpus through the upload handler (cases passed)
+  crash     SIGKILL during correction-store saves (records written / partial / lost)
+  load      gradio_client load test against a real server, 1 and 8 sessions
+  sam       SAM / SAM 2 image-encoder time per architecture and cached-click time
+  summary   only rewrite bench/results/SUMMARY.md from the JSON already there
+
+Each suite writes JSON (with CPU count and library versions) under
+bench/results/; SUMMARY.md gathers the latest numbers as Markdown tables (the
+README's "Performance and reliability" section quotes it). --quick runs
+fewer repeats and the small sizes only, for a smoke run.
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
 import sys
+import time
+from pathlib import Path
+
+from bench.common import RESULTS, machine
+
+SUITES = ["core", "engines", "studies", "ui", "startup", "corpus", "crash", "load", "sam"]
+
+
+def _weights(wdir: str | None) -> str | None:
+    """The weights folder to bench when it holds all three trained models, else None (random weights)."""
+    d = Path(wdir) if wdir else Path(__file__).resolve().parents[1] / "weights"
+    return str(d) if all((d / m / "config.json").exists() for m in ("unet", "clicks", "classifier")) else None
+
+
+def _calls(name: str, quick: bool, wdir: str | None) -> list[tuple[str, list[str]]]:
+    w = ["--weights-dir", wdir] if wdir else []
+    r = (lambda full, q: ["--repeats", str(q if quick else full)])
+    big = "256" if quick else "256,512,1024"
+    return {
+        "core": [("bench.bench_core", r(20, 3) + ["--sweep-repeats", "1" if quick else "5", "--sizes", big])],
+        "engines": [("bench.bench_engines", r(20, 3) + ["--sizes", big] + (w or ["--weights-dir", "/nonexistent"]))],
+        "studies": [("bench.bench_studies", r(10, 2) + ["--sizes", "256" if quick else "256,512"])],
+        "ui": [("bench.bench_ui", r(7, 2) + w)],
+        "startup": [("bench.bench_startup", ["--runs", "1" if quick else "3"] + w)],
+        "corpus": [("bench.bench_corpus", [])],
+        "crash": [("bench.crash_store", ["--kills", "30" if quick else "300", "--json", str(RESULTS / "crash_store.json")])],
+        "load": [("bench.load_test", ["--sessions", str(n), "--seconds", "10" if quick else "30",
+                                      "--out", str(RESULTS / f"load_test_{n}sessions.json")] + w) for n in (1, 8)],
+        "sam": [("bench.bench_sam", ["--repeats", "1" if quick else "3"])],
+    }[name]
+
+
+def _ms(v) -> str:
+    return "" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _load(name: str) -> dict | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def summary() -> str:
+    """Markdown tables of the latest JSON results."""
+    out = ["# Benchmark summary", ""]
+    m = machine()
+    out.append(f"Machine: {m['cpu_count']} CPU cores, {m['platform']}, Python {m['python']}, "
+               + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()) + ". Times in ms (median / p95).")
+    out.append("")
+    for name, title, key in (("core", "Core (preprocessing, K-Means)", "item"),
+                             ("engines", "Engines", "item"), ("studies", "Image studies", "item")):
+        d = _load(name)
+        if not d:
+            continue
+        sizes = sorted({r.get("size") for r in d["rows"]})
+        items = list(dict.fromkeys(r[key] for r in d["rows"]))
+        cell = {(r[key], r.get("size")): r for r in d["rows"]}
+        extra = f" (weights: {', '.join(f'{k} {v}' for k, v in d['weights_source'].items()) or 'shipped'})" \
+            if name == "engines" and "weights_source" in d else ""
+        out += [f"## {title}{extra}", "", "| item | " + " | ".join(f"{s}²" for s in sizes) + " |",
+                "|---|" + "---|" * len(sizes)]
+        for it in items:
+            cells = [f"{_ms(cell[(it, s)]['median_ms'])} / {_ms(cell[(it, s)]['p95_ms'])}" if (it, s) in cell else ""
+                     for s in sizes]
+            out.append(f"| {it} | " + " | ".join(cells) + " |")
+        out.append("")
+    d = _load("ui_latency")
+    if d:
+        out += [f"## App handlers (256² phantom; models: {d.get('models', '?')})", "", "| event | median | p95 |",
+                "|---|---|---|"]
+        out += [f"| {r['event']} | {_ms(r['median_ms'])} | {_ms(r['p95_ms'])} |" for r in d["rows"]]
+        out.append("")
+    d = _load("startup")
+    if d:
+        r = d["rows"][0]
+        out += [f"Cold start of `python app.py` to the first served page: median {r['median_s']} s, "
+                f"max {r['max_s']} s over {r['runs']} runs.", ""]
+    d = _load("sam_cpu")
+    if d:
+        out += ["## SAM / SAM 2 on this CPU (random weights of each architecture, 1024² encoder input)", "",
+                "| architecture | params (M) | encoder median / p95 |", "|---|---|---|"]
+        out += [f"| {e['name']} | {e['params_m']} | {_ms(e['encoder_ms_median'])} / {_ms(e['encoder_ms_p95'])} |"
+                for e in d["encoder"]]
+        pr = d["predict"]
+        out += ["", f"{pr['name']}: a click with the embedding cached takes {_ms(pr['predict_ms_median'])} ms median "
+                f"({_ms(pr['predict_ms_p95'])} p95); the first click on a new image {_ms(pr['first_click_ms'])} ms.", ""]
+    rows = [r for n in (1, 8) if (d := _load(f"load_test_{n}sessions")) for r in d["rows"]]
+    if rows:
+        out += ["## Concurrent sessions (gradio_client against a real server)", "",
+                "| sessions | clicks/s | p50 click | p95 click | errors | crosstalk | weights |", "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['sessions']} | {r['throughput_clicks_per_s']} | {_ms(r['click_p50_ms'])} | {_ms(r['click_p95_ms'])} | "
+                f"{r['errors']} | {r['crosstalk']} | {r.get('weights', '')} |" for r in rows]
+        out.append("")
+    d, c = _load("corpus"), _load("crash_store")
+    if d or c:
+        out += ["## Reliability", ""]
+        if d:
+            out.append(f"- Bad-input corpus through the upload handler: {d['passed']}/{d['total']} cases behaved as required "
+                       "(clear message or loaded; the next good upload worked).")
+        if c:
+            out.append(f"- Correction store under SIGKILL: {c['kills']} writers killed, {c['written']} saves returned, "
+                       f"{c['readable']} records readable, {c['partial']} partial, {c['lost']} lost.")
+        out.append("")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quick = "--quick" in argv
     argv = [a for a in argv if a != "--quick"]
-    which = argv[0] if argv else "all"
-    suites = {"core": "bench.bench_core", "engines": "bench.bench_engines", "sam": "bench.bench_sam"}
-    if which not in (*suites, "all"):
+    wdir = None
+    if "--weights-dir" in argv:
+        i = argv.index("--weights-dir")
+        wdir = argv[i + 1]
+        del argv[i:i + 2]
+    bad = [a for a in argv if a not in (*SUITES, "summary", "all")]
+    if bad:
         print(__doc__)
         return 2
-    import importlib
-
-    for name in (suites if which == "all" else [which]):
-        if which == "all" and name == "sam" and quick:
-            continue
-        print(f"\n## {name}\n")
-        mod_argv = ["--repeats", "5"] if quick else []
-        importlib.import_module(suites[name]).main(mod_argv)
-    return 0
+    wanted = [s for s in SUITES if s != "sam"] if not argv or argv == ["all"] else [a for a in argv if a != "summary"]
+    weights = _weights(wdir)
+    failed = []
+    for name in wanted:
+        for mod, args in _calls(name, quick, weights):
+            print(f"\n## {name}: python -m {mod} {' '.join(args)}\n", flush=True)
+            t0 = time.perf_counter()
+            rc = importlib.import_module(mod).main(args)
+            print(f"({name} took {time.perf_counter() - t0:.0f} s)")
+            if rc:
+                failed.append(name)
+    text = summary()
+    (RESULTS / "SUMMARY.md").write_text(text + "\n")
+    print("\n" + text)
+    if failed:
+        print(f"\nsuites that reported a failure: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

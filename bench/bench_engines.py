@@ -84,6 +84,13 @@ def main(argv=None) -> int:
         pts = [(cx, cy), (cx + size // 20, cy), (cx - size // 10, cy + size // 10)]
         rows.append({"item": "click model, 3 clicks + previous", "size": size,
                      **time_it(lambda: clicks.predict(pts, [1, 1, 0], previous=first), args.repeats)})
+        # cost against the number of clicks: each click adds a disk to the click maps, one forward pass regardless
+        rng = np.random.default_rng(0)
+        for n in (5, 10, 20):
+            many = [(cx, cy)] + [(int(x), int(y)) for x, y in rng.integers(size // 8, size - size // 8, size=(n - 1, 2))]
+            labs = [1] + [int(v) for v in rng.integers(0, 2, size=n - 1)]
+            rows.append({"item": f"click model, {n} clicks + previous", "size": size,
+                         **time_it(lambda: clicks.predict(many, labs, previous=first), max(5, args.repeats // 2))})
         rw = RandomWalkerEngine()
         rw.set_image(img)
         rows.append({"item": "random walker, 1 click", "size": size, **time_it(lambda: rw.predict([(cx, cy)], [1]), max(5, args.repeats // 2))})

@@ -136,3 +136,23 @@ def test_classifier_cli_dedupes_and_calibrates(class_root, tmp_path):
     weights.clear_cache()
     eng = ClassifierEngine.load(str(out))
     assert not isinstance(eng, str) and eng.model.temperature == pytest.approx(cfg["temperature"])
+
+
+def test_shipped_weights_are_replaced_only_by_a_better_card(tmp_path):
+    from train.promote import promote
+
+    def folder(name, dice):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "card.json").write_text(json.dumps({"task": "segmentation", "metrics": {"patient_dice_mean": dice}}))
+        (d / "model.safetensors").write_bytes(name.encode())
+        return d
+
+    shipped = tmp_path / "weights_unet"
+    assert promote(folder("first", 0.80), shipped)[0]  # nothing shipped yet
+    ok, why = promote(folder("worse", 0.78), shipped)
+    assert not ok and "0.8000" in why and (shipped / "model.safetensors").read_bytes() == b"first"
+    assert promote(folder("better", 0.83), shipped)[0]
+    assert (shipped / "model.safetensors").read_bytes() == b"better"
+    assert promote(folder("forced", 0.5), shipped, force=True)[0]
+    assert json.loads((shipped / "card.json").read_text())["metrics"]["patient_dice_mean"] == 0.5

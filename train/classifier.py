@@ -138,6 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="replace the shipped weights in --out even when their card scores better")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,7 +191,8 @@ def main(argv=None) -> int:
     model.temperature = t
     model._hub_mixin_config["temperature"] = t
     run.log.info(f"temperature fitted on validation: {t:.3f}")
-    common.export_weights(model, args.out)
+    candidate = run.dir / "candidate"
+    common.export_weights(model, candidate)
     info = {"command": "python -m train " + " ".join(sys.argv[1:]), "best_epoch": result["best_epoch"],
             "epochs_run": len(run.history()), "train_seconds": round(result["train_seconds"], 1),
             "wall_seconds_this_process": round(timer(), 1), "images_seen": result["images_seen"],
@@ -198,7 +201,11 @@ def main(argv=None) -> int:
     (run.dir / "train_info.json").write_text(json.dumps(info, indent=1, default=str))
     from train import evaluate
 
-    evaluate.main(["--weights", args.out, "--run-dir", str(run.dir), "--data", str(Path(args.test_dir).parent)])
+    evaluate.main(["--weights", str(candidate), "--run-dir", str(run.dir), "--data", str(Path(args.test_dir).parent)])
+    from train.promote import promote
+
+    shipped, why = promote(candidate, args.out, force=args.force)
+    run.log.info(why)
     return 0
 
 

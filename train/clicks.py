@@ -125,7 +125,8 @@ def main(argv=None) -> int:
                  seed=args.seed, device=device, resume=args.resume, patience=args.patience,
                  freeze_epochs=args.freeze_epochs if args.pretrained else 0,
                  freeze=encoder_freezer(model) if args.pretrained else None, progress=not args.no_progress)
-    common.export_weights(model, args.out)
+    candidate = run.dir / "candidate"
+    common.export_weights(model, candidate)
     info = {"command": "python -m train " + " ".join(sys.argv[1:]), "best_epoch": result["best_epoch"],
             "epochs_run": len(run.history()), "train_seconds": round(result["train_seconds"], 1),
             "wall_seconds_this_process": round(timer(), 1), "images_seen": result["images_seen"],
@@ -134,7 +135,11 @@ def main(argv=None) -> int:
     (run.dir / "train_info.json").write_text(json.dumps(info, indent=1, default=str))
     from train import evaluate
 
-    evaluate.main(["--weights", args.out, "--run-dir", str(run.dir), "--data", args.data])
+    evaluate.main(["--weights", str(candidate), "--run-dir", str(run.dir), "--data", args.data])
+    from train.promote import promote
+
+    shipped, why = promote(candidate, args.out, force=args.force)
+    run.log.info(why)
     return 0
 
 

@@ -43,6 +43,8 @@ def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="replace the shipped weights in --out even when their card scores better")
 
 
 def seg_loss():
@@ -151,7 +153,8 @@ def finish(model, run, args, val_set, result, wall_s, device) -> None:
     model._hub_mixin_config["threshold"] = model.threshold
     model._hub_mixin_config["min_component_px"] = model.min_component_px
     run.log.info(f"post-processing chosen on validation: {best}")
-    common.export_weights(model, args.out)
+    candidate = run.dir / "candidate"
+    common.export_weights(model, candidate)
     train_info = {"command": "python -m train " + " ".join(sys.argv[1:]), "best_epoch": result["best_epoch"],
                   "epochs_run": len(run.history()), "train_seconds": round(result["train_seconds"], 1),
                   "wall_seconds_this_process": round(wall_s, 1), "images_seen": result["images_seen"],
@@ -161,7 +164,11 @@ def finish(model, run, args, val_set, result, wall_s, device) -> None:
     (run.dir / "train_info.json").write_text(json.dumps(train_info, indent=1, default=str))
     from train import evaluate
 
-    evaluate.main(["--weights", args.out, "--run-dir", str(run.dir), "--data", args.data])
+    evaluate.main(["--weights", str(candidate), "--run-dir", str(run.dir), "--data", args.data])
+    from train.promote import promote
+
+    shipped, why = promote(candidate, args.out, force=args.force)
+    run.log.info(why)
 
 
 if __name__ == "__main__":
