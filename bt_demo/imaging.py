@@ -358,6 +358,7 @@ def _short_reason(e: BaseException) -> str:
     """One short line from an exception, without object reprs or memory addresses."""
     text = " ".join(str(e).split())
     text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file", text)
+    text = re.sub(r"^cannot identify image file\b.*", "the content is not an image format this app reads", text)
     if not text:
         text = type(e).__name__
     if len(text) > 160:
@@ -1279,7 +1280,8 @@ def _load_nifti(raw: bytes, version: int, sel: _Selection) -> Slice:
             block = block[:, ::-1]
         px = np.ascontiguousarray(block)
 
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    with np.errstate(over="ignore", invalid="ignore"):  # a damaged affine must not warn; it just gives no spacing
+        zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     spacing = None
     row_mm, col_mm = float(zooms[perm[row_axis]]), float(zooms[perm[col_axis]])
     if known and all(math.isfinite(v) and v > 0 for v in (row_mm, col_mm)):
