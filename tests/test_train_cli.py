@@ -79,7 +79,7 @@ def test_segmentation_cli_writes_loadable_weights_and_card(lgg_root, tmp_path):
     from train.__main__ import main
 
     out, run = tmp_path / "unet", tmp_path / "run"
-    assert main(["segmentation", "--data", str(lgg_root), "--out", str(out), "--run-dir", str(run), *TINY]) == 0
+    assert main(["segmentation", "--data", str(lgg_root), "--out", str(out), "--run-dir", str(run), *TINY, "--input-size", "48", "--train-size", "48"]) == 0
     for f in ("config.json", "model.safetensors", "card.json", "card.md"):
         assert (out / f).exists(), f
     card = json.loads((out / "card.json").read_text())
@@ -96,7 +96,7 @@ def test_segmentation_cli_writes_loadable_weights_and_card(lgg_root, tmp_path):
     assert not isinstance(eng, str)
     assert eng.segment(np.zeros((50, 70), np.float32)).mask.shape == (50, 70)
     # --resume continues the finished run without starting over
-    assert main(["segmentation", "--data", str(lgg_root), "--out", str(out), "--run-dir", str(run), "--resume", *TINY]) == 0
+    assert main(["segmentation", "--data", str(lgg_root), "--out", str(out), "--run-dir", str(run), "--resume", *TINY, "--input-size", "48", "--train-size", "48"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     # a non-empty run folder without --resume is refused
     with pytest.raises(SystemExit):

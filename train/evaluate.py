@@ -86,7 +86,9 @@ def evaluate_segnet(weights: Path, run_dir: Path, data_root: str, patients: list
     data = lgg.load_lgg(data_root, patients=patients)
     if model.task == "segmentation":
         probs = predict_probs(model, data.images, device=device)
-        m = seg_metrics(apply_post(probs, model.threshold, model.min_component_px), data.masks, data.patients)
+        scale = max(data.images.shape[1:]) / model.input_size  # as the app's engine converts it
+        min_px = int(round(model.min_component_px * scale * scale))
+        m = seg_metrics(apply_post(probs, model.threshold, min_px), data.masks, data.patients)
         m_raw = seg_metrics(probs >= 0.5, data.masks, data.patients)
         m["patient_dice_mean_without_postprocessing"] = m_raw["patient_dice_mean"]
         return m

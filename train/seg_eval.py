@@ -18,11 +18,17 @@ from bt_demo.models.postprocess import binarize, keep_components_touching
 @torch.inference_mode()
 def predict_probs(model, images_u8: np.ndarray, batch: int = 16, device="cpu") -> np.ndarray:
     """float32 (N, H, W) tumour probabilities for uint8 (N, H, W) slices at the model's size."""
+    from bt_demo.models.sizing import Letterbox
+
     model.eval()
     out = []
+    # the same letterbox as the app's engine, so validation measures what the app shows
+    lb = Letterbox.fit(images_u8.shape[1:], int(getattr(model, "input_size", images_u8.shape[1])))
     for i in range(0, len(images_u8), batch):
-        x = torch.from_numpy(images_u8[i:i + batch].astype(np.float32) / 255.0)[:, None].to(device)
-        out.append(torch.sigmoid(model(x)).float().cpu().numpy()[:, 0])
+        xs = np.stack([lb.image(im.astype(np.float32) / 255.0) for im in images_u8[i:i + batch]])
+        x = torch.from_numpy(xs)[:, None].to(device)
+        probs = torch.sigmoid(model(x)).float().cpu().numpy()[:, 0]
+        out.append(np.stack([np.clip(lb.unmap(pr, order=1), 0, 1) for pr in probs]))
     return np.concatenate(out) if out else np.zeros((0,) + images_u8.shape[1:], np.float32)
 
 

@@ -28,6 +28,9 @@ def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--crop", type=int, default=128, help="training crop side at full resolution (0: whole slice)")
     p.add_argument("--input-size", type=int, default=256, help="side of the model's input at inference")
+    p.add_argument("--train-size", type=int, default=0,
+                   help="resize each (whole, uncropped) training slice to this side, as the app letterboxes it "
+                        "to --input-size (0: keep the slice's size)")
     p.add_argument("--encoder", default="tu-mobilenetv3_large_100")
     p.add_argument("--decoder-channels", default="128,64,48,32,16")
     p.add_argument("--init-from", default=None,
@@ -45,6 +48,18 @@ def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--force", action="store_true",
                    help="replace the shipped weights in --out even when their card scores better")
+
+
+def resize_pair(x: np.ndarray, m: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Whole slice to the model's input side, the way the engine's letterbox does (area when shrinking).
+
+    Training on whole slices at the inference size matters: the net standardises
+    each input by its own mean/std, so a tumour-centred crop has other
+    statistics than the whole slice the app feeds it (false positives)."""
+    from bt_demo.models.sizing import Letterbox
+
+    lb = Letterbox.fit(x.shape, size)
+    return lb.image(x), lb.image(m.astype(np.float32)) >= 0.5
 
 
 def seg_loss():
@@ -120,6 +135,8 @@ def main(argv=None) -> int:
         for _ in range(args.batch_size):
             i = int(rng.choice(tumour_idx)) if (len(tumour_idx) and rng.random() < 0.6) else int(rng.choice(all_idx))
             x, m = augment_pair(imgs_f[i].astype(np.float32) / 255.0, train_set.masks[i], rng, args.crop or None)
+            if args.train_size:
+                x, m = resize_pair(x, m, args.train_size)
             xs.append(x)
             ys.append(m)
         return (torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys).astype(np.float32))[:, None])
@@ -149,7 +166,9 @@ def finish(model, run, args, val_set, result, wall_s, device) -> None:
     probs = predict_probs(model, val_set.images, device=device)
     best, grid = choose_postprocessing(probs, val_set.masks, val_set.patients)
     model.threshold = float(best["threshold"])
-    model.min_component_px = int(best["min_component_px"])
+    # chosen on slice-size maps; the engine reads it at the model's input scale
+    scale = model.input_size / max(val_set.images.shape[1:])
+    model.min_component_px = int(round(best["min_component_px"] * scale * scale))
     model._hub_mixin_config["threshold"] = model.threshold
     model._hub_mixin_config["min_component_px"] = model.min_component_px
     run.log.info(f"post-processing chosen on validation: {best}")
