@@ -107,7 +107,7 @@ def test_clicks_cli(lgg_root, tmp_path):
     from train.__main__ import main
 
     out, run = tmp_path / "clicks", tmp_path / "run"
-    assert main(["clicks", "--data", str(lgg_root), "--out", str(out), "--run-dir", str(run), "--val-clicks", "2", *TINY]) == 0
+    assert main(["clicks", "--data", str(lgg_root), "--out", str(out), "--run-dir", str(run), "--val-clicks", "2", *TINY, "--input-size", "48", "--train-size", "48"]) == 0
     card = json.loads((out / "card.json").read_text())
     assert card["task"] == "clicks"
     assert "noc90" in card["metrics"] and 0 <= card["metrics"]["dice_after_1_clicks"] <= 1

@@ -21,7 +21,7 @@ from bt_demo.clicksim import first_click, next_click, random_clicks
 from bt_demo.models.click_encoding import click_maps
 from train import common, lgg
 from train.augment import augment_pair
-from train.segmentation import add_args, build_model, encoder_freezer, seg_loss
+from train.segmentation import add_args, build_model, encoder_freezer, resize_pair, seg_loss
 
 
 def corrupt_mask(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -69,9 +69,18 @@ def main(argv=None) -> int:
             i = int(rng.integers(len(tr)))
             x, m = augment_pair(tr.images[i].astype(np.float32) / 255.0, tr.masks[i], rng, args.crop or None,
                                 p_tumour_crop=1.0)
-            if not m.any():  # the crop lost the tumour: fall back to an un-augmented crop around it
+            if args.train_size:
+                x, m = resize_pair(x, m, args.train_size)
+            if not m.any():  # augmentation lost the tumour: fall back to the plain slice (crop around it)
                 x, (m,) = __import__("train.augment", fromlist=["crop_around"]).crop_around(
                     tr.images[i].astype(np.float32) / 255.0, [tr.masks[i]], args.crop or 256, rng, tr.masks[i])
+                if args.train_size:
+                    x, m = resize_pair(x, m, args.train_size)
+                    if not m.any():  # a tumour of a pixel or two vanishes when shrunk: keep its centre
+                        ys, xs = np.nonzero(tr.masks[i])
+                        m = np.zeros_like(m)
+                        s = args.train_size / max(tr.masks[i].shape)
+                        m[min(int(ys.mean() * s), m.shape[0] - 1), min(int(xs.mean() * s), m.shape[1] - 1)] = True
             if rng.random() < 0.6:
                 fc = first_click(m)
                 if fc is None:

@@ -82,30 +82,40 @@ def click_protocol(model, images_u8: np.ndarray, masks: np.ndarray, n_clicks: in
 
     Returns dice (N, n_clicks): Dice after each click, clicks placed by the
     standard protocol (first at the farthest interior point, then at the centre
-    of the largest error), previous mask fed back.
+    of the largest error), previous mask fed back. Mirrors the app's
+    ClickEngine: the slice is letterboxed to the model's input size, clicks are
+    mapped into it, and the mask comes back to slice pixels, where Dice and
+    the next click are computed.
     """
+    from bt_demo.models.sizing import Letterbox
+
     model.eval()
     n = len(images_u8)
     radius = float(getattr(model, "click_radius", 5.0))
     thr = float(getattr(model, "threshold", 0.5))
     dice = np.zeros((n, n_clicks), np.float32)
+    if n == 0:
+        return dice
+    lb = Letterbox.fit(images_u8.shape[1:], int(getattr(model, "input_size", images_u8.shape[1])))
     for s in range(0, n, batch):
-        imgs = images_u8[s:s + batch].astype(np.float32) / 255.0
+        imgs = np.stack([lb.image(im.astype(np.float32) / 255.0) for im in images_u8[s:s + batch]])
         gts = masks[s:s + batch]
         b = len(imgs)
         pts = [[first_click(g)] for g in gts]
         labs = [[1] for _ in gts]
         prev = np.zeros_like(imgs)
         for c in range(n_clicks):
-            x = np.stack([np.concatenate([imgs[i][None], click_maps(imgs[i].shape, pts[i], labs[i], radius),
+            mps = [lb.points(np.asarray(pts[i], np.float64)) for i in range(b)]
+            x = np.stack([np.concatenate([imgs[i][None], click_maps(imgs[i].shape, mps[i], labs[i], radius),
                                           prev[i][None]]) for i in range(b)])
             prob = torch.sigmoid(model(torch.from_numpy(x).to(device))).float().cpu().numpy()[:, 0]
             for i in range(b):
-                pred = prob[i] >= thr
+                pred_m = prob[i] >= thr
                 if keep_touching:
-                    pred = keep_components_touching(pred, pts[i], labs[i])
+                    pred_m = keep_components_touching(pred_m, mps[i], labs[i])
+                pred = lb.unmap(pred_m.astype(np.uint8), order=0) > 0
                 dice[s + i, c] = _dice(pred, gts[i])
-                prev[i] = pred.astype(np.float32)
+                prev[i] = pred_m.astype(np.float32)
                 nc = next_click(pred, gts[i])
                 if nc is not None:
                     pts[i].append(nc[0])
