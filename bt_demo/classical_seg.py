@@ -243,6 +243,29 @@ def _flatten_outside_brain(small: np.ndarray, init: np.ndarray) -> np.ndarray:
     return out
 
 
+def _far_from_tumour(small: np.ndarray, init: np.ndarray, level: float = 0.5) -> np.ndarray | None:
+    """bool: pixels whose smoothed intensity lies on the brain's side of ``b + level * (c - b)``
+    (c: median under the initial contour, b: median of the rest of the estimated brain), opened
+    to drop speckle; None when there is no contrast (|c - b| < 0.02). As the watershed's background."""
+    import cv2
+
+    from .preprocess import estimate_brain_mask
+
+    sm = _smooth(small, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        brain = estimate_brain_mask(small) & ~init
+    if not brain.any() or not init.any():
+        return None
+    c, b = float(np.median(sm[init])), float(np.median(sm[brain]))
+    if abs(c - b) < 0.02:
+        return None
+    t = b + level * (c - b)
+    far = (sm < t) if c > b else (sm > t)
+    r_open = max(1, int(round(min(small.shape) / 128)))
+    return cv2.morphologyEx(far.astype(np.uint8), cv2.MORPH_OPEN, _disk(r_open)) > 0
+
+
 def _snake(img: np.ndarray, points, labels, method: str, iterations: int, smoothing: int, radius: int,
            balloon: float = 1.0, threshold: float = 0.0, k: int = 3) -> np.ndarray:
     import cv2
@@ -265,6 +288,9 @@ def _snake(img: np.ndarray, points, labels, method: str, iterations: int, smooth
                                       smoothing=smoothing)
     else:
         gimg = inverse_gaussian_gradient(small, alpha=100.0, sigma=1.5)
+        far = _far_from_tumour(small, init)
+        if far is not None:
+            gimg[far] = 0.0  # an edge everywhere the intensity is on the brain's side: no leak through weak edges
         thr = "auto" if threshold <= 0 else float(threshold)
         seg = morphological_geodesic_active_contour(gimg, num_iter=iterations, init_level_set=init.astype(np.int8),
                                                     smoothing=smoothing, balloon=balloon, threshold=thr)
@@ -293,7 +319,7 @@ def chan_vese_segment(img: np.ndarray, points=(), labels=(), iterations: int = 6
 
 
 def geodesic_segment(img: np.ndarray, points=(), labels=(), iterations: int = 120, smoothing: int = 1,
-                     radius: int = 5, balloon: float = 1.0, threshold: float = 0.5, k: int = 3) -> np.ndarray:
+                     radius: int = 5, balloon: float = 1.0, threshold: float = 0.6, k: int = 3) -> np.ndarray:
     """Morphological geodesic active contour on ``inverse_gaussian_gradient(img, alpha=100, sigma=1.5)``.
 
     As :func:`chan_vese_segment` for the working copy, the initialisation and the
@@ -301,6 +327,12 @@ def geodesic_segment(img: np.ndarray, points=(), labels=(), iterations: int = 12
     step) until it meets edges, < 0 deflates it; ``threshold`` in (0, 1] is
     scikit-image's level of the inverse gradient image below which pixels count as
     edges, 0 = its "auto" (the 40th percentile; stops early on textured tumours).
+    Pixels whose smoothed intensity lies on the brain's side of halfway between the
+    initial region's median and the rest of the brain's count as edges too (as the
+    watershed's background markers), so the balloon does not leak through the weak
+    edges of a FLAIR lesion into the brain. (Measured on 45 LGG FLAIR tumour slices with
+    one click, see ``tests/test_studies.py``: mean Dice 0.38 without this gate at
+    threshold 0.5, 0.62 with it at the default 0.6.)
     Returns bool ``(h, w)``.
     """
     return _snake(img, points, labels, "geodesic", iterations, smoothing, radius, balloon, threshold, k)
@@ -337,12 +369,12 @@ CLASSICAL: dict[str, Classical] = {
     "geodesic": Classical(
         "geodesic", "Morphological geodesic active contour",
         "Edge-based active contour: a balloon force inflates the contour from the clicks (or the brightest "
-        "cluster) until it meets strong edges.",
+        "cluster) until it meets strong edges or the intensity falls to the surrounding brain's level.",
         (Param("iterations", "Iterations", 120, 1, 500, 1),
          Param("smoothing", "Smoothing passes", 1, 0, 4, 1),
          Param("radius", "Initial disk radius (px)", 5, 1, 40, 1),
          Param("balloon", "Balloon force", 1.0, -1.0, 1.0, 1.0, help="+1 inflates, -1 deflates, 0 none"),
-         Param("threshold", "Edge threshold (0 = auto)", 0.5, 0.0, 1.0, 0.05,
+         Param("threshold", "Edge threshold (0 = auto)", 0.6, 0.0, 1.0, 0.05,
                help="edge-stopping level of the inverse gradient image; 0 uses scikit-image's auto level"),
          _K),
         geodesic_segment),

@@ -44,7 +44,8 @@ from bt_demo.annotations import check_deidentified, to_jsonable
 from bt_demo.errors import InputError
 from bt_demo.metrics import as_mask
 
-__all__ = ["DISCLAIMER", "REPORT_SCHEMA_VERSION", "build_report", "mask_nifti", "mask_png", "write_bundle"]
+__all__ = ["DISCLAIMER", "REPORT_SCHEMA_VERSION", "build_report", "mask_nifti", "mask_png", "measurement_record",
+           "write_bundle"]
 
 DISCLAIMER = "Research demo, not for diagnosis."
 REPORT_SCHEMA_VERSION = 1
@@ -112,8 +113,55 @@ def mask_nifti(mask, spacing=None) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 
+def measurement_record(m: dict, mask_name: str | None = None) -> dict:
+    """The report's ``measurement`` section from a :func:`bt_demo.measure.measure` result.
+
+    Keeps the numbers (area, RANO diameters and their product, bounding box,
+    centroid, side of the brain with its caveat) rounded to 0.01, with every
+    length's unit spelt out; drops the contour points (the exported mask holds
+    the outline). Coordinates ``(x, y)`` are slice pixels whatever the unit.
+    """
+    if not isinstance(m, dict) or "long_diameter" not in m:
+        raise InputError("m must be the dict returned by bt_demo.measure.measure(mask)")
+
+    def r(v):
+        return None if v is None else round(float(v), 2)
+
+    def pt(p):
+        return None if p is None else [r(p[0]), r(p[1])]
+
+    def axis(a):
+        return None if a is None else {"p0_xy_px": pt(a["p0"]), "p1_xy_px": pt(a["p1"]), "length": r(a["length"])}
+
+    unit = m["unit"]
+    return {
+        "mask": mask_name,
+        "unit": unit,
+        "spacing_mm": m.get("spacing"),
+        "area_px": int(m["area_px"]),
+        "area_mm2": r(m.get("area_mm2")),
+        "long_diameter": r(m["long_diameter"]),
+        "perpendicular_diameter": r(m["short_diameter"]),
+        "rano_product": r(m["rano_product"]),
+        "product_unit": f"{unit}²",
+        "long_axis": axis(m.get("long_axis")),
+        "perpendicular_axis": axis(m.get("short_axis")),
+        "bbox_xyxy_px": None if m.get("bbox") is None else [int(v) for v in m["bbox"]],
+        "centroid_xy_px": pt(m.get("centroid")),
+        "components": int(m.get("n_components", 0)),
+        "touches_border": bool(m.get("touches_border", False)),
+        "side": m.get("side"),
+        "midline_x_px": r(m.get("midline_x")),
+        "midline_source": m.get("midline_source"),
+        "side_caveat": m.get("side_caveat"),
+        "method": "RANO-style bidimensional product on this 2-D slice: the longest in-plane diameter and the "
+                  "longest diameter perpendicular to it, between pixel centres",
+    }
+
+
 def build_report(*, engines: dict, preprocessing: list, prompts: dict, metrics: dict, areas: list,
-                 classifier: dict | None, spacing, shape, app_version: str, extra: dict | None = None) -> dict:
+                 classifier: dict | None, spacing, shape, app_version: str, extra: dict | None = None,
+                 measurement: dict | None = None) -> dict:
     """A JSON-safe report of one session's result.
 
     Args:
@@ -127,6 +175,8 @@ def build_report(*, engines: dict, preprocessing: list, prompts: dict, metrics: 
         shape: ``(H, W)`` of the slice the masks live on.
         app_version: the app's version text.
         extra: anything else worth keeping (checked like the rest).
+        measurement: the exported mask's measurements (:func:`measurement_record`), or ``None``;
+            stored as ``report["measurement"]`` when given.
 
     Returns:
         A dict that ``json.dumps(..., allow_nan=False)`` accepts: NumPy values
@@ -156,6 +206,10 @@ def build_report(*, engines: dict, preprocessing: list, prompts: dict, metrics: 
             raise InputError(f"{name} must be a {kind.__name__}, got {type(parts[name]).__name__}")
     if classifier is not None and not isinstance(classifier, dict):
         raise InputError(f"classifier must be a dict or None, got {type(classifier).__name__}")
+    if measurement is not None:
+        if not isinstance(measurement, dict):
+            raise InputError(f"measurement must be a dict or None, got {type(measurement).__name__}")
+        parts["measurement"] = measurement
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "disclaimer": DISCLAIMER,

@@ -59,10 +59,12 @@ __all__ = [
     "as_mask",
     "compare_masks",
     "confusion",
+    "consensus_summary",
     "dice",
     "hausdorff95",
     "iou",
     "pairwise_table",
+    "vote_map",
 ]
 
 _ROUND = 4  # decimals of the floats in the JSON tables
@@ -490,4 +492,68 @@ def agreement_summary(masks: Mapping[str, np.ndarray]) -> dict:
         "only_px": {nm: int(counts[1 << i]) for i, nm in enumerate(names)},
         "agreement_fraction": round(1.0 if union == 0 else all_tumour / union, _ROUND),
         "regions": regions,
+    }
+
+
+# ---------------------------------------------------------------------------
+# consensus of any number of masks
+# ---------------------------------------------------------------------------
+def vote_map(masks) -> np.ndarray:
+    """How many masks call each pixel tumour: ``uint8`` ``(H, W)`` in ``0..len(masks)``.
+
+    masks: 1 to 255 masks of the same shape (a Mapping is taken by its values).
+    For 1 to 3 masks :func:`agreement_map` also says *which* masks; this works
+    for any number. Raises :class:`InputError` for none, too many, or mixed shapes.
+    """
+    if isinstance(masks, Mapping):
+        masks = list(masks.values())
+    masks = list(masks)
+    if not 1 <= len(masks) <= 255:
+        raise InputError(f"vote_map takes 1 to 255 masks, got {len(masks)}")
+    arrs = [as_mask(m, f"mask {i}") for i, m in enumerate(masks)]
+    for i, m in enumerate(arrs[1:], start=1):
+        if m.shape != arrs[0].shape:
+            raise InputError(
+                f"masks have different shapes: mask 0 is {arrs[0].shape}, mask {i} is {m.shape}; "
+                "all must be in the pixels of the same slice"
+            )
+    votes = np.zeros(arrs[0].shape, dtype=np.uint8)
+    for m in arrs:
+        votes += m.astype(np.uint8)
+    return votes
+
+
+def consensus_summary(masks: Mapping[str, np.ndarray]) -> dict:
+    """Where any number of named masks agree (JSON-safe); :func:`agreement_summary` for 1 to 3 masks.
+
+    Returns::
+
+        {
+          "names": [name, ...], "n_masks": n, "total_px": H * W,
+          "union_px": pixels any mask covers,
+          "all_agree_tumour_px": pixels every mask covers,
+          "majority_px": pixels more than half of the masks cover,
+          "some_disagree_px": union_px - all_agree_tumour_px,
+          "agreement_fraction": all_agree_tumour_px / union_px (1.0 if union empty),
+          "votes_px": {"1": px covered by exactly one mask, ..., "n": ...},
+        }
+    """
+    named = _named_masks(masks, "consensus_summary")
+    names = list(named)
+    votes = vote_map(list(named.values()))
+    n = len(names)
+    counts = np.bincount(votes.ravel(), minlength=n + 1)
+    total = int(votes.size)
+    union = total - int(counts[0])
+    all_tumour = int(counts[n])
+    return {
+        "names": names,
+        "n_masks": n,
+        "total_px": total,
+        "union_px": union,
+        "all_agree_tumour_px": all_tumour,
+        "majority_px": int(counts[n // 2 + 1:].sum()),
+        "some_disagree_px": union - all_tumour,
+        "agreement_fraction": round(1.0 if union == 0 else all_tumour / union, _ROUND),
+        "votes_px": {str(k): int(counts[k]) for k in range(1, n + 1)},
     }

@@ -60,6 +60,7 @@ __all__ = [
     "OKABE_ITO",
     "default_point_radius",
     "agreement_rgb",
+    "consensus_rgb",
     "draw_box",
     "draw_contour",
     "draw_points",
@@ -102,6 +103,10 @@ COLORS: dict[str, RGB] = {
     "pair_ab": OKABE_ITO["yellow"],
     "pair_ac": OKABE_ITO["vermillion"],
     "pair_bc": OKABE_ITO["blue"],
+    # classical segmenters (bt_demo.classical_seg), beside U-Net / prompted / K-Means
+    "watershed": OKABE_ITO["blue"],
+    "chan_vese": OKABE_ITO["bluish_green"],
+    "geodesic": OKABE_ITO["vermillion"],
 }
 
 _WHITE: RGB = (255, 255, 255)
@@ -523,6 +528,47 @@ def agreement_rgb(
     for k, col in colors.items():
         _blend_into(out, code == k, col, a)
     legend = [(text, colors[k]) for k, text in labels.items()]
+    return out, legend
+
+
+def consensus_rgb(
+    gray: np.ndarray,
+    votes: np.ndarray,
+    n_masks: int,
+    alpha: float = 0.5,
+    colormap: str = "viridis",
+) -> tuple[np.ndarray, list[tuple[str, RGB]]]:
+    """Colour how many of ``n_masks`` masks call each pixel tumour; returns ``(image, legend)``.
+
+    For any number of masks (where :func:`agreement_rgb`'s Venn colours stop at three).
+    gray: image accepted by :func:`to_rgb`. votes: integer ``(H, W)`` in ``0..n_masks``
+    (:func:`bt_demo.metrics.vote_map`); 0 stays as the slice. n_masks: whole number >= 1.
+    colormap: one of :data:`COLORMAPS`; ``k`` votes get the colour at ``k / n_masks``
+    (a dark, cold colour for one mask alone, the brightest for all of them).
+    legend: ``[(text, (R, G, B)), ...]`` from "all n masks" down to "1 of n masks".
+    """
+    cv2 = _cv2()
+    out = to_rgb(gray)
+    if isinstance(n_masks, bool) or not isinstance(n_masks, (int, np.integer)) or n_masks < 1:
+        raise InputError(f"n_masks must be a whole number >= 1, got {n_masks!r}")
+    v = np.asarray(votes)
+    if v.ndim != 2 or v.shape != out.shape[:2]:
+        raise InputError(f"votes must be (H, W) like the image {out.shape[:2]}, got shape {v.shape}")
+    if not np.issubdtype(v.dtype, np.integer):
+        raise InputError(f"votes must be integer counts (from vote_map), got dtype {v.dtype}")
+    if v.size and (int(v.min()) < 0 or int(v.max()) > n_masks):
+        raise InputError(f"votes must be in 0..{n_masks}, found {int(v.min())}..{int(v.max())}")
+    if colormap not in COLORMAPS:
+        raise InputError(f"unknown colormap {colormap!r}; choose one of {sorted(COLORMAPS)}")
+    a = _alpha(alpha)
+    ramp = np.rint(np.linspace(0.25, 1.0, n_masks) * 255).astype(np.uint8).reshape(-1, 1)
+    lut = cv2.applyColorMap(ramp, getattr(cv2, COLORMAPS[colormap]))[:, 0, ::-1]  # BGR -> RGB
+    legend = []
+    for k in range(n_masks, 0, -1):
+        col = tuple(int(c) for c in lut[k - 1])
+        _blend_into(out, v == k, col, a)
+        text = (f"all {n_masks} masks" if k == n_masks and n_masks > 1 else f"{k} of {n_masks} masks")
+        legend.append((text, col))
     return out, legend
 
 

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-__all__ = ["N_RANGE", "augmentations", "tta_uncertainty"]
+__all__ = ["N_RANGE", "augmentations", "summarise", "tta_uncertainty"]
 
 N_RANGE = (2, 32)  #: allowed number of augmentations (inclusive)
 _SHIFT = 4.0
@@ -74,6 +74,22 @@ def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
         rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ValueError(f"{name} must be a whole number {'in ' if hi is not None else ''}{rng}, got {v!r}")
     return int(v)
+
+
+def summarise(mean_prob: np.ndarray, uncertainty: np.ndarray, threshold: float, std_threshold: float = 0.15
+              ) -> tuple[int, float]:
+    """(tumour_px, high_fraction) of a :func:`tta_uncertainty` result at another probability threshold.
+
+    mean_prob, uncertainty: float ``(h, w)`` maps of the same shape; threshold in [0, 1]:
+    tumour = ``mean_prob >= threshold``; std_threshold in (0, 0.5]: uncertain = ``uncertainty > std_threshold``.
+    high_fraction is the uncertain share of the tumour pixels, 0.0 when there are none.
+    """
+    mp, un = np.asarray(mean_prob), np.asarray(uncertainty)
+    if mp.shape != un.shape:
+        raise ValueError(f"mean_prob {mp.shape} and uncertainty {un.shape} must have the same shape")
+    tumour = mp >= float(threshold)
+    n_t = int(tumour.sum())
+    return n_t, (float((un[tumour] > float(std_threshold)).mean()) if n_t else 0.0)
 
 
 def tta_uncertainty(unet_engine, image: np.ndarray, n: int = 8, seed: int = 0, std_threshold: float = 0.15) -> dict:
@@ -125,9 +141,7 @@ def tta_uncertainty(unet_engine, image: np.ndarray, n: int = 8, seed: int = 0, s
     np.clip(maps, 0.0, 1.0, out=maps)
     mean = maps.mean(axis=0).astype(np.float32)
     std = np.clip(maps.std(axis=0), 0.0, 0.5).astype(np.float32)
-    tumour = mean >= thr
-    n_t = int(tumour.sum())
-    high = float((std[tumour] > st).mean()) if n_t else 0.0
+    n_t, high = summarise(mean, std, thr, st)
     return {"mean_prob": mean, "uncertainty": std, "threshold": thr, "std_threshold": st, "tumour_px": n_t,
             "high_fraction": high, "augmentations": [a["name"] for a in augs], "n": n,
             "seconds": time.perf_counter() - t0}

@@ -285,6 +285,8 @@ def _recompute(s: Session, engines, *, new_image: bool) -> dict:
     view.update(views.kmeans_view(s))
     view.update(views.sweep_view(s))
     view.update(views.classifier_view(s))
+    view.update(views.intensity_view(s))
+    view.update(views.uncertainty_view(s))
     view["export_files"] = None
     t6 = time.perf_counter()
     view["_timings"] = {"preprocess": t1 - t0, "unet": t2 - t1, "kmeans": t3 - t2, "classifier": t4 - t3,
@@ -626,6 +628,7 @@ def set_threshold(s: Session, engines, threshold) -> dict:
     _run_unet(s, engines, rerun=False)
     view = views.unet_view(s)
     view.update(views.compare_view(s))
+    view.update(views.uncertainty_view(s))
     return view
 
 
@@ -641,6 +644,7 @@ def set_k(s: Session, k) -> dict:
     _run_kmeans(s)
     view = views.kmeans_view(s)
     view.update(views.compare_view(s))
+    view.update(views.intensity_view(s))  # the cluster boundaries on the histogram
     return view
 
 
@@ -678,14 +682,16 @@ def show_gradcam(s: Session, engines, class_name) -> dict:
 # ---------------------------------------------------------------------------
 # 6. export and corrections
 # ---------------------------------------------------------------------------
-MASK_CHOICES = {"unet": views.UNET, "prompted": views.PROMPT, "kmeans": views.KMEANS}
+MASK_CHOICES = dict(views.MASK_KEYS)  # chooser key -> mask name: prompted, U-Net, K-Means, the classical ones
 
 
 def _chosen_mask(s: Session, which: str) -> np.ndarray:
     if which not in MASK_CHOICES:
         raise InputError(f"choose which mask to export: {', '.join(MASK_CHOICES)}")
     name = MASK_CHOICES[which]
-    mask = views.current_masks(s).get(name)
+    if which in views.CLASSICAL_NAMES:
+        _run_classical(s, [which])
+    mask = views.mask_by_key(s, which)
     if mask is None:
         hint = "click on the tumour first" if which == "prompted" else "it is unavailable for this slice"
         raise InputError(f"there is no {name} mask to export: {hint}")
@@ -729,6 +735,11 @@ def _engines_record(s: Session) -> dict:
         out["prompted"] = {"engine": s.prompts.result.engine, **_scalar_facts(s.prompts.result.extra)}
     if s.kmeans is not None:
         out["kmeans"] = {"k": int(s.kmeans.k)}
+    for key, name in views.CLASSICAL_NAMES.items():
+        res = s.classical_result(key)
+        if res is not None:
+            out[key] = {"engine": res.engine, "seconds": round(float(res.seconds), 4),
+                        "started_from": res.extra.get("started_from"), "params": dict(res.extra.get("params", {}))}
     return out
 
 
@@ -745,29 +756,44 @@ def _classifier_record(s: Session) -> dict | None:
 def export(s: Session, which: str = "prompted") -> dict:
     """Write the chosen mask (PNG + NIfTI) and a JSON report into this session's temporary folder.
 
-    which: "unet", "prompted" or "kmeans". File names are random (never the upload's).
+    which: a key of :data:`MASK_CHOICES` ("prompted", "unet", "kmeans", "watershed", "chan_vese",
+    "geodesic"; a classical mask is computed if needed). It becomes the session's chosen mask (the
+    Measure tab follows). The report holds the mask's measurements (area, RANO diameters, centroid,
+    box, side) under ``measurement``. File names are random (never the upload's).
     """
     from bt_demo import export as bt_export, metrics
+    from bt_demo.measure import measure
 
     _need_slice(s)
+    if which not in MASK_CHOICES:
+        raise InputError(f"choose which mask to export: {', '.join(MASK_CHOICES)}")
+    s.chosen_mask = which
     mask = _chosen_mask(s, which)
     masks = views.current_masks(s)
     spacing = s.effective_spacing()
+    measured = bt_export.measurement_record(measure(mask, spacing, views.brain_mask_original(s)),
+                                            MASK_CHOICES[which])
     report = bt_export.build_report(
         engines=_engines_record(s), preprocessing=_settings_record(s)["preprocessing"],
         prompts=_prompts_record(s),
         metrics={"pairwise": metrics.pairwise_table(masks, spacing),
-                 "agreement": metrics.agreement_summary(masks) if masks else None},
+                 "agreement": views.agreement_summary(masks) if masks else None},
         areas=metrics.area_table(masks, spacing), classifier=_classifier_record(s), spacing=spacing,
-        shape=list(s.slice.shape), app_version=APP_VERSION,
+        shape=list(s.slice.shape), app_version=APP_VERSION, measurement=measured,
         extra={"exported_mask": MASK_CHOICES[which], "window_center_width": list(s.window),
                "source_format": s.slice.source, "unet_threshold": s.unet_threshold, "kmeans_k": int(s.kmeans_k)})
     paths = bt_export.write_bundle(s.ensure_workdir(), mask, spacing, report)
     files = [str(p) for p in paths.values()]
     n = int(np.count_nonzero(mask))
-    return {"export_files": files,
-            "export_info": f"{MASK_CHOICES[which]} mask ({n} px): {len(files)} files ready to download "
-                           f"({', '.join(sorted(paths))})."}
+    unit = measured["unit"]
+    view = {"export_files": files,
+            "export_info": f"{MASK_CHOICES[which]} mask ({n} px; longest diameter {measured['long_diameter']} "
+                           f"{unit} × perpendicular {measured['perpendicular_diameter']} {unit}): {len(files)} "
+                           f"files ready to download ({', '.join(sorted(paths))}); the JSON report holds the "
+                           "measurements.",
+            "_report": report}
+    view.update(views.measure_view(s))
+    return view
 
 
 def _load_mask_file(path, shape: tuple[int, int]) -> np.ndarray:
@@ -869,6 +895,150 @@ def accept_correction(s: Session, store_root, source: str = "prompted", mask_fil
     text = f"Stored correction **{html.escape(str(record_id))}** ({n} px corrected mask, source: {source})."
     notify({}, f"Stored correction {record_id}", level="info")
     return {"correction_info": text, "_record_id": record_id}
+
+
+# ---------------------------------------------------------------------------
+# 6b. image studies: intensity histogram, classical segmenters, measurement, uncertainty
+# ---------------------------------------------------------------------------
+def _run_classical(s: Session, names: Sequence[str]) -> list[str]:
+    """Compute the classical segmenters ``names`` whose result is not current; returns those computed.
+
+    They use this session's positive/negative clicks (ORIGINAL pixels, mapped through the processed
+    image's geometry by ``run_classical``), else start from the brightest K-Means cluster. A box is
+    not used by them.
+    """
+    from bt_demo.classical_seg import run_classical
+
+    if not s.loaded:
+        return []
+    done = []
+    new = dict(s.classical)  # replaced, never changed in place (see Session.snapshot)
+    for name in names:
+        key = s.classical_key(name)
+        item = new.get(name)
+        if item is not None and item[0] == key:
+            continue
+        res = run_classical(name, s.processed.image, [list(p) for p in s.prompts.points], list(s.prompts.labels),
+                            geometry=s.processed.geometry, **s.classical_settings(name))
+        new[name] = (key, res)
+        done.append(name)
+    s.classical = new
+    return done
+
+
+@_handler("running the classical segmenters")
+def update_classical(s: Session) -> dict:
+    """Chained after anything that changes the image or the clicks: bring the ticked classical
+    segmenters (and a classical mask chosen for Measure/Export) up to date, then redraw the
+    comparison. Returns ``{}`` when nothing needed computing (so nothing is redrawn)."""
+    if not s.loaded:
+        return {}
+    stale = views.stale_classical(s)
+    if not stale:
+        return {}
+    _run_classical(s, stale)
+    return views.compare_view(s)
+
+
+def classical_param_keys() -> list[tuple[str, str]]:
+    """The order of the classical segmenters' parameter controls ``layout`` builds: ``(segmenter, param)``."""
+    from bt_demo.classical_seg import CLASSICAL
+
+    return [(name, p.name) for name, entry in CLASSICAL.items() for p in entry.params]
+
+
+@_handler("running the classical segmenters")
+def set_classical(s: Session, chosen, values: Sequence = ()) -> dict:
+    """The "Classical segmenters" choice and their parameter controls.
+
+    chosen: keys of ``bt_demo.classical_seg.CLASSICAL`` to show in the comparison (others are hidden).
+    values: the parameter controls' values in :func:`classical_param_keys` order (empty: keep the
+    current parameters). A value out of its range is a warning and nothing changes.
+    The chosen segmenters run now (watershed ~0.1 s, each snake 0.3–0.7 s on a 256² slice).
+    """
+    from bt_demo.classical_seg import CLASSICAL, validate_classical_params
+
+    chosen = [c for c in (chosen or [])]
+    unknown = [c for c in chosen if c not in CLASSICAL]
+    if unknown:
+        raise InputError(f"unknown classical segmenter {unknown[0]!r}; choose from {', '.join(CLASSICAL)}")
+    params = {name: dict(p) for name, p in s.classical_params.items()}
+    if values:
+        keys = classical_param_keys()
+        if len(values) != len(keys):
+            raise ValueError(f"{len(values)} parameter values for {len(keys)} controls")
+        given: dict[str, dict] = {}
+        for (name, pname), v in zip(keys, values):
+            given.setdefault(name, {})[pname] = v
+        for name, p in given.items():
+            params[name] = validate_classical_params(name, p)
+    s.classical_params = params
+    s.classical_on = tuple(name for name in CLASSICAL if name in chosen)
+    if not s.loaded:
+        return {}
+    _run_classical(s, views.stale_classical(s))
+    return views.compare_view(s)
+
+
+@_handler("choosing the mask to measure")
+def choose_mask(s: Session, which: str) -> dict:
+    """The mask the Measure and Export tabs use (a key of :data:`MASK_CHOICES`); a classical one is computed if needed."""
+    if which not in MASK_CHOICES:
+        raise InputError(f"choose a mask: {', '.join(MASK_CHOICES)}")
+    s.chosen_mask = which
+    if not s.loaded:
+        return {"measure_which": which, "export_which": which}
+    if which in views.CLASSICAL_NAMES:
+        _run_classical(s, [which])
+    return views.measure_view(s)
+
+
+@_handler("drawing the histogram")
+def set_histogram_scope(s: Session, scope: str) -> dict:
+    """Histogram of the brain only ("brain") or of the whole image ("whole")."""
+    if scope not in views.HIST_SCOPES:
+        raise InputError(f"choose what the histogram counts: {', '.join(views.HIST_SCOPES)}")
+    s.hist_scope = scope
+    if not s.loaded:
+        return {}
+    return views.intensity_view(s)
+
+
+class _AtThreshold:
+    """A U-Net engine seen at this session's threshold (``tta_uncertainty`` reads ``threshold``)."""
+
+    def __init__(self, engine, threshold: float):
+        self._engine, self.threshold = engine, float(threshold)
+
+    def probabilities(self, image):
+        return self._engine.probabilities(image)
+
+
+@_handler("computing the uncertainty map")
+def run_uncertainty(s: Session, engines, n: int = 8) -> dict:
+    """The U-Net's test-time-augmentation uncertainty on this processed slice (on demand: ``n`` passes).
+
+    Cached until the image or the preprocessing changes; moving the threshold re-summarises it
+    without running the network again. An unavailable U-Net is a warning saying why.
+    """
+    from bt_demo.uncertainty import tta_uncertainty
+
+    _need_slice(s)
+    unet, reason = _engine_or_reason(engines.unet())
+    if unet is None:
+        s.unet_reason = reason
+        view = views.uncertainty_view(s)
+        notify(view, f"The uncertainty map needs the U-Net, which is unavailable: {reason}")
+        return view
+    p = s.processed
+    if s.uncertainty is None or s.uncertainty_key != p.key:
+        thr = s.unet_threshold if s.unet_threshold is not None else unet.threshold
+        u = tta_uncertainty(_AtThreshold(unet, thr), p.image, n=int(n))
+        geo = p.geometry
+        u["uncertainty_orig"] = geo.map_to_original(u["uncertainty"], fill=0.0, order=1)
+        u["mean_prob_orig"] = geo.map_to_original(u["mean_prob"], fill=0.0, order=1)
+        s.uncertainty, s.uncertainty_key = u, p.key
+    return views.uncertainty_view(s)
 
 
 # ---------------------------------------------------------------------------

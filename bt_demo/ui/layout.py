@@ -68,6 +68,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
     examples_dir: folder of example files (default ``assets/examples``).
     """
     from bt_demo.models.registry import PROMPT_ENGINES
+    from bt_demo.classical_seg import CLASSICAL
     from bt_demo.preprocess import STEPS, default_pipeline
 
     # wait=False: an engine still loading (see Engines.preload) is shown as such; the page refreshes on load
@@ -78,6 +79,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
     default_threshold = 0.5 if isinstance(unet, str) else float(unet.threshold)
     default_steps = {name: dict(params) for name, params in default_pipeline()}
     keys = H.control_keys(STEPS)
+    mask_choices = [(name, key) for key, name in V.MASK_KEYS.items()]
 
     with gr.Blocks(title="Brain-tumour MRI lab (research demo)", delete_cache=(1800, 3600)) as demo:
         session = gr.State(Session(), delete_callback=delete_session)
@@ -113,6 +115,11 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                 before_after = gr.ImageSlider(label="Before / after preprocessing (drag the handle)",
                                               type="numpy", format="png", max_height=420, interactive=False)
                 pipeline_info = gr.Markdown("", label="Preprocessing summary")
+                with gr.Group():
+                    hist_scope = gr.Radio(choices=[(v, k) for k, v in V.HIST_SCOPES.items()], value="brain",
+                                          label="Histogram counts")
+                    intensity_plot = gr.Plot(label="Intensity histogram and CDF, before / after preprocessing")
+                intensity_info = gr.Markdown("", label="Intensity summary", elem_classes=["hint"])
 
             # ---------------- right: what the engines say ---------------------------
             with gr.Column(scale=6, min_width=420):
@@ -150,11 +157,30 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                                       interactive=False, buttons=["fullscreen"])
                             overlay_kmeans = gr.Image(label="K-Means candidate", type="numpy", format="png",
                                                       interactive=False, buttons=["fullscreen"])
+                        with gr.Row():
+                            classical_overlays = {
+                                name: gr.Image(label=V.CLASSICAL_TITLES[name], type="numpy", format="png",
+                                               interactive=False, buttons=["fullscreen"], visible=False)
+                                for name in CLASSICAL}
                         compare_info = gr.HTML("", label="Mask colours", elem_classes=["legend"])
                         with gr.Row():
                             opacity = gr.Slider(0, 1, value=0.4, step=0.05, label="Overlay opacity")
                             threshold = gr.Slider(0.05, 0.95, value=default_threshold, step=0.01,
                                                   label="U-Net probability threshold")
+                        classical_group = gr.CheckboxGroup(
+                            choices=[(CLASSICAL[k].label, k) for k in CLASSICAL], value=[],
+                            label="Classical segmenters beside the models",
+                            info="Computed when ticked (watershed ~0.1 s, each snake ~0.3–0.7 s); they start from "
+                                 "your clicks, or without clicks from the brightest K-Means cluster.")
+                        classical_controls = []
+                        with gr.Accordion("Classical segmenters: parameters", open=False):
+                            with gr.Row(equal_height=False):
+                                for name, entry in CLASSICAL.items():
+                                    with gr.Column(min_width=200):
+                                        gr.Markdown(f"**{entry.label}**: {entry.description}",
+                                                    label=f"{entry.label} description", elem_classes=["hint"])
+                                        for prm in entry.params:
+                                            classical_controls.append(_param_control(prm, prm.default))
                         unet_info = gr.Markdown("", label="U-Net summary")
                         metrics_table = gr.Dataframe(label="Agreement between masks (Dice, IoU, HD95)",
                                                      interactive=False, wrap=True)
@@ -165,6 +191,26 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                                        min_width=240)
                             agreement_legend = gr.HTML("", label="Agreement legend", elem_classes=["legend"],
                                                        scale=2, min_width=160)
+                    with gr.Tab("Measure", id="measure"):
+                        measure_which = gr.Radio(choices=mask_choices, value="prompted",
+                                                 label="Mask to measure (and export)")
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=1, min_width=300):
+                                measure_image = gr.Image(label="Measurement: contour, box and RANO diameters",
+                                                         type="numpy", format="png", interactive=False,
+                                                         buttons=["fullscreen"], height=460)
+                            with gr.Column(scale=1, min_width=260):
+                                measure_table = gr.Markdown("Measurement: upload a slice first.",
+                                                            label="Measurements", elem_id="measure-table")
+                    with gr.Tab("Uncertainty", id="uncertainty"):
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=3, min_width=300):
+                                uncertainty_image = gr.Image(label="U-Net uncertainty (TTA spread)", type="numpy",
+                                                             format="png", interactive=False,
+                                                             buttons=["fullscreen"], height=480)
+                            with gr.Column(scale=2, min_width=240):
+                                uncertainty_btn = gr.Button("Uncertainty map (TTA)", variant="primary")
+                                uncertainty_info = gr.Markdown("", label="Uncertainty summary")
                     with gr.Tab("K-Means", id="kmeans"):
                         k_slider = gr.Slider(2, 12, value=4, step=1, label="Number of clusters K")
                         with gr.Row(equal_height=False):
@@ -187,9 +233,8 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                     with gr.Tab("Export & corrections", id="export"):
                         with gr.Row(equal_height=False):
                             with gr.Column():
-                                export_which = gr.Radio(choices=[("prompted", "prompted"), ("U-Net", "unet"),
-                                                                 ("K-Means", "kmeans")],
-                                                        value="prompted", label="Mask to export")
+                                export_which = gr.Radio(choices=mask_choices, value="prompted",
+                                                        label="Mask to export (and measure)")
                                 export_btn = gr.Button("Export mask (PNG + NIfTI) and JSON report", variant="primary")
                                 export_info = gr.Markdown("", label="Export summary")
                                 export_files = gr.File(label="Exported files", file_count="multiple",
@@ -255,17 +300,28 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
             "gradcam_image": gradcam_image, "gradcam_class": gradcam_class,
             "export_files": export_files, "export_info": export_info, "correction_info": correction_info,
             "editor": editor,
+            "intensity_plot": intensity_plot, "intensity_info": intensity_info,
+            "measure_image": measure_image, "measure_table": measure_table, "measure_which": measure_which,
+            "export_which": export_which, "uncertainty_image": uncertainty_image,
+            "uncertainty_info": uncertainty_info,
+            **{f"overlay_{name}": img for name, img in classical_overlays.items()},
         }
         slice_out = ["status", "idx_slice", "idx_volume", "idx_page", "idx_frame", "idx_channel",
                      "win_center", "win_width"]
         prompt_out = ["prompt_image", "prompt_info", "candidates", "engine"]
-        compare_out = ["overlay_unet", "overlay_prompt", "overlay_kmeans", "compare_info", "metrics_table",
-                       "area_table", "agreement_image", "agreement_legend"]
+        measure_out = ["measure_image", "measure_table", "measure_which", "export_which"]
+        compare_out = (["overlay_unet", "overlay_prompt", "overlay_kmeans", "compare_info", "metrics_table",
+                        "area_table", "agreement_image", "agreement_legend"]
+                       + [f"overlay_{name}" for name in CLASSICAL] + measure_out)
+        intensity_out = ["intensity_plot", "intensity_info"]
+        uncertainty_out = ["uncertainty_image", "uncertainty_info"]
         every_panel = (["before_after", "pipeline_info"] + prompt_out + compare_out
                        + ["unet_info", "kmeans_image", "kmeans_info", "sweep_plot", "sweep_info", "class_label",
-                          "class_info", "gradcam_image", "gradcam_class", "export_files"])
+                          "class_info", "gradcam_image", "gradcam_class", "export_files"]
+                       + intensity_out + uncertainty_out)
 
         def wire(trigger, fn, inputs, names, **kw):
+            """One event: ``trigger`` (or a list of triggers, through ``gr.on``) runs ``fn(session, *inputs)``."""
             names = list(dict.fromkeys(names))
             outputs = [session] + [comp[n] for n in names]
 
@@ -278,7 +334,15 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                 return out
 
             kw.setdefault("show_progress", "minimal")
+            if isinstance(trigger, list):
+                return gr.on(triggers=trigger, fn=lambda *a: adapt(fn(*a)), inputs=[session] + inputs,
+                             outputs=outputs, **kw)
             return trigger(lambda *a: adapt(fn(*a)), inputs=[session] + inputs, outputs=outputs, **kw)
+
+        def then_classical(dep):
+            # the ticked classical segmenters (0.1-0.7 s each) run after the panels are shown; internal
+            return wire(dep.then, H.update_classical, [], compare_out, show_progress="hidden",
+                        api_name="refresh_classical", api_visibility="private")
 
         def adapt_prompts(result):
             s, view = result
@@ -289,10 +353,11 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
             return out
 
         def then_prepare(dep):
-            # SAM's image encoder runs here, after the other panels are shown
-            return dep.then(lambda s: adapt_prompts(H.prepare_prompts(s, engines)), inputs=[session],
-                            outputs=[session] + [comp[n] for n in prompt_out + compare_out],
-                            show_progress="hidden")
+            # SAM's image encoder runs here, after the other panels are shown; then the classical segmenters
+            return then_classical(
+                dep.then(lambda s: adapt_prompts(H.prepare_prompts(s, engines)), inputs=[session],
+                         outputs=[session] + [comp[n] for n in prompt_out + compare_out],
+                         show_progress="hidden"))
 
         # 7. engines: refresh what is loaded when a page opens (models load in the background)
         demo.load(lambda: (H.engines_summary(engines, wait=False), H.engines_status(engines, wait=False)),
@@ -326,22 +391,32 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
         def on_click(s, m, evt: gr.SelectData):
             return adapt_prompts(H.click(s, engines, evt.index, m))
 
-        prompt_image.select(on_click, inputs=[session, mode], outputs=[session] + [comp[n] for n in
-                                                                                 prompt_out + compare_out],
-                            show_progress="hidden", trigger_mode="multiple")  # never drop a click
-        wire(undo_btn.click, lambda s: H.undo(s, engines), [], prompt_out + compare_out)
-        wire(clear_btn.click, lambda s: H.clear(s, engines), [], prompt_out + compare_out)
-        wire(box_btn.click, lambda s, a, b, c, d: H.set_box(s, engines, a, b, c, d), [bx0, by0, bx1, by1],
-             prompt_out + compare_out)
+        then_classical(prompt_image.select(on_click, inputs=[session, mode],
+                                           outputs=[session] + [comp[n] for n in prompt_out + compare_out],
+                                           show_progress="hidden", trigger_mode="multiple"))  # never drop a click
+        then_classical(wire(undo_btn.click, lambda s: H.undo(s, engines), [], prompt_out + compare_out))
+        then_classical(wire(clear_btn.click, lambda s: H.clear(s, engines), [], prompt_out + compare_out))
+        then_classical(wire(box_btn.click, lambda s, a, b, c, d: H.set_box(s, engines, a, b, c, d),
+                            [bx0, by0, bx1, by1], prompt_out + compare_out))
         wire(engine.input, lambda s, k: H.switch_engine(s, engines, k), [engine], prompt_out + compare_out)
         wire(candidates.input, H.pick_candidate, [candidates], prompt_out + compare_out)
 
         # 4. compare, K-Means
         wire(opacity.input, H.set_opacity, [opacity], prompt_out + compare_out, trigger_mode="always_last")
         wire(threshold.input, lambda s, t: H.set_threshold(s, engines, t), [threshold],
-             ["unet_info"] + compare_out, trigger_mode="always_last")
-        wire(k_slider.input, H.set_k, [k_slider], ["kmeans_image", "kmeans_info"] + compare_out,
+             ["unet_info"] + compare_out + uncertainty_out, trigger_mode="always_last")
+        wire(k_slider.input, H.set_k, [k_slider], ["kmeans_image", "kmeans_info"] + compare_out + intensity_out,
              trigger_mode="always_last")
+
+        # 4b. image studies: histogram, classical segmenters, measurement, uncertainty
+        wire(hist_scope.input, H.set_histogram_scope, [hist_scope], intensity_out, api_name="intensity_histogram")
+        wire([classical_group.input] + [c.input for c in classical_controls],
+             lambda s, chosen, *vals: H.set_classical(s, chosen, vals), [classical_group] + classical_controls,
+             compare_out, trigger_mode="always_last", show_progress="full", api_name="classical_segmenters")
+        wire(measure_which.input, H.choose_mask, [measure_which], measure_out, api_name="measure_mask")
+        wire(export_which.input, H.choose_mask, [export_which], measure_out, api_name="export_mask_choice")
+        wire(uncertainty_btn.click, lambda s: H.run_uncertainty(s, engines), [], uncertainty_out,
+             show_progress="full", api_name="uncertainty_map")
         wire(sweep_btn.click, H.run_sweep, [], ["sweep_plot", "sweep_info"], show_progress="full")
 
         # 5. classifier
@@ -349,7 +424,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
              ["class_label", "class_info", "gradcam_image", "gradcam_class"])
 
         # 6. export and corrections
-        wire(export_btn.click, H.export, [export_which], ["export_files", "export_info"])
+        wire(export_btn.click, H.export, [export_which], ["export_files", "export_info"] + measure_out)
         wire(editor_btn.click, H.editor_start, [], ["editor"])
         wire(accept_btn.click,
              lambda s, src, f, ed, note: H.accept_correction(s, annotations_dir, src, f, ed, note),

@@ -114,6 +114,15 @@ class Session:
             sweep (KSweep or None) and sweep_key.
         classification (ClassResult), classifier_reason, gradcam_class, gradcam (original pixels, float32).
         opacity: overlay alpha in the comparison views.
+        hist_scope: "brain" or "whole": which pixels the intensity histogram counts.
+        classical_on: the classical segmenters shown in the comparison (keys of
+            ``bt_demo.classical_seg.CLASSICAL``); classical_params: name -> validated params
+            (missing: the registry's defaults); classical: name -> (key, SegResult in original
+            pixels), a result being current when its key is ``handlers._classical_key`` now.
+        chosen_mask: which mask the Measure and Export tabs use ("prompted", "unet", "kmeans"
+            or a classical name).
+        uncertainty: the last TTA uncertainty result (maps in ORIGINAL pixels) or None;
+            uncertainty_key: the ``Processed.key`` it was computed on.
         workdir: per-session temporary folder for exports (created on first export,
             removed when the session ends).
     """
@@ -122,7 +131,8 @@ class Session:
                "slot", "prompts", "history", "box_anchor", "display_factor", "unet_prob", "unet_prob_key",
                "unet_threshold", "unet_result", "unet_reason", "kmeans_k", "kmeans", "kmeans_key", "kmeans_mask",
                "sweep", "sweep_key", "classification", "classification_key", "classifier_reason",
-               "gradcam_class", "gradcam", "opacity", "workdir")
+               "gradcam_class", "gradcam", "opacity", "hist_scope", "classical_on", "classical_params", "classical",
+               "chosen_mask", "uncertainty", "uncertainty_key", "workdir")
 
     def __init__(self) -> None:
         self.slice: Any = None
@@ -155,6 +165,13 @@ class Session:
         self.gradcam_class: str | None = None
         self.gradcam: np.ndarray | None = None
         self.opacity: float = 0.4
+        self.hist_scope: str = "brain"
+        self.classical_on: tuple[str, ...] = ()
+        self.classical_params: dict[str, dict] = {}
+        self.classical: dict[str, tuple] = {}
+        self.chosen_mask: str = "prompted"
+        self.uncertainty: dict | None = None
+        self.uncertainty_key: str | None = None
         self.workdir: str | None = None
         self.lock = threading.RLock()
 
@@ -173,7 +190,7 @@ class Session:
         new = Session()
         for name in self._FIELDS:
             value = getattr(self, name)
-            if name in ("selectors", "pipeline"):
+            if name in ("selectors", "pipeline", "classical_params"):
                 value = copy.deepcopy(value, memo)
             elif name == "slot":
                 value = copy.deepcopy(value, memo) if value is not None else None
@@ -203,6 +220,27 @@ class Session:
         if self.spacing_mm is not None and self.spacing_mm > 0:
             return (float(self.spacing_mm), float(self.spacing_mm))
         return None
+
+    def classical_settings(self, name: str) -> dict:
+        """The validated parameters of classical segmenter ``name`` (the registry's defaults unless set)."""
+        from bt_demo.classical_seg import validate_classical_params
+
+        return validate_classical_params(name, self.classical_params.get(name))
+
+    def classical_key(self, name: str) -> tuple | None:
+        """What a result of ``name`` depends on now: the processed image, the clicks, the parameters."""
+        if self.processed is None:
+            return None
+        params = tuple(sorted(self.classical_settings(name).items()))
+        return (self.processed.key, tuple(self.prompts.points), tuple(self.prompts.labels), params)
+
+    def classical_result(self, name: str):
+        """The SegResult of ``name`` if it is current (computed for today's image, clicks and parameters), else None."""
+        item = self.classical.get(name)
+        if item is None or self.processed is None:
+            return None
+        key, res = item
+        return res if key == self.classical_key(name) else None
 
     def ensure_workdir(self) -> str:
         if self.workdir is None:

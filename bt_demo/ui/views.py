@@ -22,7 +22,16 @@ from bt_demo import metrics, render
 
 # Names of the masks in tables, legends and reports, in comparison order.
 UNET, PROMPT, KMEANS = "U-Net", "prompted", "K-Means"
-MASK_COLORS = {UNET: render.COLORS["unet"], PROMPT: render.COLORS["prompt"], KMEANS: render.COLORS["kmeans"]}
+WATERSHED, CHAN_VESE, GEODESIC = "watershed", "Chan–Vese", "geodesic contour"
+#: classical segmenter key (``bt_demo.classical_seg.CLASSICAL``) -> its name in tables and legends
+CLASSICAL_NAMES = {"watershed": WATERSHED, "chan_vese": CHAN_VESE, "geodesic": GEODESIC}
+MASK_COLORS = {UNET: render.COLORS["unet"], PROMPT: render.COLORS["prompt"], KMEANS: render.COLORS["kmeans"],
+               WATERSHED: render.COLORS["watershed"], CHAN_VESE: render.COLORS["chan_vese"],
+               GEODESIC: render.COLORS["geodesic"]}
+#: the mask choosers' keys (Measure and Export tabs) -> mask names
+MASK_KEYS = {"prompted": PROMPT, "unet": UNET, "kmeans": KMEANS, **CLASSICAL_NAMES}
+#: the classical segmenters' overlay titles in the Compare tab
+CLASSICAL_TITLES = {"watershed": "Watershed", "chan_vese": "Chan–Vese", "geodesic": "Geodesic"}
 
 # Which slider/dropdown shows which axis of Slice.index (1-based in the UI).
 INDEX_AXES = ("page", "frame", "slice", "volume")
@@ -86,7 +95,8 @@ def fit(rgb: np.ndarray) -> np.ndarray:
 # masks, in original pixels
 # ---------------------------------------------------------------------------
 def current_masks(s) -> dict[str, np.ndarray]:
-    """The masks present now, in comparison order: U-Net, prompted, K-Means."""
+    """The masks present now, in comparison order: U-Net, prompted, K-Means, then the classical
+    segmenters ticked in the Compare tab whose result is current (a stale one is left out)."""
     out: dict[str, np.ndarray] = {}
     if s.unet_result is not None:
         out[UNET] = s.unet_result.mask
@@ -94,7 +104,34 @@ def current_masks(s) -> dict[str, np.ndarray]:
         out[PROMPT] = s.prompts.result.mask
     if s.kmeans_mask is not None:
         out[KMEANS] = s.kmeans_mask
+    for key, name in CLASSICAL_NAMES.items():
+        if key in s.classical_on:
+            res = s.classical_result(key)
+            if res is not None:
+                out[name] = res.mask
     return out
+
+
+def stale_classical(s) -> list[str]:
+    """Classical segmenters the session wants (ticked, or chosen for Measure/Export) whose result is not current."""
+    wanted = [k for k in CLASSICAL_NAMES if k in s.classical_on or k == s.chosen_mask]
+    return [k for k in wanted if s.classical_result(k) is None]
+
+
+def mask_by_key(s, key: str) -> np.ndarray | None:
+    """The mask a chooser key names ("prompted", "unet", "kmeans" or a classical key), or None if absent."""
+    if key in CLASSICAL_NAMES:
+        res = s.classical_result(key)
+        return None if res is None else res.mask
+    return current_masks(s).get(MASK_KEYS.get(key, ""))
+
+
+def brain_mask_original(s) -> np.ndarray | None:
+    """The processed image's brain mask in ORIGINAL pixels (bool (H, W)), or None."""
+    p = s.processed
+    if p is None or getattr(p, "brain_mask", None) is None:
+        return None
+    return p.geometry.map_to_original(np.asarray(p.brain_mask, bool), fill=False)
 
 
 def display_gray(s) -> np.ndarray:
@@ -284,6 +321,30 @@ def _metrics_frames(masks: dict[str, np.ndarray], spacing):
     return pairs, areas
 
 
+def agreement_summary(masks: dict[str, np.ndarray]) -> dict:
+    """Which-mask agreement for 1 to 3 masks, the vote count (consensus) for more."""
+    return metrics.agreement_summary(masks) if len(masks) <= 3 else metrics.consensus_summary(masks)
+
+
+def _classical_overlays(s, gray, alpha) -> dict:
+    out = {}
+    for key, name in CLASSICAL_NAMES.items():
+        comp = f"overlay_{key}"
+        if key not in s.classical_on:
+            out[comp] = gr.update(visible=False)
+            continue
+        res = s.classical_result(key)
+        label = CLASSICAL_TITLES[key]
+        if res is None:  # being computed (the chained refresh fills it in): keep the old picture
+            out[comp] = gr.update(visible=True, label=f"{label} · updating…")
+            continue
+        started = res.extra.get("started_from", "")
+        how = "from clicks" if started == "clicks" else "no click"
+        img = fit(render.overlay_mask(gray, res.mask, MASK_COLORS[name], alpha=alpha, contour=True))
+        out[comp] = gr.update(visible=True, value=img, label=f"{label} · {how}")
+    return out
+
+
 def compare_view(s) -> dict:
     gray = display_gray(s)
     masks = current_masks(s)
@@ -294,20 +355,27 @@ def compare_view(s) -> dict:
             out[key] = fit(render.overlay_mask(gray, masks[name], MASK_COLORS[name], alpha=alpha, contour=True))
         else:
             out[key] = fit(render.to_rgb(gray))
+    out.update(_classical_overlays(s, gray, alpha))
     spacing = s.effective_spacing()
     pairs, areas = _metrics_frames(masks, spacing)
     out["metrics_table"] = pairs
     out["area_table"] = areas
-    if masks:
+    if 1 <= len(masks) <= 3:
         code = metrics.agreement_map(list(masks.values()))
         img, legend = render.agreement_rgb(gray, code, list(masks), alpha=max(alpha, 0.35))
+    elif masks:
+        votes = metrics.vote_map(list(masks.values()))
+        img, legend = render.consensus_rgb(gray, votes, len(masks), alpha=max(alpha, 0.45))
+    if masks:
         out["agreement_image"] = fit(img)
-        summary = metrics.agreement_summary(masks)
+        summary = agreement_summary(masks)
         legend_html = "".join(swatch(col, txt) for txt, col in legend)
         frac = summary["agreement_fraction"]
-        out["agreement_legend"] = (f'<div style="line-height:1.9">{legend_html}</div>'
-                                   f"<div>All masks agree on {100 * frac:.0f}% of the pixels any of them calls "
-                                   f"tumour ({summary['all_agree_tumour_px']} of {summary['union_px']} px).</div>")
+        head = "" if len(masks) <= 3 else f"<div>How many of the {len(masks)} masks call a pixel tumour:</div>"
+        out["agreement_legend"] = (f'{head}<div style="line-height:1.9">{legend_html}</div>'
+                                   f"<div>All {len(masks)} masks agree on {100 * frac:.0f}% of the pixels any of "
+                                   f"them calls tumour ({summary['all_agree_tumour_px']} of {summary['union_px']} "
+                                   f"px).</div>")
     else:
         out["agreement_image"] = fit(render.to_rgb(gray))
         out["agreement_legend"] = "<div>No mask yet.</div>"
@@ -317,9 +385,212 @@ def compare_view(s) -> dict:
         notes.append("prompted: click on the tumour in the Prompts tab")
     if UNET in missing:
         notes.append("U-Net: unavailable (see Engines)")
-    out["compare_info"] = ("Colours: " + "".join(swatch(MASK_COLORS[n], n) for n in (UNET, PROMPT, KMEANS))
-                           + (f"<br>Missing: {html.escape('; '.join(notes))}." if notes else ""))
+    shown = [UNET, PROMPT, KMEANS] + [CLASSICAL_NAMES[k] for k in CLASSICAL_NAMES if k in s.classical_on]
+    updating = [CLASSICAL_NAMES[k] for k in stale_classical(s) if k in s.classical_on]
+    timed = []
+    for k in CLASSICAL_NAMES:
+        res = s.classical_result(k) if k in s.classical_on else None
+        if res is not None:
+            how = "your clicks" if res.extra.get("started_from") == "clicks" else "no click: brightest K-Means cluster"
+            timed.append(f"{CLASSICAL_NAMES[k]} {1000 * res.seconds:.0f} ms ({how})")
+    out["compare_info"] = ("Colours: " + "".join(swatch(MASK_COLORS[n], n) for n in shown)
+                           + (f"<br>Missing: {html.escape('; '.join(notes))}." if notes else "")
+                           + (f"<br>Classical segmenters: {html.escape('; '.join(timed))}." if timed else "")
+                           + (f"<br>Updating: {html.escape(', '.join(updating))} (classical segmenters run "
+                              "after the other panels)…" if updating else ""))
+    out.update(measure_view(s))
     return out
+
+
+# ---------------------------------------------------------------------------
+# measurement (Measure tab)
+# ---------------------------------------------------------------------------
+def _scaled_measurement(m: dict, f: float) -> dict:
+    """A :func:`bt_demo.measure.measure` result with its pixel coordinates moved onto an image scaled by ``f``."""
+    def pt(p):
+        return ((p[0] + 0.5) * f - 0.5, (p[1] + 0.5) * f - 0.5)
+
+    out = dict(m)
+    out["contours"] = [np.rint((np.asarray(c, np.float64).reshape(-1, 2) + 0.5) * f - 0.5).astype(np.int32)
+                       for c in m["contours"] if len(c)]
+    if m.get("bbox") is not None:
+        x0, y0, x1, y1 = m["bbox"]
+        out["bbox"] = (int(round(x0 * f)), int(round(y0 * f)), int(round((x1 + 1) * f - 1)),
+                       int(round((y1 + 1) * f - 1)))
+    for k in ("long_axis", "short_axis"):
+        if m.get(k) is not None:
+            out[k] = dict(m[k], p0=pt(m[k]["p0"]), p1=pt(m[k]["p1"]))
+    return out
+
+
+def _fmt(v: float, unit: str) -> str:
+    return f"{v:.1f} {unit}" if unit == "mm" else f"{v:.1f} px"
+
+
+def measurement_markdown(m: dict, name: str, spacing_note: str) -> str:
+    """The Measure tab's table for one :func:`bt_demo.measure.measure` result."""
+    unit = m["unit"]
+    area = f"{m['area_px']} px" + (f" = {m['area_mm2']:.1f} mm²" if m.get("area_mm2") is not None else "")
+    rows = [("area", area)]
+    if m["area_px"]:
+        la, sa = m["long_diameter"], m["short_diameter"]
+        rows += [("longest diameter (white line)", _fmt(la, unit)),
+                 ("perpendicular diameter (yellow line)", _fmt(sa, unit)),
+                 ("product of the two diameters", f"{m['rano_product']:.1f} {unit}²")]
+        cx, cy = m["centroid"]
+        x0, y0, x1, y1 = m["bbox"]
+        rows += [("centroid (x, y)", f"{cx:.1f}, {cy:.1f} px"),
+                 ("bounding box", f"x {x0}–{x1}, y {y0}–{y1} px ({x1 - x0 + 1} × {y1 - y0 + 1} px)")]
+        side = m.get("side") or "—"
+        mid = m.get("midline_x")
+        src = "from the brain mask" if "brain mask's centroid" in str(m.get("midline_source")) else "image centre"
+        where = f" of the midline (x = {mid:.0f} px, {src})" if mid is not None else ""
+        rows += [("side", f"{side}{where}"), ("separate pieces", str(m.get("n_components", 0)))]
+        if m.get("touches_border"):
+            rows.append(("note", "the mask touches the image border: the tumour may extend beyond the slice"))
+    def esc(t: str) -> str:
+        return html.escape(t, quote=False)
+
+    table = "| measure | value |\n|---|---|\n" + "\n".join(f"| {esc(a)} | {esc(b)} |" for a, b in rows)
+    caveats = ("*Side: " + esc(m.get("side_caveat") or "") + ".* "
+               "*Diameters are between pixel centres on this one 2-D slice (RANO-style bidimensional product); "
+               "a RANO assessment uses the slice and sequence where the tumour is largest — research demo, "
+               "not for diagnosis.*")
+    return (f"**{esc(name)} mask** — lengths in **{unit}** ({esc(spacing_note)}).\n\n"
+            f"{table}\n\n{caveats}")
+
+
+def measure_view(s) -> dict:
+    """Measure tab: the chosen mask's contour, box and RANO diameters on the slice, and its numbers."""
+    from bt_demo.measure import draw_measurement, measure
+
+    key = s.chosen_mask if s.chosen_mask in MASK_KEYS else "prompted"
+    name = MASK_KEYS[key]
+    gray = display_gray(s)
+    mask = mask_by_key(s, key)
+    out = {"measure_which": key, "export_which": key}
+    if mask is None:
+        if key in CLASSICAL_NAMES and s.processed is not None:
+            why = f"the {name} mask is being computed…"
+        elif key == "prompted":
+            why = "there is no prompted mask yet: click on the tumour in the Prompts tab, or choose another mask"
+        elif key == "unet":
+            why = "there is no U-Net mask: " + (s.unet_reason or "no slice yet")
+        else:
+            why = f"there is no {name} mask yet"
+        out["measure_image"] = fit(render.to_rgb(gray))
+        out["measure_table"] = f"Measurement: {html.escape(why)}."
+        return out
+    spacing = s.effective_spacing()
+    m = measure(mask, spacing, brain_mask_original(s))
+    if spacing is None:
+        note = "no pixel spacing: type one under *Window / level and pixel spacing* for mm"
+    elif s.slice is not None and s.slice.spacing is not None:
+        note = f"pixel spacing {spacing[0]:.3g} × {spacing[1]:.3g} mm from the file"
+    else:
+        note = f"pixel spacing {spacing[0]:.3g} mm as typed"
+    base = render.overlay_mask(gray, mask, MASK_COLORS[name], alpha=0.2, contour=False)
+    f = display_factor(gray.shape)
+    big = to_display(base, f)
+    drawn = draw_measurement(big, _scaled_measurement(m, f), color=MASK_COLORS[name],
+                             thickness=max(1, int(round(f))))
+    out["measure_image"] = fit(drawn)
+    out["measure_table"] = measurement_markdown(m, name, note)
+    out["_measurement"] = m
+    return out
+
+
+# ---------------------------------------------------------------------------
+# intensity histogram (left column)
+# ---------------------------------------------------------------------------
+HIST_SCOPES = {"brain": "brain only (estimated brain mask)", "whole": "whole image"}
+
+
+def intensity_view(s) -> dict:
+    """Histogram + CDF of the slice before and after preprocessing, K-Means boundaries and window marked."""
+    from bt_demo import intensity
+
+    p, sl = s.processed, s.slice
+    px = np.asarray(sl.pixels, np.float32)
+    lo, hi = float(px.min()), float(px.max())
+    span = hi - lo
+    before = (px - lo) / span if span > 0 else np.zeros_like(px)
+    brain = brain_mask_original(s) if s.hist_scope == "brain" else None
+    note = ""
+    if brain is not None and not brain.any():
+        brain, note = None, " The brain mask is empty on this slice: the whole image is counted."
+    if brain is not None:
+        after = processed_in_original(s)
+    else:
+        after = np.asarray(p.image, np.float32)
+    c, w = s.window
+    level = min(max((c - lo) / span, 0.0), 1.0) if span > 0 else 0.5
+    width = min(max(w / span, 1e-3), 2.0) if span > 0 else 1.0
+    centers = np.asarray(s.kmeans.centers, np.float64) if s.kmeans is not None else None
+    fig = intensity.intensity_figure(before, after, brain, kmeans_centers=centers, window=(level, width))
+    # the block's label is the title; the marks are named in the legend rather than by crowded annotations
+    import plotly.graph_objects as go
+
+    fig.layout.annotations = ()
+    if centers is not None and len(centers) > 1:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="K-Means boundary",
+                                 line=dict(color="#CC79A7", dash="dot")))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="display window",
+                             line=dict(color="#E69F00", dash="dash")))
+    fig.update_xaxes(title_text="intensity, 0–1 (before: the file's min–max; after: the processed image)")
+    fig.update_layout(title=None, height=380, margin=dict(l=55, r=55, t=60, b=45),
+                      legend=dict(orientation="h", x=0, y=1.02, xanchor="left", yanchor="bottom",
+                                  font=dict(size=11)))
+    h = intensity.histogram_cdf(before, after, brain, bins=64)
+    scope = "brain pixels" if brain is not None else "whole image"
+    b, a = h["before"], h["after"]
+    kpart = (f"dotted pink: boundaries between the K = {s.kmeans.k} K-Means clusters (processed intensities)"
+             if s.kmeans is not None else "no K-Means result")
+    info = (f"Histogram and CDF of the **{scope}** ({b['n']} px), before (grey) and after (blue) preprocessing. "
+            f"Median {b['p50']:.2f} → {a['p50']:.2f}; 1st–99th percentile {b['p01']:.2f}–{b['p99']:.2f} → "
+            f"{a['p01']:.2f}–{a['p99']:.2f}. Dashed orange: the display window (level {c:.4g}, width {w:.4g} "
+            f"in the file's units); {kpart}.{note}")
+    return {"intensity_plot": fig, "intensity_info": info}
+
+
+# ---------------------------------------------------------------------------
+# U-Net uncertainty (TTA)
+# ---------------------------------------------------------------------------
+def _secs(t: float) -> str:
+    return f"{1000 * t:.0f} ms" if t < 1 else f"{t:.1f} s"
+
+
+def uncertainty_view(s) -> dict:
+    from bt_demo.uncertainty import summarise
+
+    if s.unet_reason:
+        return {"uncertainty_image": None,
+                "uncertainty_info": "Uncertainty map unavailable because the U-Net is unavailable: "
+                                    f"{html.escape(s.unet_reason)}"}
+    u = s.uncertainty
+    if u is None or s.processed is None or s.uncertainty_key != s.processed.key:
+        return {"uncertainty_image": None,
+                "uncertainty_info": "Press **Uncertainty map (TTA)** to run the U-Net on 8 flipped, shifted and "
+                                    "scaled copies of this slice (a few seconds on a CPU) and see where its "
+                                    "answers spread."}
+    thr = float(s.unet_threshold if s.unet_threshold is not None else u["threshold"])
+    st = float(u["std_threshold"])
+    n_t, high = summarise(u["mean_prob"], u["uncertainty"], thr, st)
+    gray = display_gray(s)
+    heat = np.clip(u["uncertainty_orig"] / (2 * st), 0.0, 1.0)
+    img = render.heatmap_overlay(gray, heat, alpha=0.6, colormap="inferno", mask_below=0.1)
+    mask = u["mean_prob_orig"] >= thr
+    if mask.any():
+        img = render.draw_contour(img, mask, render.COLORS["reference"], 1)
+    if n_t:
+        head = (f"**{100 * high:.0f}% of the predicted tumour area is uncertain** (TTA spread > {st:.2f} on "
+                f"{n_t} px where the mean probability ≥ {thr:.2f}).")
+    else:
+        head = f"The U-Net predicts no tumour at probability ≥ {thr:.2f} on any of the augmented copies' mean."
+    info = (f"{head} Colour: the standard deviation of the U-Net probability over {u['n']} augmented copies "
+            f"({html.escape(', '.join(u['augmentations']))}); bright = above {st:.2f}. White outline: the mean "
+            f"mask. Computed in {_secs(u['seconds'])}. A high share means: check the automatic mask by eye.")
+    return {"uncertainty_image": fit(to_display(img, display_factor(gray.shape))), "uncertainty_info": info}
 
 
 # ---------------------------------------------------------------------------

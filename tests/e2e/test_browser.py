@@ -237,6 +237,49 @@ def test_upload_preprocess_click_compare(app_url):
         wait_for_image(page, "Prompted mask")
 
 
+def test_histogram_measurement_classical_and_uncertainty_views(app_url):
+    """The image-study panels: histogram + CDF, the RANO measurement table, a classical segmenter in
+    the comparison, and the TTA uncertainty map, as a person sees them."""
+    with browser_page() as page:
+        page.goto(app_url)
+        upload_example_and_click(page)
+
+        # the intensity histogram / CDF is drawn (plotly), with its before/after curves
+        plot = block(page, "Intensity histogram and CDF")
+        plot.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+        legend = plot.locator("text.legendtext")
+        legend.first.wait_for()
+        names = {(t or "").strip() for t in legend.all_text_contents()}
+        assert {"before", "after", "before CDF", "after CDF"} <= names, names
+        page.get_by_text(re.compile(r"Histogram and CDF of the brain pixels")).first.wait_for()
+        page.get_by_label("whole image", exact=True).check()
+        page.get_by_text(re.compile(r"Histogram and CDF of the whole image")).first.wait_for()
+
+        # the measurement of the prompted mask (the one exported): numbers, units, the caveat, the drawing
+        page.get_by_role("tab", name="Measure").click()
+        page.get_by_text("longest diameter (white line)").first.wait_for(timeout=30_000)
+        md = page.locator("#measure-table").inner_text()
+        assert "prompted mask" in md and "lengths in px" in md and "perpendicular diameter" in md
+        assert "radiological convention" in md
+        wait_for_image(page, "Measurement: contour, box and RANO diameters")
+
+        # a classical segmenter beside the models: ticked, it enters the Dice table
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_label("Watershed (marker-controlled)", exact=True).check()
+        table = page.get_by_role("grid", name="Agreement between masks")
+        # (attached: with six masks the row may sit below the table's scroll height)
+        table.get_by_text("prompted vs watershed").first.wait_for(state="attached", timeout=60_000)
+        wait_for_image(page, "Watershed · from clicks")
+
+        # the uncertainty map on demand (tiny random U-Net here): an overlay and its one-number summary
+        page.get_by_role("tab", name="Uncertainty").click()
+        page.get_by_role("button", name="Uncertainty map (TTA)").click()
+        page.get_by_text(re.compile(r"of the predicted tumour area is uncertain|predicts no tumour")).first.wait_for(
+            timeout=60_000)
+        wait_for_image(page, "U-Net uncertainty (TTA spread)")
+        assert "Traceback" not in page.content()
+
+
 def test_corrupt_upload_shows_a_message_and_the_app_keeps_working(app_url, tmp_path):
     bad = tmp_path / "scan.dcm"
     bad.write_bytes(b"DICM" * 10 + b"\x00" * 200 + b"not really an image")
