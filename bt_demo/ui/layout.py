@@ -357,27 +357,28 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
             return then_classical(
                 dep.then(lambda s: adapt_prompts(H.prepare_prompts(s, engines)), inputs=[session],
                          outputs=[session] + [comp[n] for n in prompt_out + compare_out],
-                         show_progress="hidden"))
+                         show_progress="hidden", api_name="prepare_prompts", api_visibility="undocumented"))
 
         # 7. engines: refresh what is loaded when a page opens (models load in the background)
         demo.load(lambda: (H.engines_summary(engines, wait=False), H.engines_status(engines, wait=False)),
-                  inputs=None, outputs=[engines_line, engines_md], show_progress="hidden")
+                  inputs=None, outputs=[engines_line, engines_md], show_progress="hidden",
+                  api_visibility="private")
 
         # 1. the slice
         then_prepare(wire(upload.change, lambda s, f: H.load_file(s, engines, f), [upload],
-                          slice_out + every_panel))
+                          slice_out + every_panel, api_name="upload_slice"))
         index_inputs = [idx_page, idx_frame, idx_slice, idx_volume, idx_channel]
         for ctl in (idx_page, idx_frame, idx_slice, idx_volume):
             then_prepare(wire(ctl.input, lambda s, *v: H.select_index(s, engines, *v), index_inputs,
-                              slice_out + every_panel, trigger_mode="always_last"))
+                              slice_out + every_panel, trigger_mode="always_last", api_visibility="private"))
         then_prepare(wire(idx_channel.input, lambda s, *v: H.select_index(s, engines, *v), index_inputs,
-                          slice_out + every_panel))
+                          slice_out + every_panel, api_visibility="private"))
         for ctl in (win_center, win_width):
             then_prepare(wire(ctl.input, lambda s, c, w: H.set_window(s, engines, c, w), [win_center, win_width],
-                              every_panel, trigger_mode="always_last"))
+                              every_panel, trigger_mode="always_last", api_visibility="private"))
         for trig in (spacing.submit, spacing.blur):
             wire(trig, H.set_spacing, [spacing],
-                 ["status", "unet_info", "kmeans_info"] + prompt_out + compare_out)
+                 ["status", "unet_info", "kmeans_info"] + prompt_out + compare_out, api_visibility="private")
 
         # 2. preprocessing: any control recomputes everything from the processed image
         def on_pipeline(s, *values):
@@ -385,7 +386,8 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
 
         for ctl in controls:
             trig = ctl.input  # user changes only (dragging, typing, ticking); never our own updates
-            then_prepare(wire(trig, on_pipeline, controls, every_panel, trigger_mode="always_last"))
+            then_prepare(wire(trig, on_pipeline, controls, every_panel, trigger_mode="always_last",
+                              api_visibility="private"))
 
         # 3. prompts
         def on_click(s, m, evt: gr.SelectData):
@@ -393,20 +395,24 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
 
         then_classical(prompt_image.select(on_click, inputs=[session, mode],
                                            outputs=[session] + [comp[n] for n in prompt_out + compare_out],
-                                           show_progress="hidden", trigger_mode="multiple"))  # never drop a click
-        then_classical(wire(undo_btn.click, lambda s: H.undo(s, engines), [], prompt_out + compare_out))
-        then_classical(wire(clear_btn.click, lambda s: H.clear(s, engines), [], prompt_out + compare_out))
+                                           show_progress="hidden", trigger_mode="multiple",  # never drop a click
+                                           api_name="click_point"))
+        then_classical(wire(undo_btn.click, lambda s: H.undo(s, engines), [], prompt_out + compare_out, api_name="undo_point"))
+        then_classical(wire(clear_btn.click, lambda s: H.clear(s, engines), [], prompt_out + compare_out,
+                            api_name="clear_points"))
         then_classical(wire(box_btn.click, lambda s, a, b, c, d: H.set_box(s, engines, a, b, c, d),
-                            [bx0, by0, bx1, by1], prompt_out + compare_out))
-        wire(engine.input, lambda s, k: H.switch_engine(s, engines, k), [engine], prompt_out + compare_out)
-        wire(candidates.input, H.pick_candidate, [candidates], prompt_out + compare_out)
+                            [bx0, by0, bx1, by1], prompt_out + compare_out, api_name="set_box"))
+        wire(engine.input, lambda s, k: H.switch_engine(s, engines, k), [engine], prompt_out + compare_out, api_name="choose_engine")
+        wire(candidates.input, H.pick_candidate, [candidates], prompt_out + compare_out, api_name="pick_candidate")
 
         # 4. compare, K-Means
-        wire(opacity.input, H.set_opacity, [opacity], prompt_out + compare_out, trigger_mode="always_last")
+        wire(opacity.input, H.set_opacity, [opacity], prompt_out + compare_out, trigger_mode="always_last",
+         api_visibility="private")
         wire(threshold.input, lambda s, t: H.set_threshold(s, engines, t), [threshold],
-             ["unet_info"] + compare_out + uncertainty_out, trigger_mode="always_last")
+             ["unet_info"] + compare_out + uncertainty_out, trigger_mode="always_last",
+         api_name="unet_threshold")
         wire(k_slider.input, H.set_k, [k_slider], ["kmeans_image", "kmeans_info"] + compare_out + intensity_out,
-             trigger_mode="always_last")
+             trigger_mode="always_last", api_name="kmeans_k")
 
         # 4b. image studies: histogram, classical segmenters, measurement, uncertainty
         wire(hist_scope.input, H.set_histogram_scope, [hist_scope], intensity_out, api_name="intensity_histogram")
@@ -417,18 +423,20 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
         wire(export_which.input, H.choose_mask, [export_which], measure_out, api_name="export_mask_choice")
         wire(uncertainty_btn.click, lambda s: H.run_uncertainty(s, engines), [], uncertainty_out,
              show_progress="full", api_name="uncertainty_map")
-        wire(sweep_btn.click, H.run_sweep, [], ["sweep_plot", "sweep_info"], show_progress="full")
+        wire(sweep_btn.click, H.run_sweep, [], ["sweep_plot", "sweep_info"], show_progress="full", api_name="k_sweep")
 
         # 5. classifier
         wire(gradcam_class.input, lambda s, c: H.show_gradcam(s, engines, c), [gradcam_class],
-             ["class_label", "class_info", "gradcam_image", "gradcam_class"])
+             ["class_label", "class_info", "gradcam_image", "gradcam_class"],
+         api_name="gradcam")
 
         # 6. export and corrections
-        wire(export_btn.click, H.export, [export_which], ["export_files", "export_info"] + measure_out)
-        wire(editor_btn.click, H.editor_start, [], ["editor"])
+        wire(export_btn.click, H.export, [export_which], ["export_files", "export_info"] + measure_out, api_name="export")
+        wire(editor_btn.click, H.editor_start, [], ["editor"], api_visibility="private")
         wire(accept_btn.click,
              lambda s, src, f, ed, note: H.accept_correction(s, annotations_dir, src, f, ed, note),
-             [corr_source, corr_file, editor, corr_note], ["correction_info"])
+             [corr_source, corr_file, editor, corr_note], ["correction_info"],
+             api_name="accept_correction")
     return demo
 
 
