@@ -128,6 +128,20 @@ def summary() -> str:
     return "\n".join(out)
 
 
+def update_readme(text: str) -> bool:
+    """Put the summary (without its title) between the README's bench-summary markers, when it has them."""
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    start, end = "<!-- bench-summary:start -->", "<!-- bench-summary:end -->"
+    doc = readme.read_text() if readme.exists() else ""
+    if start not in doc or end not in doc:
+        return False
+    body = text.split("\n", 2)[2] if text.startswith("# ") else text
+    body = body.replace("\n## ", "\n#### ")
+    head, rest = doc.split(start, 1)
+    readme.write_text(head + start + "\n" + body.strip() + "\n" + end + rest.split(end, 1)[1])
+    return True
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quick = "--quick" in argv
@@ -154,6 +168,7 @@ def main(argv=None) -> int:
                 failed.append(name)
     text = summary()
     (RESULTS / "SUMMARY.md").write_text(text + "\n")
+    update_readme(text)
     print("\n" + text)
     if failed:
         print(f"\nsuites that reported a failure: {', '.join(failed)}")
