@@ -58,7 +58,7 @@ def test_classifier_reaches_card_floor():
     model = ClassifierNet.from_pretrained(str(WEIGHTS / "classifier"), strict=True).float().eval()
     train_hashes = set(read_class_folder(root / "Training", model.class_names).hashes)
     test = read_class_folder(root / "Testing", model.class_names, exclude_hashes=train_hashes)
-    m = class_metrics(softmax(logits_of(model, letterboxed(test.images, model.input_size)) / model.temperature),
+    m = class_metrics(softmax(logits_of(model, letterboxed(test.images, model.input_size, model.fit)) / model.temperature),
                       test.labels, model.class_names)
     print({k: v for k, v in m.items() if k != "confusion_matrix"})
     assert m["macro_f1"] >= card["floors"]["macro_f1"]

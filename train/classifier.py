@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bt_demo.models.sizing import Letterbox
+from bt_demo.models.sizing import fit_square
 from train import common
 from train.augment import degrade, intensity, random_affine
 from train.classes import read_class_folder
@@ -32,11 +32,11 @@ SARTAJ_DATA = {
 }
 
 
-def letterboxed(images: list[np.ndarray], size: int) -> np.ndarray:
-    """uint8 (N, size, size): each image scaled into the model's square input the way the engine does."""
+def letterboxed(images: list[np.ndarray], size: int, fit: str = "letterbox") -> np.ndarray:
+    """uint8 (N, size, size): each image put into the model's square input the way the engine does."""
     out = np.zeros((len(images), size, size), np.uint8)
     for i, im in enumerate(images):
-        lb = Letterbox.fit(im.shape, size)
+        lb = fit_square(im.astype(np.float32), size, fit)
         out[i] = np.clip(lb.image(im.astype(np.float32)), 0, 255).astype(np.uint8)
     return out
 
@@ -125,7 +125,10 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--backbone", default="mobilenetv3_large_100", help="any timm model name")
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights via timm (needs network)")
-    p.add_argument("--input-size", type=int, default=192)
+    p.add_argument("--input-size", type=int, default=160)
+    p.add_argument("--fit", default="head_square", choices=["head_square", "letterbox"],
+                   help="how an image becomes the square input: crop to the head and stretch (default; no "
+                        "padding or aspect-ratio cue of the image's source) or letterbox")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the training images")
     p.add_argument("--batch-size", type=int, default=32)
@@ -151,7 +154,7 @@ def main(argv=None) -> int:
 
     idx = np.arange(len(trainset.labels))
     tr_i, va_i = train_test_split(idx, test_size=args.val_fraction, stratify=trainset.labels, random_state=args.seed)
-    x_all = letterboxed(trainset.images, args.input_size)
+    x_all = letterboxed(trainset.images, args.input_size, args.fit)
     x_tr, y_tr, x_va, y_va = x_all[tr_i], trainset.labels[tr_i], x_all[va_i], trainset.labels[va_i]
     (run.dir / "split.json").write_text(json.dumps({"train": [trainset.paths[i] for i in tr_i],
                                                     "val": [trainset.paths[i] for i in va_i],
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
     run.log.info(f"train {len(y_tr)} val {len(y_va)} per class {counts.tolist()} weights {class_w.numpy().round(2).tolist()}")
     from bt_demo.models.nets import ClassifierNet
 
-    model = ClassifierNet(backbone=args.backbone, class_names=CLASSES, input_size=args.input_size,
+    model = ClassifierNet(backbone=args.backbone, class_names=CLASSES, input_size=args.input_size, fit=args.fit,
                           pretrained=args.pretrained)
     steps = args.steps_per_epoch or int(np.ceil(len(y_tr) / args.batch_size))
 
@@ -221,7 +224,7 @@ def evaluate_classifier(weights: Path, run_dir: Path, data_root: str | None, inf
     split = json.loads((run_dir / "split.json").read_text()) if (run_dir / "split.json").exists() else {}
     train_hashes = set(split.get("train_hashes", [])) or set(read_class_folder(root / "Training", model.class_names).hashes)
     test = read_class_folder(root / "Testing", model.class_names, exclude_hashes=train_hashes)
-    x = letterboxed(test.images, model.input_size)
+    x = letterboxed(test.images, model.input_size, model.fit)
     lg = logits_of(model, x)
     m_cal = class_metrics(softmax(lg / model.temperature), test.labels, model.class_names)
     m_raw = class_metrics(softmax(lg), test.labels, model.class_names)

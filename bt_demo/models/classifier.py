@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bt_demo.models import weights
-from bt_demo.models.sizing import Letterbox
+from bt_demo.models.sizing import fit_square
 
 DEFAULT_ID = "classifier"
 
@@ -51,7 +51,7 @@ class ClassifierEngine:
         img = np.asarray(image, np.float32)
         if img.ndim != 2:
             raise ValueError(f"expected a 2-D image (h, w), got shape {img.shape}")
-        lb = Letterbox.fit(img.shape, self.model.input_size)
+        lb = fit_square(img, self.model.input_size, getattr(self.model, "fit", "letterbox"))
         p = next(self.model.parameters())
         return torch.from_numpy(lb.image(img))[None, None].to(p.device, p.dtype), lb
 

@@ -97,9 +97,16 @@ class ClassifierNet(nn.Module, PyTorchModelHubMixin, library_name="bt_demo", tag
         temperature: float = 1.0,
         drop_rate: float = 0.2,
         pretrained: bool = False,
+        fit: str = "letterbox",
     ):
         super().__init__()
         import timm
+
+        if fit not in ("letterbox", "head_square"):
+            raise ValueError(f"fit must be 'letterbox' or 'head_square', got {fit!r}")
+        # how a slice becomes the square input (bt_demo.models.sizing.SquareFit): 'head_square' crops to
+        # the head and stretches it to the square, so image borders and aspect ratio carry no class cue
+        self.fit = fit
 
         self.class_names = list(class_names)
         if no_tumour_class not in self.class_names:

@@ -64,3 +64,61 @@ class Letterbox:
         interp = cv2.INTER_LINEAR if order == 1 else cv2.INTER_NEAREST
         out = cv2.resize(src, (self.in_shape[1], self.in_shape[0]), interpolation=interp)
         return out.astype(arr.dtype) if arr.dtype != np.float32 else out
+
+
+@dataclass(frozen=True)
+class SquareFit:
+    """The head's bounding box (plus a margin) stretched to size x size.
+
+    Used by the classifier: datasets pad or crop their images differently per
+    class (in the 4-class set, "no tumour" images are small and non-square,
+    the tumour classes 512-px squares), so a letterbox's padding bars would
+    let a model learn the source instead of the anatomy. Cropping to the head
+    and stretching to the square removes that cue; heads are close to square,
+    so the stretch is mild.
+    """
+    in_shape: tuple[int, int]
+    size: int
+    box: tuple[int, int, int, int]  # y0, x0, y1, x1 in the input image
+
+    @classmethod
+    def fit(cls, img: np.ndarray, size: int, margin: float = 0.04) -> "SquareFit":
+        from bt_demo.preprocess import head_mask
+
+        img = np.asarray(img, np.float32)
+        h, w = img.shape
+        box = (0, 0, h, w)
+        if h >= 8 and w >= 8 and float(img.max()) > float(img.min()):
+            m = head_mask(img)
+            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            if rows.size and cols.size:
+                pad = int(round(margin * max(h, w)))
+                y0, y1 = max(0, rows[0] - pad), min(h, rows[-1] + 1 + pad)
+                x0, x1 = max(0, cols[0] - pad), min(w, cols[-1] + 1 + pad)
+                if y1 - y0 >= 8 and x1 - x0 >= 8:
+                    box = (int(y0), int(x0), int(y1), int(x1))
+        return cls((h, w), int(size), box)
+
+    def image(self, img: np.ndarray) -> np.ndarray:
+        import cv2
+
+        y0, x0, y1, x1 = self.box
+        crop = np.asarray(img, np.float32)[y0:y1, x0:x1]
+        shrink = crop.shape[0] > self.size or crop.shape[1] > self.size
+        return cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+    def unmap(self, arr: np.ndarray, order: int = 1) -> np.ndarray:
+        """(size, size) map -> (H, W) of the input image; 0 outside the head box."""
+        import cv2
+
+        y0, x0, y1, x1 = self.box
+        out = np.zeros(self.in_shape, np.float32)
+        interp = cv2.INTER_LINEAR if order == 1 else cv2.INTER_NEAREST
+        out[y0:y1, x0:x1] = cv2.resize(np.asarray(arr, np.float32), (x1 - x0, y1 - y0), interpolation=interp)
+        return out
+
+
+def fit_square(img: np.ndarray, size: int, how: str = "letterbox"):
+    """The classifier's input mapping: ``Letterbox`` or ``SquareFit`` (both have .image and .unmap)."""
+    img = np.asarray(img, np.float32)
+    return SquareFit.fit(img, size) if how == "head_square" else Letterbox.fit(img.shape, size)
