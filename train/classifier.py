@@ -126,9 +126,10 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="mobilenetv3_large_100", help="any timm model name")
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights via timm (needs network)")
     p.add_argument("--input-size", type=int, default=160)
-    p.add_argument("--fit", default="head_square", choices=["head_square", "letterbox"],
-                   help="how an image becomes the square input: crop to the head and stretch (default; no "
-                        "padding or aspect-ratio cue of the image's source) or letterbox")
+    p.add_argument("--fit", default="head_equalized", choices=["head_equalized", "head_square", "letterbox"],
+                   help="how an image becomes the square input: crop to the head, stretch to the square and "
+                        "equalise the histogram (default: no padding, aspect-ratio or brightness cue of the "
+                        "image's source), the same without equalising, or letterbox")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the training images")
     p.add_argument("--batch-size", type=int, default=32)

@@ -102,10 +102,11 @@ class ClassifierNet(nn.Module, PyTorchModelHubMixin, library_name="bt_demo", tag
         super().__init__()
         import timm
 
-        if fit not in ("letterbox", "head_square"):
-            raise ValueError(f"fit must be 'letterbox' or 'head_square', got {fit!r}")
+        if fit not in ("letterbox", "head_square", "head_equalized"):
+            raise ValueError(f"fit must be 'letterbox', 'head_square' or 'head_equalized', got {fit!r}")
         # how a slice becomes the square input (bt_demo.models.sizing.SquareFit): 'head_square' crops to
-        # the head and stretches it to the square, so image borders and aspect ratio carry no class cue
+        # the head and stretches it to the square, so image borders and aspect ratio carry no class cue;
+        # 'head_equalized' also equalises its histogram (the source's brightness/contrast neither)
         self.fit = fit
 
         self.class_names = list(class_names)

@@ -80,9 +80,10 @@ class SquareFit:
     in_shape: tuple[int, int]
     size: int
     box: tuple[int, int, int, int]  # y0, x0, y1, x1 in the input image
+    equalize: bool = False  # histogram-equalise the crop: brightness/contrast of the source carry no cue either
 
     @classmethod
-    def fit(cls, img: np.ndarray, size: int, margin: float = 0.04) -> "SquareFit":
+    def fit(cls, img: np.ndarray, size: int, margin: float = 0.04, equalize: bool = False) -> "SquareFit":
         from bt_demo.preprocess import head_mask
 
         img = np.asarray(img, np.float32)
@@ -92,12 +93,12 @@ class SquareFit:
             m = head_mask(img)
             rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
             if rows.size and cols.size:
-                pad = int(round(margin * max(h, w)))
+                pad = int(round(margin * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)))  # of the head
                 y0, y1 = max(0, rows[0] - pad), min(h, rows[-1] + 1 + pad)
                 x0, x1 = max(0, cols[0] - pad), min(w, cols[-1] + 1 + pad)
                 if y1 - y0 >= 8 and x1 - x0 >= 8:
                     box = (int(y0), int(x0), int(y1), int(x1))
-        return cls((h, w), int(size), box)
+        return cls((h, w), int(size), box, bool(equalize))
 
     def image(self, img: np.ndarray) -> np.ndarray:
         import cv2
@@ -105,7 +106,13 @@ class SquareFit:
         y0, x0, y1, x1 = self.box
         crop = np.asarray(img, np.float32)[y0:y1, x0:x1]
         shrink = crop.shape[0] > self.size or crop.shape[1] > self.size
-        return cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        if self.equalize:
+            lo, hi = float(out.min()), float(out.max())
+            if hi > lo:
+                u8 = np.rint((out - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+                out = cv2.equalizeHist(u8).astype(np.float32) * ((hi - lo) / 255.0) + lo  # same range as given
+        return out
 
     def unmap(self, arr: np.ndarray, order: int = 1) -> np.ndarray:
         """(size, size) map -> (H, W) of the input image; 0 outside the head box."""
@@ -121,4 +128,6 @@ class SquareFit:
 def fit_square(img: np.ndarray, size: int, how: str = "letterbox"):
     """The classifier's input mapping: ``Letterbox`` or ``SquareFit`` (both have .image and .unmap)."""
     img = np.asarray(img, np.float32)
-    return SquareFit.fit(img, size) if how == "head_square" else Letterbox.fit(img.shape, size)
+    if how in ("head_square", "head_equalized"):
+        return SquareFit.fit(img, size, equalize=how == "head_equalized")
+    return Letterbox.fit(img.shape, size)
