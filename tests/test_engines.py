@@ -240,3 +240,28 @@ def test_slow_engine_load_reports_still_loading_instead_of_blocking(wdir):
     gate.set()
     t.join()
     assert "because test" in eng.new_predictor("sam")
+
+
+def test_model_outputs_carry_the_held_out_numbers_of_their_card(tmp_path):
+    """A clinician reads how good a model measured next to what it says; a weak classifier says so."""
+    import json
+
+    from bt_demo.models import weights as W
+    from bt_demo.models.classifier import ClassifierEngine
+    from bt_demo.models.unet import UNetEngine
+    from tests.tiny_models import make_weights_dir
+
+    wdir = make_weights_dir(tmp_path / "w")
+    (wdir / "unet" / "card.json").write_text(json.dumps({"task": "segmentation", "metrics": {
+        "n_patients": 10, "patient_dice_mean": 0.834, "fp_rate_tumour_free": 0.05}}))
+    (wdir / "classifier" / "card.json").write_text(json.dumps({"task": "classification", "metrics": {
+        "n": 250, "accuracy": 0.41, "macro_f1": 0.38, "ece": 0.2}}))
+    W.clear_cache()
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    seg = UNetEngine.load(str(wdir / "unet")).segment(img)
+    assert "10 held-out patients" in seg.extra["card"] and "0.834" in seg.extra["card"]
+    cr = ClassifierEngine.load(str(wdir / "classifier")).classify(img)
+    assert "macro-F1 0.38" in cr.card and "too weak to rely on" in cr.card
+    (wdir / "classifier" / "card.json").write_text("{not json")
+    W.clear_cache()
+    assert ClassifierEngine.load(str(wdir / "classifier")).classify(img).card == ""  # a broken card hides nothing else

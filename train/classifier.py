@@ -174,7 +174,8 @@ def main(argv=None) -> int:
         ids = rng.integers(len(y_tr), size=args.batch_size)
         for i in ids:
             x, _ = random_affine(x_tr[i].astype(np.float32) / 255.0, [], rng, rot_deg=15, scale=(0.85, 1.15), shift=0.08)
-            x = degrade(intensity(x, rng), rng)
+            # degradations twice as often as for segmentation: noise, blur and resolution differ by source
+            x = degrade(degrade(intensity(x, rng), rng), rng)
             xs.append(x)
         return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(y_tr[ids]).long()
 

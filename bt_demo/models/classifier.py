@@ -26,6 +26,7 @@ class ClassResult:
     top_class: str
     temperature: float
     seconds: float
+    card: str = ""  # the held-out numbers of the model's card, shown beside the probabilities
 
 
 class ClassifierEngine:
@@ -39,7 +40,11 @@ class ClassifierEngine:
         from bt_demo.models.nets import ClassifierNet
 
         loaded = weights.load(ClassifierNet, model_id, device=device, strict=True)
-        return cls(loaded.model) if loaded.ok else f"classifier unavailable, because {loaded.reason}"
+        if not loaded.ok:
+            return f"classifier unavailable, because {loaded.reason}"
+        eng = cls(loaded.model)
+        eng.card_line = weights.card_summary(model_id)
+        return eng
 
     @property
     def class_names(self) -> list[str]:
@@ -68,7 +73,7 @@ class ClassifierEngine:
         d = {n: float(p) for n, p in zip(names, probs)}
         tumour = 1.0 - d[self.model.no_tumour_class]
         return ClassResult(d, float(tumour), names[int(np.argmax(probs))], float(self.model.temperature),
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, getattr(self, "card_line", ""))
 
     def gradcam(self, image: np.ndarray, class_name: str | None = None) -> np.ndarray:
         """Grad-CAM of ``class_name`` (default: the top class) on the last conv features.

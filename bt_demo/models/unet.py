@@ -36,7 +36,11 @@ class UNetEngine:
     def load(cls, model_id: str = DEFAULT_ID, device: str | None = None) -> "UNetEngine | str":
         """The engine, or a string saying why it is unavailable."""
         loaded = load_unet(model_id, device)
-        return cls(loaded.model) if loaded.ok else f"U-Net unavailable, because {loaded.reason}"
+        if not loaded.ok:
+            return f"U-Net unavailable, because {loaded.reason}"
+        eng = cls(loaded.model)
+        eng.card_line = weights.card_summary(model_id)
+        return eng
 
     @property
     def threshold(self) -> float:
@@ -79,4 +83,5 @@ class UNetEngine:
         geometry = geometry or Geometry.identity(prob.shape)
         return SegResult(geometry.map_to_original(mask, fill=False), self.name, time.perf_counter() - t0,
                          prob=geometry.map_to_original(prob, fill=0.0, order=1),
-                         extra={"threshold": thr, "min_component_px": int(self.model.min_component_px)})
+                         extra={"threshold": thr, "min_component_px": int(self.model.min_component_px),
+                                "card": getattr(self, "card_line", "")})

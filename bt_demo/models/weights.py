@@ -108,3 +108,33 @@ def clear_cache() -> None:
     """Forget loaded models (tests, and the app when the weights folder changes)."""
     with _lock:
         _cache.clear()
+
+
+def card_summary(model_id: str | os.PathLike) -> str:
+    """One sentence of the held-out numbers in ``card.json`` beside local weights ('' when there is none).
+
+    Shown next to every model output, so a clinician reads how good the model
+    measured before reading what it says.
+    """
+    import json
+
+    p = Path(resolve(model_id)) / "card.json"
+    try:
+        card = json.loads(p.read_text())
+        m, task = card["metrics"], card["task"]
+        if task == "segmentation":
+            return (f"Measured on {m['n_patients']} held-out patients: mean per-patient Dice {m['patient_dice_mean']:.3f}, "
+                    f"tumour-free slices with a false positive {100 * m['fp_rate_tumour_free']:.0f}%.")
+        if task == "clicks":
+            return (f"Measured on {m['n_tumour_slices']} held-out tumour slices: Dice {m['dice_after_1_clicks']:.3f} "
+                    f"after 1 click, {m['dice_after_3_clicks']:.3f} after 3.")
+        if task == "classification":
+            line = (f"Measured on {m['n']} held-out images (deduplicated Testing set): accuracy {m['accuracy']:.2f}, "
+                    f"macro-F1 {m['macro_f1']:.2f}, calibration error {m['ece']:.2f}.")
+            if m["macro_f1"] < 0.7:
+                line += (" That is too weak to rely on: these images differ from the training images, and the "
+                         "probabilities shift with the scanner and export.")
+            return line
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return ""

@@ -606,8 +606,9 @@ def unet_view(s) -> dict:
     n, mm2 = metrics.area(res.mask, s.effective_spacing())
     area = f"{n} px" + (f" = {mm2:.1f} mm²" if mm2 is not None else "")
     thr = res.extra.get("threshold", s.unet_threshold)
+    card = res.extra.get("card") or ""
     return {"unet_info": f"U-Net mask at probability ≥ {thr:.2f}: {area}. Moving the threshold re-uses the "
-                         "probability map (the network does not run again)."}
+                         "probability map (the network does not run again)." + (f" *{html.escape(card)}*" if card else "")}
 
 
 def kmeans_view(s) -> dict:
@@ -662,7 +663,8 @@ def classifier_view(s) -> dict:
     label = {pretty_class(k): float(v) for k, v in cr.probabilities.items()}
     info = (f"Tumour probability: **{100 * cr.tumour_probability:.1f}%** (1 − P(no tumour)); "
             f"most likely: **{html.escape(pretty_class(cr.top_class))}**. "
-            f"Calibrated by temperature scaling (T = {cr.temperature:.2f}); {1000 * cr.seconds:.0f} ms.")
+            f"Calibrated by temperature scaling (T = {cr.temperature:.2f}); {1000 * cr.seconds:.0f} ms."
+            + (f"\n\n*{html.escape(cr.card)}*" if cr.card else ""))
     out = {"class_label": label, "class_info": info}
     choices = [(pretty_class(k), k) for k in cr.probabilities]
     out["gradcam_class"] = gr.update(choices=choices, value=s.gradcam_class or cr.top_class)
