@@ -59,11 +59,6 @@ def _ms(v) -> str:
     return "" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
-def _wname(w: str) -> str:
-    """A weights description without this machine's paths."""
-    return f"trained ({Path(w).name}/)" if w.startswith("/") else w
-
-
 def _load(name: str) -> dict | None:
     p = RESULTS / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -118,7 +113,7 @@ def summary() -> str:
         out += ["## Concurrent sessions (gradio_client against a real server)", "",
                 "| sessions | clicks/s | p50 click | p95 click | errors | crosstalk | weights |", "|---|---|---|---|---|---|---|"]
         out += [f"| {r['sessions']} | {r['throughput_clicks_per_s']} | {_ms(r['click_p50_ms'])} | {_ms(r['click_p95_ms'])} | "
-                f"{r['errors']} | {r['crosstalk']} | {_wname(r.get('weights', ''))} |" for r in rows]
+                f"{r['errors']} | {r['crosstalk']} | {r.get('weights', '')} |" for r in rows]
         out.append("")
     d, c = _load("corpus"), _load("crash_store")
     if d or c:

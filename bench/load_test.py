@@ -341,6 +341,12 @@ def run(url: str, sessions: int, seconds: float, side: int = 128, seed0: int = 1
     }
 
 
+def _relative(path: str) -> str:
+    """A folder named relative to the repository when inside it (results are committed; no machine paths)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else p.name
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.load_test", description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=8)
@@ -365,7 +371,7 @@ def main(argv=None) -> int:
             with running_app(Path(tmp), Path(args.weights_dir) if args.weights_dir else None,
                              concurrency=args.concurrency) as url:
                 result = run(url, args.sessions, args.seconds, args.side)
-    result["weights"] = args.weights_dir or ("tiny random (tests/tiny_models.py)" if not args.port else "as running")
+    result["weights"] = _relative(args.weights_dir) if args.weights_dir else ("tiny random (tests/tiny_models.py)" if not args.port else "as running")
     print(json.dumps(result, indent=1))
     out = write("load_test", [result], path=args.out)
     print(f"wrote {out}", file=sys.stderr)

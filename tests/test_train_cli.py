@@ -156,3 +156,12 @@ def test_shipped_weights_are_replaced_only_by_a_better_card(tmp_path):
     assert (shipped / "model.safetensors").read_bytes() == b"better"
     assert promote(folder("forced", 0.5), shipped, force=True)[0]
     assert json.loads((shipped / "card.json").read_text())["metrics"]["patient_dice_mean"] == 0.5
+
+
+def test_cards_name_paths_relative_to_the_repository():
+    from train.common import REPO, portable
+
+    card = {"data": {"path": str(REPO.parent / "shared" / "data" / "lgg")},
+            "evaluate_command": f"python -m train evaluate --weights {REPO / 'weights' / 'unet'}", "n": 3}
+    assert portable(card) == {"data": {"path": "../shared/data/lgg"},
+                              "evaluate_command": "python -m train evaluate --weights weights/unet", "n": 3}

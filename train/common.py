@@ -92,6 +92,20 @@ def export_weights(model: torch.nn.Module, out_dir: str | Path, fp16: bool = Tru
     return out
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def portable(obj):
+    """``obj`` with this machine's absolute paths made relative to the repository ('../shared/...' for the data)."""
+    if isinstance(obj, str):
+        return obj.replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    return obj
+
+
 def machine_info() -> dict:
     return {
         "cpu_count": os.cpu_count(),

@@ -62,6 +62,9 @@ def _plots(run_dir: Path, per_patient: dict | None, key: str) -> list[str]:
 
 
 def write_card(weights: Path, card: dict) -> None:
+    from train.common import portable
+
+    card = portable(card)  # a card travels with the weights: no paths of the machine that trained them
     (weights / "card.json").write_text(json.dumps(card, indent=1, default=str))
     lines = [f"# {card['model']}", "", NOT_FOR_DIAGNOSIS, "", f"Task: {card['task']}", ""]
     lines += ["## Data", ""] + [f"- {k}: {v}" for k, v in card["data"].items()] + [""]
