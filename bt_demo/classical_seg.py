@@ -35,7 +35,7 @@ import numpy as np
 
 from .geometry import Geometry
 from .models.base import SegResult
-from .preprocess import Param
+from .preprocess import Param, _disk, _largest_component  # the same morphology helpers as the lab
 
 __all__ = ["Classical", "CLASSICAL", "SNAKE_SIDE", "validate_classical_params", "run_classical",
            "watershed_segment", "chan_vese_segment", "geodesic_segment"]
@@ -58,22 +58,6 @@ class Classical:
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-def _disk(r: int) -> np.ndarray:
-    import cv2
-
-    r = max(0, int(r))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    import cv2
-
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros(mask.shape, bool)
-    return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-
-
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     from scipy.ndimage import binary_fill_holes
 
@@ -108,7 +92,7 @@ def _keep_clicked(mask: np.ndarray, points, labels) -> np.ndarray:
     h, w = mask.shape
     hit = any(0 <= int(round(y)) < h and 0 <= int(round(x)) < w and mask[int(round(y)), int(round(x))]
               for x, y in pos)
-    return kept if hit else _largest(mask)
+    return kept if hit else _largest_component(mask)
 
 
 def bright_candidate(img: np.ndarray, k: int = 3, sigma: float = 1.0) -> np.ndarray:
@@ -129,7 +113,7 @@ def bright_candidate(img: np.ndarray, k: int = 3, sigma: float = 1.0) -> np.ndar
         res = kmeans_segment(sm, k=k, mask=brain)
     if res.k < 2:
         return np.zeros(img.shape, bool)
-    return _largest(_fill_holes(res.labels == res.k))
+    return _largest_component(_fill_holes(res.labels == res.k))
 
 
 def _equiv_radius(mask: np.ndarray) -> float:

@@ -385,6 +385,21 @@ def area_table(masks: Mapping[str, np.ndarray], spacing: tuple[float, float] | N
 # ---------------------------------------------------------------------------
 # agreement between 1..3 masks
 # ---------------------------------------------------------------------------
+def _same_shape_masks(masks, who: str, most: int) -> list[np.ndarray]:
+    """1 to ``most`` masks as bool arrays of one shape, or InputError saying what is wrong."""
+    masks = list(masks)
+    if not 1 <= len(masks) <= most:
+        raise InputError(f"{who} takes 1 to {most} masks, got {len(masks)}")
+    arrs = [as_mask(m, f"mask {i}") for i, m in enumerate(masks)]
+    for i, m in enumerate(arrs[1:], start=1):
+        if m.shape != arrs[0].shape:
+            raise InputError(
+                f"masks have different shapes: mask 0 is {arrs[0].shape}, mask {i} is {m.shape}; "
+                "all must be in the pixels of the same slice"
+            )
+    return arrs
+
+
 def agreement_map(masks: Sequence[np.ndarray]) -> np.ndarray:
     """Bit code of which masks cover each pixel: ``uint8`` ``(H, W)``.
 
@@ -401,16 +416,7 @@ def agreement_map(masks: Sequence[np.ndarray]) -> np.ndarray:
         raise InputError(
             f"agreement_map takes a list of 1 to 3 masks (or an (N, H, W) stack), got an array of shape {masks.shape}"
         )
-    masks = list(masks)
-    if not 1 <= len(masks) <= 3:
-        raise InputError(f"agreement_map takes 1 to 3 masks, got {len(masks)}")
-    arrs = [as_mask(m, f"mask {i}") for i, m in enumerate(masks)]
-    for i, m in enumerate(arrs[1:], start=1):
-        if m.shape != arrs[0].shape:
-            raise InputError(
-                f"masks have different shapes: mask 0 is {arrs[0].shape}, mask {i} is {m.shape}; "
-                "all must be in the pixels of the same slice"
-            )
+    arrs = _same_shape_masks(masks, "agreement_map", 3)
     code = np.zeros(arrs[0].shape, dtype=np.uint8)
     for i, m in enumerate(arrs):
         code |= m.astype(np.uint8) << i
@@ -507,16 +513,7 @@ def vote_map(masks) -> np.ndarray:
     """
     if isinstance(masks, Mapping):
         masks = list(masks.values())
-    masks = list(masks)
-    if not 1 <= len(masks) <= 255:
-        raise InputError(f"vote_map takes 1 to 255 masks, got {len(masks)}")
-    arrs = [as_mask(m, f"mask {i}") for i, m in enumerate(masks)]
-    for i, m in enumerate(arrs[1:], start=1):
-        if m.shape != arrs[0].shape:
-            raise InputError(
-                f"masks have different shapes: mask 0 is {arrs[0].shape}, mask {i} is {m.shape}; "
-                "all must be in the pixels of the same slice"
-            )
+    arrs = _same_shape_masks(masks, "vote_map", 255)
     votes = np.zeros(arrs[0].shape, dtype=np.uint8)
     for m in arrs:
         votes += m.astype(np.uint8)
