@@ -26,35 +26,16 @@ from PIL import Image
 from bench.bad_inputs import KINDS, make_corpus
 from bt_demo.errors import InputError
 from bt_demo.imaging import MAX_PIXELS, MIN_SIDE, load_slice
-from bt_demo.models.registry import Engines
 from bt_demo.phantom import flair_phantom
 from bt_demo.ui import handlers as H
 from bt_demo.ui.state import Session
-from tests.tiny_models import make_weights_dir
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),
+              pytest.mark.usefixtures("one_thread")]
 
 # Python-isms that must never reach a clinician
 _PYTHON_NAMES = re.compile(r"Traceback|\b\w*(Error|Exception)\b|struct\.error|File \"|line \d+, in|(?<![0-9A-Za-z])0x[0-9a-f]{6,}|"
                            r"\bNone\b|<class |object at")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory) -> Engines:
-    return Engines(weights_dir=str(make_weights_dir(tmp_path_factory.mktemp("weights"))), sam_model="none",
-                   device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -31,25 +31,13 @@ from tests.tiny_models import make_weights_dir
 SIDE = 160
 
 # gr.Warning / gr.Info outside a running app only print or warn; the tests read view["_messages"] instead
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 # ---------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One math thread, as app.py sets on a small machine: oversubscribed pools make each call 10x slower."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     return make_weights_dir(tmp_path_factory.mktemp("weights"))

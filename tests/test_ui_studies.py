@@ -22,29 +22,11 @@ from bt_demo.phantom import flair_phantom
 from bt_demo.ui import handlers as H
 from bt_demo.ui import views as V
 from bt_demo.ui.state import Session
-from tests.tiny_models import make_weights_dir
 
 SIDE = 160
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory) -> Engines:
-    return Engines(weights_dir=str(make_weights_dir(tmp_path_factory.mktemp("weights"))), sam_model="none",
-                   device="cpu")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
