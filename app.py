@@ -79,23 +79,28 @@ def build(args: argparse.Namespace):
     from bt_demo.ui.layout import build_demo
 
     engines = Engines(weights_dir=args.weights_dir, sam_model=args.sam_model, device=args.device)
-    engines.preload(background=True)  # the page comes up at once; engines still loading say so
     annotations = args.annotations_dir or str(CorrectionStore.default_root())
     demo = build_demo(engines, annotations_dir=annotations)
     demo.queue(default_concurrency_limit=args.concurrency)
+    demo.engines = engines  # main() preloads them once the page is served
     return demo
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     limit_threads(args.threads, args.concurrency)  # before numpy / torch are imported
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no call home unless the user asks for it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from bt_demo.ui.layout import CSS, THEME
 
     demo = build(args)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                 max_file_size=args.max_file_size, show_error=False, theme=THEME, css=CSS,
-                footer_links=[])
+                footer_links=[], prevent_thread_lock=True)
+    # engines load after the page serves (they would only compete with start-up for the CPU);
+    # panels whose engine is still loading say so and fill in when it is ready
+    demo.engines.preload(background=True)
+    demo.block_thread()
     return 0
 
 

@@ -570,13 +570,29 @@ class _Gunzip:
             self.out += self._d.decompress(chunk, want)
 
 
+def _nifti_vox_offset(head: bytes, kind: str) -> int:
+    """Where a NIfTI's image data starts, from the first bytes of its header (0 when unreadable)."""
+    import struct
+
+    if len(head) < 348 + (192 if kind == "nifti2" else 0):
+        return 0
+    endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
+    try:
+        v = struct.unpack(endian + "f", head[108:112])[0] if kind == "nifti1" else struct.unpack(endian + "q", head[168:176])[0]
+        return max(0, int(v)) if math.isfinite(v) else 0
+    except (struct.error, OverflowError, ValueError):
+        return 0
+
+
 def _gunzip(raw: bytes) -> bytes:
     g = _Gunzip(raw)
     g.fill(1024)
     head = bytes(g.out)
     kind = _sniff(head) if head else None
     if kind in ("nifti1", "nifti2"):
-        hdr_info = _nifti_header_info(head, 1 if kind == "nifti1" else 2)
+        # the header and its extensions end where the image data starts (vox_offset)
+        g.fill(min(_nifti_vox_offset(head, kind), _MAX_FILE_BYTES))
+        hdr_info = _nifti_header_info(bytes(g.out), 1 if kind == "nifti1" else 2)
         # Only as many bytes as the header says the image needs: trailing data is never inflated.
         g.fill(hdr_info.needed_bytes)
         del g.out[hdr_info.needed_bytes:]
@@ -1188,11 +1204,16 @@ def _nifti_header_info(raw: bytes, version: int) -> _NiftiInfo:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            hdr = header_class.from_fileobj(io.BytesIO(raw[:hsize + 4]), check=False)
+            # the whole file: nibabel reads the header extensions (AFNI, CIFTI, DICOM...) that follow it
+            hdr = header_class.from_fileobj(io.BytesIO(raw), check=False)
             hdr.check_fix(logger=_SilentLog(), error_level=40)  # what nibabel.load does, minus the printing
             dim = [int(v) for v in hdr["dim"]]
         except Exception as e:  # noqa: BLE001
             raise InputError(f"this NIfTI file's header is damaged ({_short_reason(e)}); export it again") from None
+        intent = int(hdr["intent_code"])
+        if 3000 <= intent <= 3099 or any(int(code) == 32 for code, _ in _extension_codes(hdr)):
+            raise InputError("this is a CIFTI-2 file (grayordinate/surface data, not an image volume); "
+                             "upload a NIfTI image volume instead")
         ndim = dim[0]
         if not 1 <= ndim <= 7:
             raise InputError(f"this NIfTI file's header is damaged: it claims {ndim} dimensions (1 to 7 allowed)")
@@ -1215,6 +1236,14 @@ def _nifti_header_info(raw: bytes, version: int) -> _NiftiInfo:
     if offset < hsize or offset > _MAX_FILE_BYTES:
         raise InputError("this NIfTI file's header is damaged: the image data offset is invalid")
     return _NiftiInfo(hdr, shape, dtype, offset, offset + voxels * dtype.itemsize)
+
+
+def _extension_codes(hdr) -> list[tuple[int, object]]:
+    """(code, extension) of each NIfTI header extension (32 = CIFTI)."""
+    try:
+        return [(int(e.get_code()), e) for e in hdr.extensions]
+    except Exception:  # noqa: BLE001
+        return []
 
 
 def _load_nifti(raw: bytes, version: int, sel: _Selection) -> Slice:

@@ -89,10 +89,13 @@ def _perpendicular_chord(mask: np.ndarray, p0: np.ndarray, p1: np.ndarray, sx: f
     u = axis / length
     v = np.array([-u[1], u[0]])
     step = 0.5 * min(sx, sy)
-    # positions along the long axis, and offsets across it (covering the whole mask)
+    # positions along the long axis, and offsets across it covering only the mask's own extent across the
+    # axis (the whole image's diagonal made an elongated mask cost length x diagonal samples)
     ts = np.arange(0.0, length + step / 2, step)
-    reach = float(np.hypot(w * sx, h * sy))
-    ss = np.arange(-reach, reach + step / 2, step)
+    ys, xs = np.nonzero(mask)
+    across = (xs * sx - p0[0]) * v[0] + (ys * sy - p0[1]) * v[1]
+    margin = float(np.hypot(sx, sy))
+    ss = np.arange(float(across.min()) - margin, float(across.max()) + margin + step / 2, step)
     best = (0.0, None)
     chunk = max(1, 2_000_000 // max(1, len(ss)))
     for k in range(0, len(ts), chunk):
@@ -103,19 +106,17 @@ def _perpendicular_chord(mask: np.ndarray, p0: np.ndarray, p1: np.ndarray, sx: f
         ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
         inside = np.zeros(xi.shape, bool)
         inside[ok] = mask[yi[ok], xi[ok]]
-        # longest run of True along each row: run starts/ends via padding
-        pad = np.zeros((inside.shape[0], inside.shape[1] + 2), np.int8)
-        pad[:, 1:-1] = inside
-        diff = np.diff(pad, axis=1)
-        for r in range(inside.shape[0]):
-            starts, ends = np.flatnonzero(diff[r] == 1), np.flatnonzero(diff[r] == -1) - 1
-            if starts.size == 0:
-                continue
-            lens = ends - starts
-            j = int(np.argmax(lens))
-            run = float(lens[j]) * step
-            if run > best[0] or best[1] is None:
-                best = (run, (k + r, int(starts[j]), int(ends[j])))
+        # length of the run of True ending at each sample (cumulative sum, reset at every False)
+        cs = np.cumsum(inside, axis=1, dtype=np.int64)
+        runs = cs - np.maximum.accumulate(np.where(inside, 0, cs), axis=1)
+        ends = runs.argmax(axis=1)
+        lens = runs[np.arange(len(t)), ends]
+        r = int(np.argmax(lens))
+        if lens[r] == 0:
+            continue
+        run = float(lens[r] - 1) * step
+        if run > best[0] or best[1] is None:
+            best = (run, (k + r, int(ends[r] - lens[r] + 1), int(ends[r])))
     if best[1] is None:
         return None
     ti, a, b = best[1]

@@ -115,25 +115,36 @@ def test_absent_corrupt_and_incompatible_weights_are_unavailable_not_crashes(tmp
     assert "config.json" in ClassifierEngine.load(str(empty))
 
 
-def test_classifier_probabilities_temperature_and_gradcam(wdir):
+def test_classifier_two_heads_four_class_view_temperature_and_gradcam(wdir):
     eng = ClassifierEngine.load(str(wdir / "classifier"))
     img, lesion = disk_image((100, 130))
-    r = eng.classify(img)
+    r = eng.classify(img, notices=("a note",))
+    assert eng.class_names == ["no_tumour", "glioma", "meningioma", "pituitary"]
     assert set(r.probabilities) == set(eng.class_names)
+    assert set(r.type_probabilities) == {"glioma", "meningioma", "pituitary"}
     assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    assert r.tumour_probability == pytest.approx(1 - r.probabilities["no_tumour"], abs=1e-6)
-    # a higher temperature flattens the distribution
-    t0 = eng.model.temperature
+    assert sum(r.type_probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    # the four-class view is derived: P(no tumour) = 1 - P(tumour), P(type) = P(tumour) * P(type | tumour)
+    assert r.probabilities["no_tumour"] == pytest.approx(1 - r.tumour_probability, abs=1e-6)
+    for k, v in r.type_probabilities.items():
+        assert r.probabilities[k] == pytest.approx(r.tumour_probability * v, abs=1e-6)
+    assert r.notices == ("a note",) and set(r.temperatures) == {"presence", "type"}
+    # a higher temperature flattens each head
+    t0 = eng.model.tumour_type.temperature
     try:
-        eng.model.temperature = 100.0
+        eng.model.tumour_type.temperature = 100.0
         flat = eng.classify(img)
     finally:
-        eng.model.temperature = t0
-    assert max(flat.probabilities.values()) <= max(r.probabilities.values()) + 1e-6
-    cam = eng.gradcam(img, "glioma")
-    assert cam.shape == img.shape and cam.dtype == np.float32 and 0 <= cam.min() and cam.max() <= 1
+        eng.model.tumour_type.temperature = t0
+    assert max(flat.type_probabilities.values()) <= max(r.type_probabilities.values()) + 1e-6
+    assert max(flat.type_probabilities.values()) < 0.4
+    for head, cls in (("presence", "tumour"), ("presence", None), ("type", "glioma"), ("type", None)):
+        cam = eng.gradcam(img, head, cls)
+        assert cam.shape == img.shape and cam.dtype == np.float32 and 0 <= cam.min() and cam.max() <= 1
     with pytest.raises(ValueError, match="choose one of"):
-        eng.gradcam(img, "astrocytoma")
+        eng.gradcam(img, "type", "astrocytoma")
+    with pytest.raises(ValueError, match="choose 'presence' or 'type'"):
+        eng.gradcam(img, "grade")
 
 
 # -- promptable engines --------------------------------------------------------
@@ -236,6 +247,7 @@ def test_slow_engine_load_reports_still_loading_instead_of_blocking(wdir):
             break
         time.sleep(0.01)
     assert "still loading" in eng.new_predictor("sam", wait=False)
+    assert not isinstance(eng.new_predictor("clicks"), str)
     assert eng.default_prompt_engine(wait=False) == "clicks"
     gate.set()
     t.join()
@@ -255,13 +267,74 @@ def test_model_outputs_carry_the_held_out_numbers_of_their_card(tmp_path):
     (wdir / "unet" / "card.json").write_text(json.dumps({"task": "segmentation", "metrics": {
         "n_patients": 10, "patient_dice_mean": 0.834, "fp_rate_tumour_free": 0.05}}))
     (wdir / "classifier" / "card.json").write_text(json.dumps({"task": "classification", "metrics": {
-        "n": 250, "accuracy": 0.41, "macro_f1": 0.38, "ece": 0.2}}))
+        "presence": {"roc_auc": 0.93, "n_patients": 17, "recall": {"tumour": 0.9, "no_tumour": 0.88}},
+        "type": {"cv_macro_f1_mean": 0.38, "cv_macro_f1_sd": 0.05, "n_folds": 4}}}))
     W.clear_cache()
     img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     seg = UNetEngine.load(str(wdir / "unet")).segment(img)
     assert "10 held-out patients" in seg.extra["card"] and "0.834" in seg.extra["card"]
     cr = ClassifierEngine.load(str(wdir / "classifier")).classify(img)
-    assert "macro-F1 0.38" in cr.card and "too weak to rely on" in cr.card
+    assert "ROC AUC 0.93 on 17 held-out LGG patients" in cr.card
+    assert "macro-F1 0.38 ± 0.05 over 4 patient-level folds" in cr.card and "too weak to rely on" in cr.card
     (wdir / "classifier" / "card.json").write_text("{not json")
     W.clear_cache()
     assert ClassifierEngine.load(str(wdir / "classifier")).classify(img).card == ""  # a broken card hides nothing else
+
+
+def test_first_ask_without_waiting_loads_in_the_background(wdir):
+    """Building the page asks with wait=False before anything loaded: it must not run the load itself."""
+    import threading
+    import time
+
+    eng = Engines(weights_dir=str(wdir), sam_model="none")
+    gate = threading.Event()
+
+    def slow():
+        gate.wait(10)
+        return "SAM unavailable, because test"
+    eng._sam_probe = slow
+    t0 = time.perf_counter()
+    assert "still loading" in eng.new_predictor("sam", wait=False)
+    assert time.perf_counter() - t0 < 1.0  # it returned at once, the loader waits on the gate
+    from bt_demo.ui import handlers as H
+
+    keys = [k for _, k in H.engine_choices(eng)]
+    assert "sam" in keys and "(loading…)" in dict((k, lab) for lab, k in H.engine_choices(eng))["sam"]
+    *_, loading = H.refresh_engines(eng)
+    assert loading is True
+    gate.set()
+    for _ in range(200):
+        if "sam" in eng._results:
+            break
+        time.sleep(0.01)
+    assert "because test" in eng.new_predictor("sam", wait=False)
+    # an engine that cannot load is no longer offered; the Engines tab says why
+    assert "sam" not in [k for _, k in H.engine_choices(eng)]
+    for _ in range(600):  # the page's timer polls until the other engines (started by that ask) are ready too
+        summary, status, choices, loading = H.refresh_engines(eng)
+        if not loading:
+            break
+        time.sleep(0.05)
+    assert "because test" in status and loading is False and "clicks" in [k for _, k in choices]
+
+
+def test_sam_hub_id_without_network_gives_up_after_one_short_try(monkeypatch, tmp_path):
+    """No network, nothing cached: one connection attempt, not huggingface_hub's 24 s of retries."""
+    import socket
+
+    import huggingface_hub.constants as hub_constants
+
+    from bt_demo.models import sam as S
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    tries = []
+
+    def refuse(addr, timeout=None, *a, **k):
+        tries.append((addr, timeout))
+        raise OSError(101, "Network is unreachable")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    weights.clear_cache()
+    msg = S.SamEngine.load("facebook/sam2.1-hiera-tiny", device="cpu")
+    assert isinstance(msg, str) and "no network" in msg and "--sam-model" in msg
+    assert len(tries) == 1 and tries[0][1] <= 3

@@ -43,19 +43,37 @@ def lgg_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def figshare_root(tmp_path_factory):
+    """A figshare-like folder: images/<n>.jpg and labels.csv with patient-level folds 1-4."""
+    root = tmp_path_factory.mktemp("figshare")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(1)
+    rows = ["image,figshare_index,label,fold,box_xc,box_yc,box_w,box_h"]
+    n = 0
+    for fold in (1, 2, 3, 4):
+        for label in ("glioma", "meningioma", "pituitary"):
+            for _ in range(3):
+                n += 1
+                img, _ = _blob_slice(rng, size=72)
+                Image.fromarray(img).save(root / "images" / f"{n}.jpg")
+                rows.append(f"images/{n}.jpg,{n},{label},{fold},0.5,0.5,0.2,0.2")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
 def class_root(tmp_path_factory):
+    """A Sartaj-like Testing folder (with a leak from Training) for the external check."""
     root = tmp_path_factory.mktemp("classes")
     rng = np.random.default_rng(1)
-    for split, n in (("Training", 6), ("Testing", 3)):
+    for split, n in (("Training", 2), ("Testing", 3)):
         for cname in ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"):
             d = root / split / cname
             d.mkdir(parents=True)
             for i in range(n):
                 img, _ = _blob_slice(rng, size=int(rng.integers(48, 80)), tumour=cname != "no_tumor")
                 Image.fromarray(np.stack([img] * 3, -1)).save(d / f"{i}.jpg")
-    # a duplicate inside Training and a Testing image that leaks from Training
     src = root / "Training" / "glioma_tumor" / "0.jpg"
-    (root / "Training" / "glioma_tumor" / "copy.jpg").write_bytes(src.read_bytes())
     (root / "Testing" / "glioma_tumor" / "leak.jpg").write_bytes(src.read_bytes())
     return root
 
@@ -117,51 +135,86 @@ def test_clicks_cli(lgg_root, tmp_path):
     assert not isinstance(ClickEngine.load(str(out)), str)
 
 
-def test_classifier_cli_dedupes_and_calibrates(class_root, tmp_path):
+CLS_TINY = ["--backbone", "small_cnn", "--input-size", "48", "--epochs", "2", "--steps-per-epoch", "2",
+            "--batch-size", "8", "--no-progress", "--threads", "1"]
+
+
+def test_classifier_heads_cross_validate_and_ship_two_calibrated_heads(figshare_root, lgg_root, class_root, tmp_path):
     from train.__main__ import main
 
-    out, run = tmp_path / "cls", tmp_path / "run"
-    assert main(["classifier", "--train-dir", str(class_root / "Training"), "--test-dir", str(class_root / "Testing"),
-                 "--out", str(out), "--run-dir", str(run), "--backbone", "test_efficientnet", "--input-size", "64",
-                 "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", "--val-fraction", "0.34",
-                 "--no-progress", "--threads", "1"]) == 0
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    type_runs = []
+    for fold in (3, 4):
+        run = tmp_path / f"type_f{fold}"
+        assert main(["classifier", "--head", "type", "--data", str(figshare_root), "--val-fold", str(fold),
+                     "--run-dir", str(run), *CLS_TINY, *cache] + (["--degrade-train"] if fold == 4 else [])) == 0
+        res = json.loads((run / "results.json").read_text())
+        assert res["split"]["val_fold"] == fold and fold not in res["split"]["train_folds"]
+        assert res["val"]["n"] == 9 and set(res["val"]["degraded"]) == {"noise", "blur", "downsample"}
+        assert res["temperature"] > 0 and "ece_before_temperature" in res["val"] and res["params_m"] > 0
+        type_runs.append(str(run))
+    with pytest.raises(SystemExit, match="--val-fold 7"):
+        main(["classifier", "--head", "type", "--data", str(figshare_root), "--val-fold", "7",
+              "--run-dir", str(tmp_path / "bad"), *CLS_TINY, *cache])
+    prun = tmp_path / "presence"
+    assert main(["classifier", "--head", "presence", "--data", str(lgg_root), "--val-patients", "2",
+                 "--run-dir", str(prun), *CLS_TINY, *cache]) == 0
+    pres = json.loads((prun / "results.json").read_text())
+    assert set(pres["split"]["val"]).isdisjoint(pres["split"]["train"]) and len(pres["split"]["val"]) == 2
+    assert "roc_auc" in pres["val"]
+    out = tmp_path / "weights"
+    assert main(["classifier-ship", "--type-runs", *type_runs, "--presence-run", str(prun), "--out", str(out),
+                 "--run-dir", str(tmp_path / "ship"), "--figshare-dir", str(figshare_root),
+                 "--sartaj-dir", str(class_root), *cache]) == 0
     card = json.loads((out / "card.json").read_text())
-    assert card["metrics"]["n_test_dropped"]["also_in_training"] == 1
-    assert card["metrics"]["n"] == 12
-    assert set(card["metrics"]["degraded"]) == {"noise", "blur", "downsample"}
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["temperature"] > 0 and cfg["class_names"] == ["glioma", "meningioma", "no_tumour", "pituitary"]
+    t = card["metrics"]["type"]
+    assert t["n_folds"] == 2 and set(t["per_fold_macro_f1"]) == {"3", "4"}
+    assert t["cv_macro_f1_mean"] == pytest.approx(np.mean(list(t["per_fold_macro_f1"].values())))
+    sart = card["metrics"]["other_sources"]["sartaj_testing"]
+    assert sart["four_class"]["n"] == 12 and "different sources" in sart["caveat"]  # the leak was dropped
+    assert card["metrics"]["other_sources"]["presence_on_figshare_tumour_slices"]["n"] == 36
+    assert "from scratch" in card["training"]["pretrained"] and (out / "card.md").exists()
     from bt_demo.models.classifier import ClassifierEngine
 
     weights.clear_cache()
     eng = ClassifierEngine.load(str(out))
-    assert not isinstance(eng, str) and eng.model.temperature == pytest.approx(cfg["temperature"])
+    assert not isinstance(eng, str), eng
+    cfg = json.loads((out / "config.json").read_text())
+    assert eng.model.tumour_type.temperature == pytest.approx(cfg["tumour_type"]["temperature"])
+    assert eng.model.presence.temperature == pytest.approx(pres["temperature"])
+    r = eng.classify(np.random.default_rng(0).random((60, 80)).astype(np.float32))
+    assert sum(r.probabilities.values()) == pytest.approx(1, abs=1e-5)
 
 
-def test_shipped_weights_are_replaced_only_by_a_better_card(tmp_path):
-    from train.promote import promote
+def test_classifier_study_runs_every_row_once_and_resumes(figshare_root, tmp_path, monkeypatch):
+    """The study runner: each row in its own folder; a finished row is not run again."""
+    from train.study import run_rows
 
-    def folder(name, dice):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "card.json").write_text(json.dumps({"task": "segmentation", "metrics": {"patient_dice_mean": dice}}))
-        (d / "model.safetensors").write_bytes(name.encode())
-        return d
-
-    shipped = tmp_path / "weights_unet"
-    assert promote(folder("first", 0.80), shipped)[0]  # nothing shipped yet
-    ok, why = promote(folder("worse", 0.78), shipped)
-    assert not ok and "0.8000" in why and (shipped / "model.safetensors").read_bytes() == b"first"
-    assert promote(folder("better", 0.83), shipped)[0]
-    assert (shipped / "model.safetensors").read_bytes() == b"better"
-    assert promote(folder("forced", 0.5), shipped, force=True)[0]
-    assert json.loads((shipped / "card.json").read_text())["metrics"]["patient_dice_mean"] == 0.5
+    argv = ["classifier", "--head", "type", "--data", str(figshare_root), "--cache-dir", str(tmp_path / "cache"),
+            "--backbone", "small_cnn", "--input-size", "32", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "4"]
+    lines = []
+    assert run_rows([("a", argv), ("b", argv + ["--degrade-train"])], tmp_path / "study", jobs=2, log=lines.append) == 0
+    assert (tmp_path / "study" / "a" / "results.json").exists() and (tmp_path / "study" / "b" / "results.json").exists()
+    assert json.loads((tmp_path / "study" / "b" / "results.json").read_text())["degrade_train"] is True
+    lines.clear()
+    assert run_rows([("a", argv)], tmp_path / "study", jobs=1, log=lines.append) == 0
+    assert lines == ["done already: a"]
 
 
-def test_cards_name_paths_relative_to_the_repository():
-    from train.common import REPO, portable
+def test_pretrained_flag_reaches_timm_and_our_own_cnns_refuse_it(monkeypatch):
+    """--pretrained (online users) asks timm for ImageNet weights; offline here, so the call is observed, not run."""
+    import timm
 
-    card = {"data": {"path": str(REPO.parent / "shared" / "data" / "lgg")},
-            "evaluate_command": f"python -m train evaluate --weights {REPO / 'weights' / 'unet'}", "n": 3}
-    assert portable(card) == {"data": {"path": "../shared/data/lgg"},
-                              "evaluate_command": "python -m train evaluate --weights weights/unet", "n": 3}
+    from bt_demo.models.nets import ClassifierNet
+
+    seen = {}
+    real = timm.create_model
+
+    def spy(name, pretrained=False, **kw):
+        seen["name"], seen["pretrained"] = name, pretrained
+        return real(name, pretrained=False, **kw)
+    monkeypatch.setattr(timm, "create_model", spy)
+    ClassifierNet(backbone="test_efficientnet", class_names=["a", "b"], no_tumour_class=None, pretrained=True)
+    assert seen == {"name": "test_efficientnet", "pretrained": True}
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        ClassifierNet(backbone="small_cnn", class_names=["a", "b"], no_tumour_class=None, pretrained=True)

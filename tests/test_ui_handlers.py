@@ -437,14 +437,33 @@ def test_classifier_and_gradcam(engines, phantom):
     s = loaded(engines, path)
     cr = s.classification
     assert set(cr.probabilities) == set(engines.classifier().class_names)
-    assert "Tumour probability" in V.classifier_view(s)["class_info"]
-    other = [c for c in cr.probabilities if c != cr.top_class][0]
+    info = V.classifier_view(s)["class_info"]
+    assert "Is there a tumour?" in info and "Which type" in info and "P(no tumour) = 1 − P(tumour)" in info
+    assert "Unlike the training data" not in info  # a PNG says nothing against it
+    assert s.gradcam_class is None and V.classifier_view(s)["gradcam_class"]["value"] == "presence:tumour"
+    other = "type:meningioma"
     s, view = H.show_gradcam(s, engines, other)
     assert s.gradcam_class == other and s.gradcam.shape == (SIDE, SIDE)
     assert view["gradcam_image"].shape == (SIDE, SIDE, 3)
     assert view["gradcam_class"]["value"] == other
+    assert ("tumour (presence head)", "presence:tumour") in view["gradcam_class"]["choices"]
     s, view = H.show_gradcam(s, engines, "banana")
     assert "banana" in messages(view) and s.gradcam_class == other
+
+
+def test_classifier_says_when_the_slice_is_unlike_its_training_data(engines):
+    """A CT (pydicom's bundled CT_small.dcm) gets its numbers with a notice that they do not apply."""
+    from pydicom.data import get_testdata_file
+
+    from bt_demo.models.classifier import domain_notices
+
+    s = loaded(engines, get_testdata_file("CT_small.dcm"))
+    info = V.classifier_view(s)["class_info"]
+    assert "Unlike the training data" in info and "CT image" in info and "brain MRI only" in info
+    assert domain_notices({"modality": "MR", "body_part": "BRAIN"}) == ()
+    assert domain_notices({"modality": "MR"}) == ()
+    assert "body part is ABDOMEN" in domain_notices({"modality": "MR", "body_part": "ABDOMEN"})[0]
+    assert "segmentation object" in domain_notices({"modality": "SEG"})[0]
 
 
 # ---------------------------------------------------------------------------

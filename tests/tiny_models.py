@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 
 TINY_SEG = dict(encoder_name="tu-test_efficientnet", encoder_depth=3, decoder_channels=[16, 8, 8], input_size=64)
-TINY_CLS = dict(backbone="test_efficientnet", input_size=64)
+TINY_HEAD = dict(backbone="test_efficientnet", input_size=64, fit="head_equalized")
+TINY_CLS = dict(presence=TINY_HEAD | {"class_names": ["no_tumour", "tumour"], "no_tumour_class": "no_tumour"},
+                tumour_type=TINY_HEAD | {"class_names": ["glioma", "meningioma", "pituitary"], "no_tumour_class": None})
 
 
 def make_seg(folder: Path, task: str = "segmentation", seed: int = 0, **over) -> Path:
@@ -24,10 +26,11 @@ def make_seg(folder: Path, task: str = "segmentation", seed: int = 0, **over) ->
 
 
 def make_classifier(folder: Path, seed: int = 0, **over) -> Path:
-    from bt_demo.models.nets import ClassifierNet
+    """A two-head TumourClassifier; ``over`` updates both heads' configs (e.g. backbone=..., input_size=...)."""
+    from bt_demo.models.nets import TumourClassifier
 
     torch.manual_seed(seed)
-    ClassifierNet(**(TINY_CLS | over)).save_pretrained(folder)
+    TumourClassifier(presence=TINY_CLS["presence"] | over, tumour_type=TINY_CLS["tumour_type"] | over).save_pretrained(folder)
     return folder
 
 

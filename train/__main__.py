@@ -1,4 +1,4 @@
-"""python -m train {segmentation,clicks,classifier,evaluate} ... (each has --help)."""
+"""python -m train {segmentation,clicks,classifier,classifier-study,classifier-ship,evaluate} ... (each has --help)."""
 
 import sys
 
@@ -6,6 +6,8 @@ COMMANDS = {
     "segmentation": "train.segmentation",
     "clicks": "train.clicks",
     "classifier": "train.classifier",
+    "classifier-study": "train.classifier_study",
+    "classifier-ship": "train.classifier_ship",
     "evaluate": "train.evaluate",
 }
 

@@ -66,11 +66,19 @@ class Engines:
             owner = ev is None
             if owner:
                 ev = self._loading[key] = threading.Event()
+        if owner and not wait:
+            # nobody is loading it yet: load in the background, never in the caller's thread (building the
+            # page asks with wait=False, and SAM's hub lookup offline took 24 s of retries there)
+            threading.Thread(target=self._load_into, args=(key, loader, ev), name=f"load-{key}", daemon=True).start()
+            return f"{key} is still loading; try again in a moment"
         if not owner:
             if not wait and not ev.is_set():
                 return f"{key} is still loading; try again in a moment"
             ev.wait()
             return self._results[key]
+        return self._load_into(key, loader, ev)
+
+    def _load_into(self, key: str, loader, ev: threading.Event):
         try:
             result = loader()
         except Exception as exc:  # noqa: BLE001 - an engine that fails is reported, not raised
@@ -102,6 +110,15 @@ class Engines:
         from bt_demo.models.classifier import ClassifierEngine
 
         return ClassifierEngine.load(self._path("classifier"), self.device)
+
+    def unet_threshold(self) -> float:
+        """The U-Net's probability threshold from its config.json (0.5 when there is none), without loading it."""
+        import json
+
+        try:
+            return float(json.loads(open(os.path.join(self._path("unet"), "config.json")).read())["threshold"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.5
 
     # -- automatic engines (stateless, shared) ------------------------------
     def unet(self):

@@ -87,6 +87,37 @@ _OUTSIDE_LOGIT = -1e4  # logit given to original pixels outside the processed cr
 _RECENT = 8  # results per session whose low-res logits can be fed back (undo, then refine)
 
 
+def _hub_unreachable(mid: str, timeout: float = 2.0) -> str:
+    """Why a hub id cannot be loaded right now ('' when it can, or when ``mid`` is a local folder).
+
+    A checkpoint in the local Hugging Face cache loads without the network. Otherwise the hub is asked
+    once, briefly (HF_HUB_OFFLINE set: not at all), instead of huggingface_hub's retries (24 s offline).
+    """
+    if Path(mid).exists() or mid.count("/") != 1:
+        return ""
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(mid, "config.json"), str):
+            return ""
+        if constants.HF_HUB_OFFLINE:
+            return f"{mid} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+        from urllib.parse import urlparse
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+        port = urlparse(constants.ENDPOINT).port or (443 if constants.ENDPOINT.startswith("https") else 80)
+    except Exception:  # noqa: BLE001 - the check is only a shortcut; loading decides
+        return ""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return (f"there is no network to download {mid} ({host}: {exc.strerror or exc}) and no cached copy; "
+                "give a local folder with --sam-model, or start with the network once")
+    return ""
+
+
 def default_model_id(device: str | None = None) -> str:
     """$BT_SAM_MODEL if set, else ``DEFAULT_SAM_ID_GPU`` on CUDA and ``DEFAULT_SAM_ID`` otherwise."""
     env = os.environ.get(ENV_VAR, "").strip()
@@ -428,6 +459,9 @@ class SamEngine:
             model_cls, _ = family.classes()
         except Exception as exc:  # noqa: BLE001 - an old transformers without SAM 2
             return f"SAM unavailable, because this transformers has no {family.model_cls}: {exc}"
+        offline = _hub_unreachable(mid)
+        if offline:
+            return f"SAM unavailable, because {offline}"
         loaded = weights.load(model_cls, mid, device=device)
         if not loaded.ok:
             return f"SAM unavailable, because {loaded.reason}"

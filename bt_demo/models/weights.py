@@ -129,11 +129,13 @@ def card_summary(model_id: str | os.PathLike) -> str:
             return (f"Measured on {m['n_tumour_slices']} held-out tumour slices: Dice {m['dice_after_1_clicks']:.3f} "
                     f"after 1 click, {m['dice_after_3_clicks']:.3f} after 3.")
         if task == "classification":
-            line = (f"Measured on {m['n']} held-out images (deduplicated Testing set): accuracy {m['accuracy']:.2f}, "
-                    f"macro-F1 {m['macro_f1']:.2f}, calibration error {m['ece']:.2f}.")
-            if m["macro_f1"] < 0.7:
-                line += (" That is too weak to rely on: these images differ from the training images, and the "
-                         "probabilities shift with the scanner and export.")
+            pr, ty = m["presence"], m["type"]
+            line = (f"Presence: ROC AUC {pr['roc_auc']:.2f} on {pr['n_patients']} held-out LGG patients (FLAIR), "
+                    f"recall {pr['recall']['tumour']:.2f} tumour / {pr['recall']['no_tumour']:.2f} no tumour. "
+                    f"Type: macro-F1 {ty['cv_macro_f1_mean']:.2f} ± {ty['cv_macro_f1_sd']:.2f} over "
+                    f"{ty['n_folds']} patient-level folds (figshare T1 contrast-enhanced).")
+            if ty["cv_macro_f1_mean"] < 0.7 or pr["roc_auc"] < 0.8:
+                line += " That is too weak to rely on."
             return line
     except (OSError, ValueError, KeyError, TypeError):
         pass

@@ -184,6 +184,12 @@ def _run_kmeans(s: Session) -> None:
                                                    fill=False)
 
 
+def gradcam_choices(type_names):
+    from bt_demo.models.classifier import gradcam_choices as choices
+
+    return choices(type_names)
+
+
 def _run_classifier(s: Session, engines) -> str | None:
     clf, reason = _engine_or_reason(engines.classifier())
     s.classifier_reason = reason
@@ -192,18 +198,22 @@ def _run_classifier(s: Session, engines) -> str | None:
         return reason
     p = s.processed
     if s.classification is None or s.classification_key != p.key:
-        s.classification = clf.classify(p.image)
+        from bt_demo.models.classifier import domain_notices
+
+        s.classification = clf.classify(p.image, notices=domain_notices(s.slice.metadata))
         s.classification_key = p.key
-        if s.gradcam_class not in clf.class_names:
+        if s.gradcam_class not in {v for _, v in gradcam_choices(clf.type_names)}:
             s.gradcam_class = None
         _run_gradcam(s, clf)
     return None
 
 
 def _run_gradcam(s: Session, clf) -> None:
+    from bt_demo.models.classifier import parse_gradcam_choice
+
     p = s.processed
-    cls = s.gradcam_class or s.classification.top_class
-    heat = clf.gradcam(p.image, cls)
+    head, cls = parse_gradcam_choice(s.gradcam_class)
+    heat = clf.gradcam(p.image, head, cls)
     s.gradcam = p.geometry.map_to_original(np.asarray(heat, np.float32), fill=0.0, order=1)
 
 
@@ -665,13 +675,14 @@ def run_sweep(s: Session) -> dict:
 # ---------------------------------------------------------------------------
 @_handler("computing the heat map")
 def show_gradcam(s: Session, engines, class_name) -> dict:
-    """Grad-CAM for ``class_name`` (a name from ``ClassifierEngine.class_names``)."""
+    """Grad-CAM of one head's class: ``class_name`` is 'presence:tumour' or 'type:<tumour type>'."""
     _need_slice(s)
     clf, reason = _engine_or_reason(engines.classifier())
     if clf is None:
         raise InputError(reason)
-    if class_name and class_name not in clf.class_names:
-        raise InputError(f"unknown class {class_name!r}; choose one of {', '.join(clf.class_names)}")
+    choices = gradcam_choices(clf.type_names)
+    if class_name and class_name not in {v for _, v in choices}:
+        raise InputError(f"unknown heat map {class_name!r}; choose one of {', '.join(v for _, v in choices)}")
     if s.classification is None or s.classification_key != s.processed.key:
         _run_classifier(s, engines)
     s.gradcam_class = class_name or None
@@ -748,8 +759,10 @@ def _classifier_record(s: Session) -> dict | None:
     if cr is None:
         return None
     return {"probabilities": {k: round(float(v), 4) for k, v in cr.probabilities.items()},
-            "tumour_probability": round(float(cr.tumour_probability), 4), "top_class": cr.top_class,
-            "temperature": float(cr.temperature)}
+            "tumour_probability": round(float(cr.tumour_probability), 4),
+            "type_given_tumour": {k: round(float(v), 4) for k, v in cr.type_probabilities.items()},
+            "top_class": cr.top_class, "temperatures": dict(cr.temperatures), "notices": list(cr.notices),
+            "card": cr.card}
 
 
 @_handler("exporting")
@@ -1064,12 +1077,35 @@ def engines_summary(engines, wait: bool = True) -> str:
     return "Engines: " + " · ".join(marks) + f" · clicks answered by the {PROMPT_ENGINES[prompt]}{tail}."
 
 
+def engine_choices(engines) -> list[tuple[str, str]]:
+    """(label, key) of the prompt engines a user can pick now: available ones, and those still loading
+    (marked); an engine that cannot load is not offered (the Engines tab says why)."""
+    from bt_demo.models.registry import PROMPT_ENGINES
+
+    out = []
+    for key, label in PROMPT_ENGINES.items():
+        p = engines.new_predictor(key, wait=False)
+        if not isinstance(p, str):
+            out.append((label, key))
+        elif "still loading" in p:
+            out.append((f"{label} (loading…)", key))
+    return out
+
+
+def refresh_engines(engines) -> tuple:
+    """(summary line, Engines tab, prompt-engine choices, keep polling?) — called on page load and by a
+    timer until every engine has finished loading, so the page updates itself when SAM is ready."""
+    sts = engines.statuses(wait=False)
+    return (engines_summary(engines, wait=False), engines_status(engines, wait=False), engine_choices(engines),
+            any(_loading(st) for st in sts))
+
+
 def engines_status(engines, wait: bool = True) -> str:
     """Markdown: every engine, available, loading, or "unavailable, because ..."."""
     lines = []
     for st in engines.statuses(wait=wait):
         if _loading(st):
-            lines.append(f"- ⏳ **{html.escape(st.label)}**: still loading (reload the page in a moment)")
+            lines.append(f"- ⏳ **{html.escape(st.label)}**: still loading (this page updates when it is ready)")
         elif st.available:
             detail = "" if st.reason in ("", "loaded") else f" ({html.escape(str(st.reason))})"
             lines.append(f"- ✅ **{html.escape(st.label)}**: available{detail}")

@@ -67,7 +67,6 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
     annotations_dir: the correction store's folder (None: ``CorrectionStore.default_root()``).
     examples_dir: folder of example files (default ``assets/examples``).
     """
-    from bt_demo.models.registry import PROMPT_ENGINES
     from bt_demo.classical_seg import CLASSICAL
     from bt_demo.preprocess import STEPS, default_pipeline
 
@@ -75,8 +74,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
     statuses_md = H.engines_status(engines, wait=False)
     summary_md = H.engines_summary(engines, wait=False)
     default_engine = engines.default_prompt_engine(wait=False)
-    unet = engines.unet()
-    default_threshold = 0.5 if isinstance(unet, str) else float(unet.threshold)
+    default_threshold = engines.unet_threshold()  # from its config: building the page loads no model
     default_steps = {name: dict(params) for name, params in default_pipeline()}
     keys = H.control_keys(STEPS)
     mask_choices = [(name, key) for key, name in V.MASK_KEYS.items()]
@@ -137,7 +135,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                 with gr.Row():
                                     undo_btn = gr.Button("Undo last point", size="sm")
                                     clear_btn = gr.Button("Clear points", size="sm")
-                                engine = gr.Radio(choices=[(v, k) for k, v in PROMPT_ENGINES.items()],
+                                engine = gr.Radio(choices=H.engine_choices(engines),
                                                   value=default_engine, label="Prompt engine")
                                 candidates = gr.Radio(choices=[], value=None, visible=False, type="value",
                                                       label="SAM's candidate masks (pick one)")
@@ -224,10 +222,11 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                     with gr.Tab("Classifier", id="classifier"):
                         with gr.Row(equal_height=False):
                             with gr.Column():
-                                class_label = gr.Label(label="Calibrated class probabilities", num_top_classes=4)
+                                class_label = gr.Label(label="Calibrated probabilities (four-class view of the two heads)",
+                                                       num_top_classes=4)
                                 class_info = gr.Markdown("", label="Classifier summary")
                                 gradcam_class = gr.Dropdown(choices=[], value=None,
-                                                            label="Heat map (Grad-CAM) for class")
+                                                            label="Heat map (Grad-CAM) of a head's class")
                             gradcam_image = gr.Image(label="Where the classifier looked (Grad-CAM)", type="numpy",
                                                      format="png", interactive=False, buttons=["fullscreen"])
                     with gr.Tab("Export & corrections", id="export"):
@@ -360,9 +359,14 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                          show_progress="hidden", api_name="prepare_prompts", api_visibility="undocumented"))
 
         # 7. engines: refresh what is loaded when a page opens (models load in the background)
-        demo.load(lambda: (H.engines_summary(engines, wait=False), H.engines_status(engines, wait=False)),
-                  inputs=None, outputs=[engines_line, engines_md], show_progress="hidden",
-                  api_visibility="private")
+        engines_timer = gr.Timer(2.0, active=True)
+
+        def refresh():
+            summary, status, choices, loading = H.refresh_engines(engines)
+            return summary, status, gr.update(choices=choices), gr.Timer(active=loading)
+        for trig in (demo.load, engines_timer.tick):
+            trig(refresh, inputs=None, outputs=[engines_line, engines_md, engine, engines_timer],
+                 show_progress="hidden", api_visibility="private")
 
         # 1. the slice
         then_prepare(wire(upload.change, lambda s, f: H.load_file(s, engines, f), [upload],

@@ -653,6 +653,8 @@ def pretty_class(name: str) -> str:
 
 
 def classifier_view(s) -> dict:
+    from bt_demo.models.classifier import TRAINED_ON, gradcam_choices
+
     reason = s.classifier_reason
     if reason:
         return {"class_label": None, "class_info": f"Classifier: {html.escape(reason)}",
@@ -661,13 +663,21 @@ def classifier_view(s) -> dict:
     if cr is None:
         return {"class_label": None, "class_info": "Classifier: no slice yet.", "gradcam_image": None}
     label = {pretty_class(k): float(v) for k, v in cr.probabilities.items()}
-    info = (f"Tumour probability: **{100 * cr.tumour_probability:.1f}%** (1 − P(no tumour)); "
-            f"most likely: **{html.escape(pretty_class(cr.top_class))}**. "
-            f"Calibrated by temperature scaling (T = {cr.temperature:.2f}); {1000 * cr.seconds:.0f} ms."
-            + (f"\n\n*{html.escape(cr.card)}*" if cr.card else ""))
-    out = {"class_label": label, "class_info": info}
-    choices = [(pretty_class(k), k) for k in cr.probabilities]
-    out["gradcam_class"] = gr.update(choices=choices, value=s.gradcam_class or cr.top_class)
+    types = ", ".join(f"{html.escape(pretty_class(k))} {100 * v:.0f}%"
+                      for k, v in sorted(cr.type_probabilities.items(), key=lambda kv: -kv[1]))
+    lines = [f"**Is there a tumour?** P(tumour) = **{100 * cr.tumour_probability:.1f}%** "
+             f"(presence head, T = {cr.temperatures['presence']:.2f}).",
+             f"**Which type, if there is one?** {types} (type head, T = {cr.temperatures['type']:.2f}).",
+             "The four-class bars combine them: P(no tumour) = 1 − P(tumour), P(type) = P(tumour) × P(type | tumour). "
+             f"Most likely: **{html.escape(pretty_class(cr.top_class))}**; {1000 * cr.seconds:.0f} ms.",
+             f"Trained on: presence — {TRAINED_ON['presence']}; type — {TRAINED_ON['type']}."]
+    for n in cr.notices:
+        lines.insert(0, f"⚠ **Unlike the training data:** {html.escape(n)}")
+    if cr.card:
+        lines.append(f"*{html.escape(cr.card)}*")
+    out = {"class_label": label, "class_info": "\n\n".join(lines)}
+    choices = gradcam_choices(list(cr.type_probabilities))
+    out["gradcam_class"] = gr.update(choices=choices, value=s.gradcam_class or choices[0][1])
     if s.gradcam is not None:
         out["gradcam_image"] = fit(render.heatmap_overlay(display_gray(s), s.gradcam, alpha=0.45, mask_below=0.15))
     else:
