@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--annotations-dir", default=_env("BT_ANNOTATIONS_DIR"),
                    help="where accepted corrections are stored (env BT_ANNOTATIONS_DIR; "
                         "default: /data/corrections on Spaces with storage, else <repo>/corrections)")
+    p.add_argument("--max-corrections", type=int, default=int(_env("BT_MAX_CORRECTIONS", default="10000")),
+                   help="most corrections the store keeps; a save beyond it is refused (env BT_MAX_CORRECTIONS; "
+                        "default 10000)")
     p.add_argument("--device", default=_env("BT_DEVICE"), help='torch device, e.g. "cpu" or "cuda" (env BT_DEVICE)')
     p.add_argument("--max-file-size", default=_env("BT_MAX_FILE_SIZE", default="200mb"),
                    help='largest upload accepted, e.g. "200mb" (default)')
@@ -55,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--port must be 1..65535")
     if args.threads < 0:
         p.error("--threads must be 0 (automatic) or more")
+    if not 1 <= args.max_corrections <= 10_000_000:
+        p.error("--max-corrections must be 1..10000000")
     return args
 
 
@@ -74,13 +79,13 @@ def limit_threads(threads: int, concurrency: int) -> int:
 
 def build(args: argparse.Namespace):
     """The queued Blocks for these flags (models load lazily; their status is probed once here)."""
-    from bt_demo.annotations import CorrectionStore
+    from bt_demo.annotations import CorrectionStore, check_store_root
     from bt_demo.models.registry import Engines
     from bt_demo.ui.layout import build_demo
 
     engines = Engines(weights_dir=args.weights_dir, sam_model=args.sam_model, device=args.device)
-    annotations = args.annotations_dir or str(CorrectionStore.default_root())
-    demo = build_demo(engines, annotations_dir=annotations)
+    annotations = str(check_store_root(args.annotations_dir or CorrectionStore.default_root()))  # ~ expanded
+    demo = build_demo(engines, annotations_dir=annotations, max_corrections=args.max_corrections)
     demo.queue(default_concurrency_limit=args.concurrency)
     demo.engines = engines  # main() preloads them once the page is served
     return demo
@@ -93,7 +98,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from bt_demo.ui.layout import CSS, THEME
 
-    demo = build(args)
+    from bt_demo.annotations import StoreError
+
+    try:
+        demo = build(args)
+    except StoreError as exc:  # checked at start, not at the first save
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                 max_file_size=args.max_file_size, show_error=False, theme=THEME, css=CSS,
                 footer_links=[], prevent_thread_lock=True)

@@ -63,6 +63,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "check_deidentified",
+    "check_store_root",
+    "note_problem",
+    "shared_store",
     "to_jsonable",
 ]
 
@@ -361,6 +365,77 @@ def _pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------------------
 # the store
 # ---------------------------------------------------------------------------
+def check_store_root(root: str | Path) -> Path:
+    """Create (if needed) and check the store's folder; a :class:`StoreError` says what is wrong and what to do.
+
+    Refused: a folder that cannot be created, one that exists but is not writable, and one inside
+    Gradio's upload cache (whatever is there can be downloaded through the server's file route).
+    """
+    root = Path(root).expanduser()
+    cache = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+    try:
+        inside_cache = root.resolve().is_relative_to(cache)
+    except (OSError, RuntimeError):
+        inside_cache = False
+    if inside_cache:
+        raise StoreError(f"the correction store {root} is inside Gradio's upload cache ({cache}), from which files "
+                         "can be downloaded; choose another folder (--annotations-dir / BT_ANNOTATIONS_DIR)")
+    if root.is_dir():
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise StoreError(f"the correction store folder {root} exists but is not writable by this server; "
+                             "make it writable or choose another folder (--annotations-dir / BT_ANNOTATIONS_DIR)")
+    elif root.exists():
+        raise StoreError(f"the correction store {root} is a file, not a folder; choose a folder "
+                         "(--annotations-dir / BT_ANNOTATIONS_DIR)")
+    try:
+        (root / _TMP).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"the correction store folder {root} cannot be created ({e.strerror or e}); "
+                         "set --annotations-dir / BT_ANNOTATIONS_DIR to a writable folder") from None
+    return root
+
+
+_shared: dict[tuple, "CorrectionStore"] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_store(root: str | Path, max_records: int = 10000) -> "CorrectionStore":
+    """The one store object of this process for ``root`` (one lock, so the cap holds under concurrent saves)."""
+    key = (str(Path(root).expanduser().resolve()), int(max_records))
+    with _shared_lock:
+        store = _shared.get(key)
+        if store is None:
+            store = _shared[key] = CorrectionStore(key[0], max_records=max_records)
+        return store
+
+
+_NOTE_PATTERNS = (
+    (re.compile(r"\b\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}\b"), "a date"),
+    (re.compile(r"\b\d{1,2}\s+(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+\d{2,4}\b", re.I), "a date"),
+    (re.compile(r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+\d{1,2},?\s+\d{2,4}\b", re.I), "a date"),
+    (re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+"), "an e-mail address"),
+    (re.compile(r"\b(?=[a-z]*\d)(?=\d*[a-z])[a-z\d]{4,}\b", re.I), "an identifier (letters and digits)"),
+    (re.compile(r"\d[\d\s-]{3,}\d"), "a long number (an id or phone number)"),
+    (re.compile(r"\b(patient|name|dob|born|birth|mrn|ssn|accession|address|phone|mr|mrs|ms|miss|dr)\b\.?", re.I),
+     "a word that introduces personal details"),
+    (re.compile(r"\b[A-Z][a-z]+\s+[A-Z][a-z]+\b"), "what looks like a person's name (two capitalised words)"),
+)
+
+
+def note_problem(note: str) -> str | None:
+    """Why a free-text note cannot go into the de-identified store (None when it can).
+
+    Refused rather than silently edited, so the clinician sees what to take out: dates, e-mail
+    addresses, identifiers (letters and digits, or 5+ digits), words that introduce personal
+    details (patient, name, DOB, MRN, Mr/Dr...) and two capitalised words in a row (a name).
+    """
+    for pattern, what in _NOTE_PATTERNS:
+        m = pattern.search(note)
+        if m:
+            return f"the note contains {what} ({m.group(0)!r}); describe the correction without personal details"
+    return None
+
+
 class CorrectionStore:
     """A folder of de-identified corrections, safe against crashes and bounded in size.
 
@@ -385,11 +460,7 @@ class CorrectionStore:
         self.max_records = int(max_records)
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
-        try:
-            (self.root / _TMP).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"the correction store folder cannot be created ({e.strerror or e}); "
-                             "set BT_ANNOTATIONS_DIR to a writable folder") from None
+        check_store_root(self.root)
         self._clean_tmp()
 
     def __repr__(self) -> str:
@@ -529,7 +600,8 @@ class CorrectionStore:
                     f"the correction store is full: {n:,} of {self.max_records:,} records, "
                     f"{size / 1e6:,.1f} MB of {self.max_bytes / 1e6:,.1f} MB (this correction needs "
                     f"{new_bytes / 1e3:,.0f} kB). Nothing was saved. Ask the administrator to move the stored "
-                    "corrections into training and clear the store, or to raise its limit")
+                    "corrections into training and clear the store, or to raise its limit (python app.py "
+                    "--max-corrections N, or BT_MAX_CORRECTIONS)")
             self._commit(rid, files)
         return rid
 

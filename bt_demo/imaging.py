@@ -87,6 +87,9 @@ multi-frame DICOM (rows * columns * frames) accepted."""
 MIN_SIDE = 16
 """Smallest accepted side of a slice, in pixels."""
 
+MAX_SPACING_MM = 100.0
+"""Largest pixel spacing taken from a file (the measurements' own limit); beyond it the spacing is unknown."""
+
 SOURCES = ("png", "jpeg", "tiff", "bmp", "gif", "webp", "dicom", "nifti")
 """Values :attr:`Slice.source` takes when the slice comes from :func:`load_slice`."""
 
@@ -660,7 +663,13 @@ def _finish(px: np.ndarray, source: str, *, spacing=None, window=None, metadata=
     _check_finite(px, what)
     if window is None:
         window = _auto_window(px)
-    return Slice(px, spacing, window, source, metadata or {}, index or {})
+    metadata = dict(metadata or {})
+    if spacing is not None and not all(0 < float(v) <= MAX_SPACING_MM for v in spacing):
+        # a file's implausible spacing is reported and dropped, never used for mm (every measure would fail)
+        metadata["spacing_note"] = (f"the file gives {float(spacing[0]):.3g} × {float(spacing[1]):.3g} mm pixels, "
+                                    f"outside 0–{MAX_SPACING_MM:g} mm: treated as unknown")
+        spacing = None
+    return Slice(px, spacing, window, source, metadata, index or {})
 
 
 def _max_abs_channel_diff(rgb: np.ndarray) -> float:
@@ -1173,6 +1182,7 @@ class _NiftiInfo:
     dtype: np.dtype
     offset: int
     needed_bytes: int
+    zero_pixdim: bool = False  # the file's voxel size is 0 (nibabel's fix makes it 1 mm): spacing unknown
 
 
 class _SilentLog:
@@ -1206,6 +1216,8 @@ def _nifti_header_info(raw: bytes, version: int) -> _NiftiInfo:
         try:
             # the whole file: nibabel reads the header extensions (AFNI, CIFTI, DICOM...) that follow it
             hdr = header_class.from_fileobj(io.BytesIO(raw), check=False)
+            # nibabel's fix turns a zero pixdim into 1 mm: remember that the file gave none
+            zero_pixdim = bool(np.any(np.asarray(hdr["pixdim"][1:4]) == 0)) and int(hdr["sform_code"]) == 0
             hdr.check_fix(logger=_SilentLog(), error_level=40)  # what nibabel.load does, minus the printing
             dim = [int(v) for v in hdr["dim"]]
         except Exception as e:  # noqa: BLE001
@@ -1235,7 +1247,7 @@ def _nifti_header_info(raw: bytes, version: int) -> _NiftiInfo:
         raise InputError(f"this NIfTI stores {dtype} voxels (colour or structured data); export a gray-scale image")
     if offset < hsize or offset > _MAX_FILE_BYTES:
         raise InputError("this NIfTI file's header is damaged: the image data offset is invalid")
-    return _NiftiInfo(hdr, shape, dtype, offset, offset + voxels * dtype.itemsize)
+    return _NiftiInfo(hdr, shape, dtype, offset, offset + voxels * dtype.itemsize, zero_pixdim)
 
 
 def _extension_codes(hdr) -> list[tuple[int, object]]:
@@ -1313,7 +1325,7 @@ def _load_nifti(raw: bytes, version: int, sel: _Selection) -> Slice:
         zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     spacing = None
     row_mm, col_mm = float(zooms[perm[row_axis]]), float(zooms[perm[col_axis]])
-    if known and all(math.isfinite(v) and v > 0 for v in (row_mm, col_mm)):
+    if known and not info.zero_pixdim and all(math.isfinite(v) and v > 0 for v in (row_mm, col_mm)):
         spacing = (row_mm, col_mm)
     index: dict[str, tuple[int, int]] = {}
     if n_t > 1:

@@ -371,3 +371,74 @@ def test_load_corrections_empty_and_damaged(tmp_path):
     np.testing.assert_array_equal(data.masks[0], m)
     with pytest.raises(FileNotFoundError):
         load_corrections(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------
+# one store per process, its folder checked at start, notes without personal details
+# ---------------------------------------------------------------------------
+def test_concurrent_saves_at_the_cap_never_overshoot(tmp_path):
+    """Four users pressing *Accept* at once at 9,999 of 10,000 records: one lands, three are refused."""
+    from bt_demo.annotations import shared_store
+
+    root = tmp_path / "s"
+    img, m, _ = phantom_case()
+    store = shared_store(root, max_records=5)
+    for _ in range(4):
+        store.save(image=img, corrected_mask=m)
+    outcomes, barrier = [], threading.Barrier(4)
+
+    def user():
+        st = shared_store(str(root), max_records=5)  # each save asks for the store, as the handler does
+        barrier.wait()
+        try:
+            st.save(image=img, corrected_mask=m)
+            outcomes.append("saved")
+        except StoreFullError as e:
+            outcomes.append(str(e))
+    threads = [threading.Thread(target=user) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("saved") == 1 and len(CorrectionStore(root)) == 5
+    assert all("--max-corrections" in o for o in outcomes if o != "saved")  # the message names the flag that sets it
+    assert shared_store(root, 5) is shared_store(str(root / "." ), 5)
+
+
+def test_store_folder_is_checked_and_explained(tmp_path, monkeypatch):
+    from bt_demo.annotations import StoreError, check_store_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert check_store_root("~/corr") == tmp_path / "home" / "corr"  # expanded, not a literal ./~/corr
+    assert (tmp_path / "home" / "corr").is_dir() and not Path("~").exists()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if not os.access(ro, os.W_OK):  # root ignores permissions
+            with pytest.raises(StoreError, match="exists but is not writable"):
+                check_store_root(ro)
+    finally:
+        ro.chmod(0o755)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        check_store_root(tmp_path / "afile")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio_cache"))
+    with pytest.raises(StoreError, match="inside Gradio's upload cache"):
+        check_store_root(tmp_path / "gradio_cache" / "corrections")
+
+
+@pytest.mark.parametrize("note", ["Patient John Doe, DOB 1970-01-01, MRN 4MR1", "seen by Dr. Who", "born 3 March 1950",
+                                  "call 555 123 4567", "mail me: a.b@example.org", "id 12345", "John Doe"])
+def test_notes_with_personal_details_are_refused(note):
+    from bt_demo.annotations import note_problem
+
+    assert note_problem(note) is not None
+
+
+@pytest.mark.parametrize("note", ["left frontal, checked", "added the cystic core; the U-Net missed it",
+                                  "FLAIR rim included", "T2 bright edge, 3 clicks"])
+def test_clinical_notes_pass(note):
+    from bt_demo.annotations import note_problem
+
+    assert note_problem(note) is None

@@ -13,6 +13,7 @@ import struct
 import tracemalloc
 import zipfile
 import zlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -853,3 +854,66 @@ def test_no_file_name_or_os_path_leaks_into_errors(tmp_path):
     with pytest.raises(InputError) as info:
         load_slice(os.fspath(path))
     assert "Doe_Jane" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# NIfTI header extensions, CIFTI, implausible spacing (issue: refused as "damaged", spacing shown wrongly)
+# ---------------------------------------------------------------------------
+def _nib_data(name: str) -> Path:
+    import nibabel
+
+    return Path(nibabel.__file__).parent / "tests" / "data" / name
+
+
+@pytest.mark.parametrize("name", ["example4d.nii.gz", "example_nifti2.nii.gz", "anatomical.nii"])
+def test_nibabels_bundled_niftis_load_with_their_extensions(name):
+    import nibabel
+
+    path = _nib_data(name)
+    s = load_slice(path.read_bytes())
+    img = nibabel.load(path)
+    assert s.metadata["format"] == "NIfTI" and s.pixels.ndim == 2
+    assert s.spacing == pytest.approx((2.0, 2.0))
+    assert s.index["volume"] == (0, 2) if img.ndim == 4 else "volume" not in s.index
+    assert bool(len(img.header.extensions)) == (name != "anatomical.nii")
+
+
+def test_a_nifti_too_small_to_segment_says_so_not_damaged():
+    with pytest.raises(InputError, match="need at least 16 pixels") as e:
+        load_slice(_nib_data("standard.nii.gz").read_bytes())  # 4 x 5 x 7 voxels
+    assert "damaged" not in str(e.value)
+
+
+def test_nifti_with_an_afni_style_extension_reads_like_without():
+    import nibabel
+
+    data = np.arange(20 * 18 * 3, dtype=np.int16).reshape(20, 18, 3)
+    plain = nibabel.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+    with_ext = nibabel.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+    with_ext.header.extensions.append(nibabel.nifti1.Nifti1Extension(4, b"<AFNI_attributes>" + b"x" * 300))
+    a, b = load_slice(plain.to_bytes()), load_slice(with_ext.to_bytes())
+    assert np.array_equal(a.pixels, b.pixels) and a.spacing == b.spacing == (2.0, 2.0)
+    import gzip
+
+    c = load_slice(gzip.compress(with_ext.to_bytes()))  # the .nii.gz path reads the extension too
+    assert np.array_equal(a.pixels, c.pixels)
+
+
+def test_cifti_is_named_as_such():
+    with pytest.raises(InputError, match="CIFTI-2"):
+        load_slice(_nib_data("row_major.dconn.nii").read_bytes())
+
+
+def test_nifti_zero_or_huge_voxel_size_is_unknown_spacing_not_1mm():
+    import nibabel
+
+    data = np.random.default_rng(0).random((16, 16, 2)).astype(np.float32)
+    img = nibabel.Nifti1Image(data, None)
+    img.header["pixdim"][1:4] = 0
+    img.header.set_qform(None, code=0)
+    img.header.set_sform(None, code=0)
+    s = load_slice(img.to_bytes())
+    assert s.spacing is None
+    big = nibabel.Nifti1Image(data, np.diag([250.0, 250.0, 3.0, 1.0]))
+    s = load_slice(big.to_bytes())
+    assert s.spacing is None and "outside 0–100 mm" in s.metadata["spacing_note"]

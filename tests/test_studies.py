@@ -382,3 +382,17 @@ def test_classical_on_lgg_with_one_click():
     for name, floor in floors.items():
         assert mean[name] >= floor, f"{name}: {line}"
         assert mean[name] >= mean["disk baseline"] + 0.04, f"{name} is no better than a disk: {line}"
+
+
+def test_measure_of_a_long_thin_mask_follows_the_mask_not_the_image_size():
+    """A 16 px strip along a 20000 px image: the chord search covers the strip's width, not the image's diagonal
+    (it used to grow with the square of the length: a 100000 x 16 PNG made one click take 80 s)."""
+    strip = np.zeros((16, 20000), bool)
+    strip[3:13, 50:19950] = True
+    r = ms.measure(strip, spacing=(0.5, 0.5))
+    assert r["long_diameter"] == pytest.approx(0.5 * math.hypot(19899, 9), rel=1e-3)
+    assert r["short_diameter"] == pytest.approx(0.5 * 9, abs=0.6)
+    # the same answers as a compact mask gives (the chord code path is shared)
+    small = np.zeros((40, 60), bool)
+    small[10:20, 5:55] = True
+    assert ms.measure(small)["short_diameter"] == pytest.approx(9, abs=0.6)

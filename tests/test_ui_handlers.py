@@ -460,6 +460,7 @@ def test_classifier_says_when_the_slice_is_unlike_its_training_data(engines):
     s = loaded(engines, get_testdata_file("CT_small.dcm"))
     info = V.classifier_view(s)["class_info"]
     assert "Unlike the training data" in info and "CT image" in info and "brain MRI only" in info
+    assert "CT image" in V.slice_info(s)  # the status line says it too
     assert domain_notices({"modality": "MR", "body_part": "BRAIN"}) == ()
     assert domain_notices({"modality": "MR"}) == ()
     assert "body part is ABDOMEN" in domain_notices({"modality": "MR", "body_part": "ABDOMEN"})[0]
@@ -536,6 +537,12 @@ def test_accept_correction_is_stored_without_file_name(engines, phantom, tmp_pat
     layer[50:60, 70:90, 3] = 255
     s, view = H.accept_correction(s, str(root), "painted", editor_value={"background": None, "layers": [layer]})
     assert int(store.load(view["_record_id"]).corrected_mask.sum()) == 200
+    # a note with personal details is refused, and the status says so instead of the previous "Stored ..."
+    n = len(store.ids())
+    s, view = H.accept_correction(s, str(root), "prompted", note="Patient John Doe, DOB 1970-01-01, MRN 4MR1")
+    assert "Not stored" in view["correction_info"] and "Stored correction" not in view["correction_info"]
+    assert "a date" in view["correction_info"] and len(store.ids()) == n
+    assert "John" not in " ".join(p.read_text() for p in root.rglob("*.json"))
 
 
 # ---------------------------------------------------------------------------
@@ -655,7 +662,7 @@ def test_build_demo_every_component_has_a_label(engines, tmp_path):
     demo = build_demo(engines, annotations_dir=str(tmp_path))
     unlabeled = []
     for block in demo.blocks.values():
-        if isinstance(block, gr.components.Component) and not isinstance(block, (gr.State, gr.Dataset)):
+        if isinstance(block, gr.components.Component) and not isinstance(block, (gr.State, gr.Dataset, gr.Timer)):
             if isinstance(block, (gr.Button, gr.DownloadButton)):
                 continue  # a button's text is its label
             if not getattr(block, "label", None):
@@ -664,3 +671,22 @@ def test_build_demo_every_component_has_a_label(engines, tmp_path):
     names = [p.name for p in example_files()]
     assert all("_mask" not in n for n in names)
 
+
+
+@pytest.mark.parametrize("kind", ["png16", "nifti_zeros"])
+def test_a_constant_slice_that_is_not_8_bit_loads_with_usable_window_sliders(engines, tmp_path, kind):
+    """A constant 16-bit PNG or an all-zero NIfTI used to fail with a bare "Error" (slider minimum = maximum)."""
+    import nibabel
+
+    if kind == "png16":
+        path = tmp_path / "flat.png"
+        Image.fromarray(np.full((64, 64), 1234, np.uint16)).save(path)
+    else:
+        path = tmp_path / "zeros.nii"
+        nibabel.save(nibabel.Nifti1Image(np.zeros((32, 32, 3), np.int16), np.eye(4)), path)
+    s, view = H.load_file(Session(), engines, str(path))
+    assert s.loaded and "could not be opened" not in view.get("status", "")
+    for key in ("win_center", "win_width"):
+        upd = view[key]
+        assert upd["minimum"] < upd["maximum"] and upd["step"] > 0
+        assert upd["minimum"] <= upd["value"] <= upd["maximum"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bt_demo.domain import notices as domain_notices  # noqa: F401 - the UI asks the classifier module for them
 from bt_demo.models import weights
 from bt_demo.models.sizing import fit_square
 
@@ -25,27 +26,6 @@ PRETTY = {"glioma": "glioma", "meningioma": "meningioma", "pituitary": "pituitar
 
 # what the heads learned from, said beside their numbers
 TRAINED_ON = {PRESENCE: "brain MRI, FLAIR (LGG patients)", TYPE: "brain MRI, T1 contrast-enhanced (figshare)"}
-_BRAIN_PARTS = ("BRAIN", "HEAD", "SKULL", "CEREBRUM", "CRANIUM", "HEADNECK", "NEURO")
-
-
-def domain_notices(metadata: dict) -> tuple[str, ...]:
-    """Why a slice is unlike anything the heads were trained on, from its file's own fields (DICOM Modality,
-    BodyPartExamined, or a SEG object); () when nothing says so."""
-    out = []
-    modality = str(metadata.get("modality") or "").strip().upper()
-    if modality and modality != "MR":
-        names = {"CT": "a CT", "US": "an ultrasound", "SEG": "a segmentation object", "CR": "a radiograph",
-                 "DX": "a radiograph", "PT": "a PET", "NM": "a nuclear-medicine", "MG": "a mammography",
-                 "OT": "an 'other'-modality", "SC": "a secondary-capture"}
-        notices = f"This is {names.get(modality, 'a ' + modality)} image (DICOM Modality {modality})"
-        out.append(notices + "; the classifier was trained on brain MRI only, so its numbers do not apply.")
-    part = str(metadata.get("body_part") or "").strip().upper().replace(" ", "")
-    if part and not any(b in part for b in _BRAIN_PARTS):
-        out.append(f"The file says the body part is {metadata.get('body_part')!s}; the classifier was trained on "
-                   "brain MRI only, so its numbers do not apply.")
-    return tuple(out)
-
-
 def gradcam_choices(type_names: list[str]) -> list[tuple[str, str]]:
     """(label, value) for the heat-map chooser: value 'head:class'."""
     return [("tumour (presence head)", f"{PRESENCE}:tumour"),

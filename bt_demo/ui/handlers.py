@@ -23,7 +23,6 @@ from there on every point and box is ``(x, y)`` in ORIGINAL slice pixels.
 from __future__ import annotations
 
 import functools
-import html
 import logging
 import math
 import time
@@ -36,6 +35,7 @@ import numpy as np
 from bt_demo import render
 from bt_demo.errors import InputError
 from bt_demo.ui import views
+from bt_demo.ui.views import esc
 from bt_demo.ui.state import PredictorSlot, PromptState, Session
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ def notify(view: dict, text: str, level: str = "warning") -> None:
     """Show ``text`` as a toast (escaped: messages may quote file content) and record it in ``view``."""
     view.setdefault("_messages", []).append(text)
     if level == "info":
-        gr.Info(html.escape(text))
+        gr.Info(esc(text))
     else:
-        gr.Warning(html.escape(text))
+        gr.Warning(esc(text))
 
 
 def _handler(what: str):
@@ -338,7 +338,8 @@ def load_file(s: Session, engines, path) -> dict:
         sl = _load(path, {})
     except InputError as exc:
         keep = " The previous image is still shown." if s.loaded else ""
-        view["status"] = f"⚠️ **This file could not be opened:** {html.escape(str(exc).rstrip('.'))}.{keep}"
+        view["status"] = f"⚠️ **This file could not be opened:** {esc(str(exc).rstrip('.'))}.{keep}"
+        view["upload"] = None  # the upload box must not keep showing the refused file's name
         notify(view, str(exc))
         return view
     s.slice, s.source_path, s.selectors = sl, str(path), {}
@@ -864,17 +865,32 @@ def editor_start(s: Session) -> dict:
 
 @_handler("storing the correction")
 def accept_correction(s: Session, store_root, source: str = "prompted", mask_file=None, editor_value=None,
-                      note: str = "") -> dict:
+                      note: str = "", max_records: int = 10000) -> dict:
     """Store this slice with the model's (U-Net) mask and the corrected mask, for the next training round.
 
     source: "prompted" (the prompted mask after the clicks), "upload"
     (``mask_file``, an image of the slice's size) or "painted" (the brush
     layers of the image editor, ``editor_value``). Nothing identifying is
-    stored: no file name, no DICOM field.
+    stored: no file name, no DICOM field; a note with personal details is
+    refused. A failed save replaces the status with why (never leaves the
+    previous "Stored correction" on screen).
     """
-    from bt_demo.annotations import CorrectionStore
+    try:
+        return _accept_correction(s, store_root, source, mask_file, editor_value, note, max_records)
+    except (InputError, ValueError) as exc:
+        view = {"correction_info": f"⚠️ **Not stored:** {esc(str(exc).rstrip('.'))}."}
+        notify(view, str(exc))
+        return view
+
+
+def _accept_correction(s: Session, store_root, source, mask_file, editor_value, note, max_records) -> dict:
+    from bt_demo.annotations import CorrectionStore, note_problem, shared_store
 
     _need_slice(s)
+    note = " ".join(str(note or "").split())[:500]
+    why = note_problem(note) if note else None
+    if why:
+        raise InputError(why)
     shape = s.slice.shape
     if source == "prompted":
         if s.prompts.result is None:
@@ -897,15 +913,15 @@ def accept_correction(s: Session, store_root, source: str = "prompted", mask_fil
         engine = s.prompts.result.engine
     else:
         engine = ""
-    store = CorrectionStore(store_root or CorrectionStore.default_root())
+    store = shared_store(store_root or CorrectionStore.default_root(), max_records)
     meta = {"app_version": APP_VERSION, "source_format": s.slice.source, "correction_source": source}
     if note:
-        meta["note"] = str(note)[:500]
+        meta["note"] = note
     record_id = store.save(image=s.unit, corrected_mask=np.asarray(corrected, bool), model_mask=model_mask,
                            prompts=_prompts_record(s), settings=_settings_record(s),
                            spacing=s.effective_spacing(), engine=engine, meta=meta)
     n = int(np.count_nonzero(corrected))
-    text = f"Stored correction **{html.escape(str(record_id))}** ({n} px corrected mask, source: {source})."
+    text = f"Stored correction **{esc(str(record_id))}** ({n} px corrected mask, source: {source})."
     notify({}, f"Stored correction {record_id}", level="info")
     return {"correction_info": text, "_record_id": record_id}
 
@@ -999,11 +1015,13 @@ def choose_mask(s: Session, which: str) -> dict:
     if which not in MASK_CHOICES:
         raise InputError(f"choose a mask: {', '.join(MASK_CHOICES)}")
     s.chosen_mask = which
+    # the files of the previous choice leave the export panel: they are not this mask's
+    stale = {"export_files": None, "export_info": ""}
     if not s.loaded:
-        return {"measure_which": which, "export_which": which}
+        return {"measure_which": which, "export_which": which, **stale}
     if which in views.CLASSICAL_NAMES:
         _run_classical(s, [which])
-    return views.measure_view(s)
+    return views.measure_view(s) | stale
 
 
 @_handler("drawing the histogram")
@@ -1105,11 +1123,11 @@ def engines_status(engines, wait: bool = True) -> str:
     lines = []
     for st in engines.statuses(wait=wait):
         if _loading(st):
-            lines.append(f"- ⏳ **{html.escape(st.label)}**: still loading (this page updates when it is ready)")
+            lines.append(f"- ⏳ **{esc(st.label)}**: still loading (this page updates when it is ready)")
         elif st.available:
-            detail = "" if st.reason in ("", "loaded") else f" ({html.escape(str(st.reason))})"
-            lines.append(f"- ✅ **{html.escape(st.label)}**: available{detail}")
+            detail = "" if st.reason in ("", "loaded") else f" ({esc(str(st.reason))})"
+            lines.append(f"- ✅ **{esc(st.label)}**: available{detail}")
         else:
             reason = str(st.reason)
-            lines.append(f"- ⛔ **{html.escape(st.label)}**: {html.escape(reason)}")
+            lines.append(f"- ⛔ **{esc(st.label)}**: {esc(reason)}")
     return "\n".join(lines)

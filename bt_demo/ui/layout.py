@@ -20,7 +20,7 @@ from bt_demo.ui.state import Session, delete_session
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
 
-NOTICE = ("**Research demo — not for diagnosis.** Synthetic examples only; models are small research models. "
+NOTICE = ("**Research demo — not for diagnosis.** The bundled examples are synthetic (no patient data); the models are small research models. "
           "Nothing you upload is stored unless you press *Accept as correction*.")
 
 CSS = """
@@ -61,10 +61,12 @@ def _example_label(p: Path) -> str:
     return name
 
 
-def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | Path | None = None) -> gr.Blocks:
+def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | Path | None = None,
+               max_corrections: int = 10000) -> gr.Blocks:
     """The whole screen for one process-wide ``Engines`` (kept out of ``gr.State``).
 
     annotations_dir: the correction store's folder (None: ``CorrectionStore.default_root()``).
+    max_corrections: the store's cap on records (``--max-corrections``).
     examples_dir: folder of example files (default ``assets/examples``).
     """
     from bt_demo.classical_seg import CLASSICAL
@@ -298,6 +300,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
             "sweep_info": sweep_info, "class_label": class_label, "class_info": class_info,
             "gradcam_image": gradcam_image, "gradcam_class": gradcam_class,
             "export_files": export_files, "export_info": export_info, "correction_info": correction_info,
+            "upload": upload,
             "editor": editor,
             "intensity_plot": intensity_plot, "intensity_info": intensity_info,
             "measure_image": measure_image, "measure_table": measure_table, "measure_which": measure_which,
@@ -370,7 +373,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
 
         # 1. the slice
         then_prepare(wire(upload.change, lambda s, f: H.load_file(s, engines, f), [upload],
-                          slice_out + every_panel, api_name="upload_slice"))
+                          ["upload"] + slice_out + every_panel, api_name="upload_slice"))
         index_inputs = [idx_page, idx_frame, idx_slice, idx_volume, idx_channel]
         for ctl in (idx_page, idx_frame, idx_slice, idx_volume):
             then_prepare(wire(ctl.input, lambda s, *v: H.select_index(s, engines, *v), index_inputs,
@@ -423,8 +426,10 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
         wire([classical_group.input] + [c.input for c in classical_controls],
              lambda s, chosen, *vals: H.set_classical(s, chosen, vals), [classical_group] + classical_controls,
              compare_out, trigger_mode="always_last", show_progress="full", api_name="classical_segmenters")
-        wire(measure_which.input, H.choose_mask, [measure_which], measure_out, api_name="measure_mask")
-        wire(export_which.input, H.choose_mask, [export_which], measure_out, api_name="export_mask_choice")
+        wire(measure_which.input, H.choose_mask, [measure_which], measure_out + ["export_files", "export_info"],
+             api_name="measure_mask")
+        wire(export_which.input, H.choose_mask, [export_which], measure_out + ["export_files", "export_info"],
+             api_name="export_mask_choice")
         wire(uncertainty_btn.click, lambda s: H.run_uncertainty(s, engines), [], uncertainty_out,
              show_progress="full", api_name="uncertainty_map")
         wire(sweep_btn.click, H.run_sweep, [], ["sweep_plot", "sweep_info"], show_progress="full", api_name="k_sweep")
@@ -438,7 +443,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
         wire(export_btn.click, H.export, [export_which], ["export_files", "export_info"] + measure_out, api_name="export")
         wire(editor_btn.click, H.editor_start, [], ["editor"], api_visibility="private")
         wire(accept_btn.click,
-             lambda s, src, f, ed, note: H.accept_correction(s, annotations_dir, src, f, ed, note),
+             lambda s, src, f, ed, note: H.accept_correction(s, annotations_dir, src, f, ed, note, max_corrections),
              [corr_source, corr_file, editor, corr_note], ["correction_info"],
              api_name="accept_correction")
     return demo

@@ -20,6 +20,12 @@ import numpy as np
 
 from bt_demo import metrics, render
 
+
+def esc(text) -> str:
+    """Text for Markdown: <, > and & escaped; quotes kept (Gradio's Markdown showed an escaped quote as
+    a literal &#x27;, for example in "patient's")."""
+    return html.escape(str(text), quote=False)
+
 # Names of the masks in tables, legends and reports, in comparison order.
 UNET, PROMPT, KMEANS = "U-Net", "prompted", "K-Means"
 WATERSHED, CHAN_VESE, GEODESIC = "watershed", "Chan–Vese", "geodesic contour"
@@ -55,7 +61,7 @@ def rgb_css(color) -> str:
 def swatch(color, text: str) -> str:
     return (f'<span style="display:inline-flex;align-items:center;margin-right:14px;white-space:nowrap">'
             f'<span style="display:inline-block;width:14px;height:14px;border-radius:3px;margin-right:6px;'
-            f'border:1px solid #0006;background:{rgb_css(color)}"></span>{html.escape(text)}</span>')
+            f'border:1px solid #0006;background:{rgb_css(color)}"></span>{esc(text)}</span>')
 
 
 MAX_DISPLAY_SIDE = 1024  # larger slices are shown (and sent to the browser) shrunk to this long side
@@ -163,10 +169,16 @@ def slice_info(s) -> str:
         parts.append(f"pixel spacing {s.spacing_mm:.3g} mm (typed; the file gives none)")
     else:
         parts.append("no pixel spacing in the file: areas in px only (type one below for mm²)")
+    if sl.metadata.get("spacing_note"):
+        parts.append(esc(sl.metadata["spacing_note"]))
+    from bt_demo.domain import notices
+
+    for n in notices(sl.metadata):
+        parts.append(f"⚠ {esc(n)}")
     meta = {k: v for k, v in sl.metadata.items() if k in ("modality", "series_description", "plane", "orientation",
                                                            "field_strength", "slice_thickness", "bits")}
     if meta:
-        parts.append(", ".join(f"{k.replace('_', ' ')}: {html.escape(str(v))}" for k, v in meta.items()))
+        parts.append(", ".join(f"{k.replace('_', ' ')}: {esc(str(v))}" for k, v in meta.items()))
     return " · ".join(parts)
 
 
@@ -194,9 +206,11 @@ def window_updates(s) -> dict:
     px = s.slice.pixels
     lo, hi = float(px.min()), float(px.max())
     c, w = s.window
-    span = max(hi - lo, 1e-6)
+    span = hi - lo
+    if not span > 1e-6:  # a constant slice: the sliders still need a range (a zero-width one is a Gradio error)
+        span = max(abs(float(w)), 1.0)
     step = 1.0 if span > 50 else span / 200.0
-    c_min, c_max = min(lo, c), max(hi, c)
+    c_min, c_max = min(lo, c - span / 2), max(hi, c + span / 2)
     w_max = max(2.0 * span, w)
     return {
         "win_center": gr.update(minimum=round(c_min, 6), maximum=round(c_max, 6), step=step, value=round(c, 6)),
@@ -222,7 +236,7 @@ def preprocessing_view(s) -> dict:
     total = sum(float(v) for v in timings.values()) if isinstance(timings, Mapping) else 0.0
     geo = p.geometry
     if names:
-        info = f"Applied: {', '.join(html.escape(n) for n in names)} ({1000 * total:.0f} ms)."
+        info = f"Applied: {', '.join(esc(n) for n in names)} ({1000 * total:.0f} ms)."
     else:
         info = "No preprocessing step is on: the engines see the windowed slice."
     if not geo.is_identity:
@@ -265,7 +279,7 @@ def prompt_info(s) -> str:
     engine = slot.name if slot is not None and slot.predictor is not None else "none"
     pos = sum(1 for l in s.prompts.labels if l == 1)
     neg = len(s.prompts.labels) - pos
-    parts = [f"Engine in use: **{html.escape(engine)}**", f"{pos} positive, {neg} negative point(s)"]
+    parts = [f"Engine in use: **{esc(engine)}**", f"{pos} positive, {neg} negative point(s)"]
     if s.prompts.box is not None:
         parts.append("box (" + ", ".join(f"{v:.0f}" for v in s.prompts.box) + ") px")
     if s.box_anchor is not None:
@@ -394,9 +408,9 @@ def compare_view(s) -> dict:
             how = "your clicks" if res.extra.get("started_from") == "clicks" else "no click: brightest K-Means cluster"
             timed.append(f"{CLASSICAL_NAMES[k]} {1000 * res.seconds:.0f} ms ({how})")
     out["compare_info"] = ("Colours: " + "".join(swatch(MASK_COLORS[n], n) for n in shown)
-                           + (f"<br>Missing: {html.escape('; '.join(notes))}." if notes else "")
-                           + (f"<br>Classical segmenters: {html.escape('; '.join(timed))}." if timed else "")
-                           + (f"<br>Updating: {html.escape(', '.join(updating))} (classical segmenters run "
+                           + (f"<br>Missing: {esc('; '.join(notes))}." if notes else "")
+                           + (f"<br>Classical segmenters: {esc('; '.join(timed))}." if timed else "")
+                           + (f"<br>Updating: {esc(', '.join(updating))} (classical segmenters run "
                               "after the other panels)…" if updating else ""))
     out.update(measure_view(s))
     return out
@@ -448,9 +462,6 @@ def measurement_markdown(m: dict, name: str, spacing_note: str) -> str:
         rows += [("side", f"{side}{where}"), ("separate pieces", str(m.get("n_components", 0)))]
         if m.get("touches_border"):
             rows.append(("note", "the mask touches the image border: the tumour may extend beyond the slice"))
-    def esc(t: str) -> str:
-        return html.escape(t, quote=False)
-
     table = "| measure | value |\n|---|---|\n" + "\n".join(f"| {esc(a)} | {esc(b)} |" for a, b in rows)
     caveats = ("*Side: " + esc(m.get("side_caveat") or "") + ".* "
                "*Diameters are between pixel centres on this one 2-D slice (RANO-style bidimensional product); "
@@ -479,7 +490,7 @@ def measure_view(s) -> dict:
         else:
             why = f"there is no {name} mask yet"
         out["measure_image"] = fit(render.to_rgb(gray))
-        out["measure_table"] = f"Measurement: {html.escape(why)}."
+        out["measure_table"] = f"Measurement: {esc(why)}."
         return out
     spacing = s.effective_spacing()
     m = measure(mask, spacing, brain_mask_original(s))
@@ -566,7 +577,7 @@ def uncertainty_view(s) -> dict:
     if s.unet_reason:
         return {"uncertainty_image": None,
                 "uncertainty_info": "Uncertainty map unavailable because the U-Net is unavailable: "
-                                    f"{html.escape(s.unet_reason)}"}
+                                    f"{esc(s.unet_reason)}"}
     u = s.uncertainty
     if u is None or s.processed is None or s.uncertainty_key != s.processed.key:
         return {"uncertainty_image": None,
@@ -588,7 +599,7 @@ def uncertainty_view(s) -> dict:
     else:
         head = f"The U-Net predicts no tumour at probability ≥ {thr:.2f} on any of the augmented copies' mean."
     info = (f"{head} Colour: the standard deviation of the U-Net probability over {u['n']} augmented copies "
-            f"({html.escape(', '.join(u['augmentations']))}); bright = above {st:.2f}. White outline: the mean "
+            f"({esc(', '.join(u['augmentations']))}); bright = above {st:.2f}. White outline: the mean "
             f"mask. Computed in {_secs(u['seconds'])}. A high share means: check the automatic mask by eye.")
     return {"uncertainty_image": fit(to_display(img, display_factor(gray.shape))), "uncertainty_info": info}
 
@@ -599,7 +610,7 @@ def uncertainty_view(s) -> dict:
 def unet_view(s) -> dict:
     reason = s.unet_reason
     if reason:
-        return {"unet_info": f"U-Net: {html.escape(reason)}"}
+        return {"unet_info": f"U-Net: {esc(reason)}"}
     res = s.unet_result
     if res is None:
         return {"unet_info": "U-Net: no slice yet."}
@@ -608,7 +619,7 @@ def unet_view(s) -> dict:
     thr = res.extra.get("threshold", s.unet_threshold)
     card = res.extra.get("card") or ""
     return {"unet_info": f"U-Net mask at probability ≥ {thr:.2f}: {area}. Moving the threshold re-uses the "
-                         "probability map (the network does not run again)." + (f" *{html.escape(card)}*" if card else "")}
+                         "probability map (the network does not run again)." + (f" *{esc(card)}*" if card else "")}
 
 
 def kmeans_view(s) -> dict:
@@ -641,7 +652,7 @@ def sweep_view(s) -> dict:
         return {"sweep_plot": None, "sweep_info": "Press the button to score K = 2…12 on this slice (1–3 s)."}
     fig = clustering.sweep_figure(s.sweep)
     sw = s.sweep
-    info = (f"K-selection curves for this slice. Suggested K: **{sw.suggested_k}** ({html.escape(sw.suggestion_method)}); "
+    info = (f"K-selection curves for this slice. Suggested K: **{sw.suggested_k}** ({esc(sw.suggestion_method)}); "
             f"best silhouette at K = {sw.best_silhouette_k}. Set K with the slider above.")
     return {"sweep_plot": fig, "sweep_info": info}
 
@@ -657,24 +668,24 @@ def classifier_view(s) -> dict:
 
     reason = s.classifier_reason
     if reason:
-        return {"class_label": None, "class_info": f"Classifier: {html.escape(reason)}",
+        return {"class_label": None, "class_info": f"Classifier: {esc(reason)}",
                 "gradcam_image": None, "gradcam_class": gr.update(choices=[], value=None)}
     cr = s.classification
     if cr is None:
         return {"class_label": None, "class_info": "Classifier: no slice yet.", "gradcam_image": None}
     label = {pretty_class(k): float(v) for k, v in cr.probabilities.items()}
-    types = ", ".join(f"{html.escape(pretty_class(k))} {100 * v:.0f}%"
+    types = ", ".join(f"{esc(pretty_class(k))} {100 * v:.0f}%"
                       for k, v in sorted(cr.type_probabilities.items(), key=lambda kv: -kv[1]))
     lines = [f"**Is there a tumour?** P(tumour) = **{100 * cr.tumour_probability:.1f}%** "
              f"(presence head, T = {cr.temperatures['presence']:.2f}).",
              f"**Which type, if there is one?** {types} (type head, T = {cr.temperatures['type']:.2f}).",
              "The four-class bars combine them: P(no tumour) = 1 − P(tumour), P(type) = P(tumour) × P(type | tumour). "
-             f"Most likely: **{html.escape(pretty_class(cr.top_class))}**; {1000 * cr.seconds:.0f} ms.",
+             f"Most likely: **{esc(pretty_class(cr.top_class))}**; {1000 * cr.seconds:.0f} ms.",
              f"Trained on: presence — {TRAINED_ON['presence']}; type — {TRAINED_ON['type']}."]
     for n in cr.notices:
-        lines.insert(0, f"⚠ **Unlike the training data:** {html.escape(n)}")
+        lines.insert(0, f"⚠ **Unlike the training data:** {esc(n)}")
     if cr.card:
-        lines.append(f"*{html.escape(cr.card)}*")
+        lines.append(f"*{esc(cr.card)}*")
     out = {"class_label": label, "class_info": "\n\n".join(lines)}
     choices = gradcam_choices(list(cr.type_probabilities))
     out["gradcam_class"] = gr.update(choices=choices, value=s.gradcam_class or choices[0][1])
