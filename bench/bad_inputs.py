@@ -216,6 +216,26 @@ def _nifti(data, gz: bool = False, version: int = 1) -> bytes:
     return gzip.compress(raw, compresslevel=1) if gz else raw
 
 
+def _nifti_spacing(mm: float) -> bytes:
+    """A small NIfTI whose voxel size is ``mm`` (0: pixdim 0 with no qform/sform)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(_volume(), np.diag([mm or 1.0, mm or 1.0, 2.0, 1.0]))
+    if not mm:
+        img.header["pixdim"][1:4] = 0
+        img.header.set_qform(None, code=0)
+        img.header.set_sform(None, code=0)
+    return img.to_bytes()
+
+
+def _nifti_with_extension() -> bytes:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(_volume(), np.diag([1.0, 1.0, 2.0, 1.0]))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(4, b"<AFNI_attributes>" + b"x" * 500))
+    return img.to_bytes()
+
+
 def _volume(z: int = 6) -> np.ndarray:
     return np.stack([_image(seed=k).T.astype(np.float32) for k in range(z)], axis=-1)  # (x, y, z)
 
@@ -296,8 +316,19 @@ def _spec() -> list[tuple[str, Callable[[], bytes], str, str]]:
         ("bomb.png", _png_bomb, "PNG whose IHDR claims 20000x20000 (tiny file)", "error"),
         ("tiny.dcm", lambda: _dicom_bytes(_dicom_ds(np.zeros((8, 8), np.uint16))), "8x8 DICOM", "error"),
         ("smallest_ok.png", lambda: _png(_image(16, 16)), "16x16 PNG (the smallest accepted)", "ok"),
-        ("thin_ok.png", lambda: _png(_image(16, 900)), "16x900 PNG (extreme aspect, still allowed)", "ok"),
+        ("thin_ok.png", lambda: _png(_image(16, 128)), "16x128 PNG (aspect 8, the most allowed)", "ok"),
+        ("strip.png", lambda: _png(np.full((16, 100000), 200, np.uint8)),
+         "100000x16 PNG, 1.7 KB (one click took 80 s when it was accepted)", "error"),
+        ("long_strip.png", lambda: _png(np.full((16, 1048576), 200, np.uint8)),
+         "1048576x16 PNG, 16 KB (one click did not finish in 18 minutes)", "error"),
+        ("big_4096.png", lambda: _png(np.tile(_image(64, 64), (64, 64))),
+         "4096x4096 PNG (took 110 s and 3 GB when it was accepted)", "error"),
         ("constant.png", lambda: _png(np.full((40, 40), 7, np.uint8)), "constant image", "ok"),
+        ("constant16.png", lambda: _png(np.full((40, 40), 1234, np.uint16)), "constant 16-bit PNG", "ok"),
+        ("zeros.nii", lambda: _nifti(np.zeros((40, 40, 3), np.int16)), "all-zero NIfTI", "ok"),
+        ("spacing250.nii", lambda: _nifti_spacing(250.0), "NIfTI with 250 mm voxels (spacing treated as unknown)", "ok"),
+        ("pixdim0.nii", lambda: _nifti_spacing(0.0), "NIfTI with pixdim 0 (spacing unknown, not 1 mm)", "ok"),
+        ("afni_ext.nii", _nifti_with_extension, "NIfTI with a header extension (AFNI-style)", "ok"),
         # --- wrong extensions (content wins)
         ("png_named.dcm", lambda: _png(img), "a valid PNG named .dcm", "ok"),
         ("dicom_named.png", _dicom, "a valid DICOM named .png", "ok"),

@@ -68,6 +68,7 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
+    "MAX_ASPECT",
     "MAX_PIXELS",
     "MAX_VOLUME_VOXELS",
     "MIN_SIDE",
@@ -77,10 +78,14 @@ __all__ = [
     "describe_indices",
 ]
 
-MAX_PIXELS = 4096 * 4096
-"""Largest 2-D slice accepted, in pixels (H * W)."""
+MAX_PIXELS = 2048 * 2048
+"""Largest 2-D slice accepted, in pixels (H * W): beyond any MRI slice, and small enough that no one
+upload holds the server for long (a 4096 x 4096 PNG took 110 s and 3 GB on a busy 2-core machine)."""
 
-MAX_VOLUME_VOXELS = 512 * 512 * 1024
+MAX_ASPECT = 8
+"""Largest ratio of a slice's long side to its short side (a 100000 x 16 strip is not a slice)."""
+
+MAX_VOLUME_VOXELS = 512 * 512 * 256
 """Largest NIfTI volume (all of its voxels, every volume of a 4-D file) or
 multi-frame DICOM (rows * columns * frames) accepted."""
 
@@ -625,10 +630,13 @@ def _check_size(h: int, w: int, what: str = "image") -> None:
     if h <= 0 or w <= 0:
         raise InputError(f"this {what} has no pixels ({w}x{h}); the file is empty or damaged")
     if h * w > MAX_PIXELS:
-        raise InputError(f"{what} is {w}x{h} pixels ({w * h:,}); the limit is 4096x4096 ({MAX_PIXELS:,}) "
+        raise InputError(f"{what} is {w}x{h} pixels ({w * h:,}); the limit is 2048x2048 ({MAX_PIXELS:,}) "
                          "pixels per slice. Downsample or crop it before uploading")
     if h < MIN_SIDE or w < MIN_SIDE:
         raise InputError(f"{what} is {w}x{h} pixels; need at least {MIN_SIDE} pixels on each side")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise InputError(f"{what} is {w}x{h} pixels: one side is more than {MAX_ASPECT} times the other, "
+                         "which no MRI slice is. Crop it to the head before uploading")
 
 
 def _check_finite(px: np.ndarray, what: str = "image") -> None:
@@ -1235,7 +1243,7 @@ def _nifti_header_info(raw: bytes, version: int) -> _NiftiInfo:
         voxels = math.prod(shape)
         if voxels > MAX_VOLUME_VOXELS:
             raise InputError(f"this NIfTI volume has {'x'.join(map(str, shape))} = {voxels:,} voxels; the limit is "
-                             f"{MAX_VOLUME_VOXELS:,} (512x512x1024). Crop or downsample it, or export fewer volumes")
+                             f"{MAX_VOLUME_VOXELS:,} (512x512x256). Crop or downsample it, or export fewer volumes")
         try:
             dtype = np.dtype(hdr.get_data_dtype())
             offset = int(hdr.get_data_offset())

@@ -26,6 +26,7 @@ from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, MRImageStorage, genera
 
 from bt_demo.errors import InputError
 from bt_demo.imaging import (
+    MAX_ASPECT,
     MAX_PIXELS,
     MAX_VOLUME_VOXELS,
     MIN_SIDE,
@@ -676,14 +677,14 @@ BAD_INPUTS = {
     "dicom no pixels": (lambda: _dicom_without_pixels(), "no image"),
     "dicom jpeg2000 garbage": (_jpeg2000_garbage_dicom, "JPEG 2000"),
     "dicom truncated pixels": (_truncated_pixel_dicom, "incomplete or damaged"),
-    "dicom over voxel limit": (lambda: _dicom_over_voxel_limit(), "64 frames of 4096x4096"),
+    "dicom over voxel limit": (lambda: _dicom_over_voxel_limit(), "300 frames of 2048x2048"),
     "dicom too small": (lambda: _dicom(np.zeros((8, 8), np.uint16)), "need at least 16"),
 }
 
 
 def _dicom_over_voxel_limit() -> bytes:
     ds = _dicom_ds(_ramp(dtype=np.uint16))
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 4096, 4096, 64  # header only: 2 KB of pixel data
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 2048, 2048, 300  # header only: 2 KB of pixel data
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
@@ -761,7 +762,7 @@ def test_nifti_gz_with_trailing_bomb_inflates_only_the_image():
 def test_huge_png_header_is_refused_before_decoding():
     tracemalloc.start()
     try:
-        with pytest.raises(InputError, match="4096x4096"):
+        with pytest.raises(InputError, match="2048x2048"):
             load_slice(_crafted_huge_png())
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -773,7 +774,7 @@ def test_huge_png_header_is_refused_before_decoding():
 
 
 def test_limits_are_the_contract_values():
-    assert (MAX_PIXELS, MAX_VOLUME_VOXELS, MIN_SIDE) == (4096 * 4096, 512 * 512 * 1024, 16)
+    assert (MAX_PIXELS, MAX_VOLUME_VOXELS, MIN_SIDE, MAX_ASPECT) == (2048 * 2048, 512 * 512 * 256, 16, 8)
 
 
 def test_missing_path_is_an_input_error(tmp_path):
