@@ -95,6 +95,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     limit_threads(args.threads, args.concurrency)  # before numpy / torch are imported
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no call home unless the user asks for it
+    from bt_demo.ui import scratch
+
+    scratch.install()  # before Gradio is imported: its upload cache becomes ours, swept at start and exit
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from bt_demo.ui.layout import CSS, THEME
 

@@ -1,4 +1,4 @@
-"""python -m train {segmentation,clicks,classifier,classifier-study,classifier-ship,evaluate} ... (each has --help)."""
+"""python -m train {segmentation,clicks,classifier,classifier-study,classifier-ship,evaluate,report} ... (each has --help)."""
 
 import sys
 
@@ -8,6 +8,7 @@ COMMANDS = {
     "classifier": "train.classifier",
     "classifier-study": "train.classifier_study",
     "classifier-ship": "train.classifier_ship",
+    "report": "train.report",
     "evaluate": "train.evaluate",
 }
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -320,6 +321,49 @@ def _load(source, selectors: dict):
     return load_slice(source, **selectors)
 
 
+def _adopt_upload(s: Session, path) -> str:
+    """The upload, moved out of Gradio's cache into this session's private folder (named ``upload_N``, never
+    the uploaded name): the cached copy could be fetched by anyone holding its path, and outlived the session.
+    Files outside Gradio's cache (examples, tests, the API with a local path) are read where they are."""
+    import shutil
+
+    from bt_demo.ui.scratch import in_gradio_cache
+
+    if not path or not in_gradio_cache(path) or not os.path.isfile(path) or _is_example(path):
+        return path
+    dst = os.path.join(s.ensure_workdir(), f"upload_{time.monotonic_ns()}")
+    try:
+        shutil.move(path, dst)
+    except OSError:
+        return path
+    parent = os.path.dirname(path)
+    try:
+        os.rmdir(parent)  # Gradio keeps each upload in a folder of its own (named by a hash)
+    except OSError:
+        pass
+    return dst
+
+
+def _is_example(path) -> bool:
+    """A bundled example (synthetic, shared by every session): Gradio serves it again, so it stays."""
+    from bt_demo.ui.layout import EXAMPLES_DIR
+
+    ex = EXAMPLES_DIR / os.path.basename(str(path))
+    try:
+        return ex.is_file() and ex.stat().st_size == os.path.getsize(path) and ex.read_bytes() == open(path, "rb").read()
+    except OSError:
+        return False
+
+
+def _forget_upload(s: Session, path) -> None:
+    """Delete a file this session adopted (an upload in its private folder); anything else is left alone."""
+    if s.workdir and path and os.path.dirname(str(path)) == s.workdir and os.path.basename(str(path)).startswith("upload_"):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
 @_handler("reading the file")
 def load_file(s: Session, engines, path) -> dict:
     """A new upload (or example): read it, reset prompts, compute every panel.
@@ -333,15 +377,18 @@ def load_file(s: Session, engines, path) -> dict:
         return view
     if isinstance(path, (list, tuple)):
         path = path[0]
-    path = getattr(path, "name", path)
+    path = _adopt_upload(s, getattr(path, "name", path))
     try:
         sl = _load(path, {})
     except InputError as exc:
+        _forget_upload(s, path)
         keep = " The previous image is still shown." if s.loaded else ""
         view["status"] = f"⚠️ **This file could not be opened:** {esc(str(exc).rstrip('.'))}.{keep}"
         view["upload"] = None  # the upload box must not keep showing the refused file's name
         notify(view, str(exc))
         return view
+    if s.source_path and s.source_path != str(path):
+        _forget_upload(s, s.source_path)
     s.slice, s.source_path, s.selectors = sl, str(path), {}
     s.window = tuple(sl.window)
     view.update(_recompute(s, engines, new_image=True))

@@ -23,6 +23,8 @@ EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
 NOTICE = ("**Research demo — not for diagnosis.** The bundled examples are synthetic (no patient data); the models are small research models. "
           "Nothing you upload is stored unless you press *Accept as correction*.")
 
+SESSION_TTL_S = 2 * 3600
+
 CSS = """
 .notice {background: #fff4d6; border: 1px solid #e6a700; border-radius: 8px; padding: 6px 12px;}
 .notice p {margin: 0; color: #5a4300;}
@@ -81,8 +83,12 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
     keys = H.control_keys(STEPS)
     mask_choices = [(name, key) for key, name in V.MASK_KEYS.items()]
 
-    with gr.Blocks(title="Brain-tumour MRI lab (research demo)", delete_cache=(1800, 3600)) as demo:
-        session = gr.State(Session(), delete_callback=delete_session)
+    # Gradio's cache (uploads are moved out of it at once; exports and images served) is swept every
+    # 10 minutes of files older than 15 minutes
+    with gr.Blocks(title="Brain-tumour MRI lab (research demo)", delete_cache=(600, 900)) as demo:
+        # a session is freed when its browser tab closes, or after SESSION_TTL_S without any event
+        # (API clients that never open a heartbeat are never "closed")
+        session = gr.State(Session(), delete_callback=delete_session, time_to_live=SESSION_TTL_S)
 
         gr.Markdown("## Brain-tumour MRI lab: segment, compare, classify", label="Title")
         gr.Markdown(NOTICE, label="Notice", elem_classes=["notice"])

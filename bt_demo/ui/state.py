@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -243,8 +243,11 @@ class Session:
         return res if key == self.classical_key(name) else None
 
     def ensure_workdir(self) -> str:
-        if self.workdir is None:
-            self.workdir = tempfile.mkdtemp(prefix="bt_demo_session_")
+        """This session's private folder (its upload and exports), created on first use."""
+        if self.workdir is None or not os.path.isdir(self.workdir):
+            from bt_demo.ui.scratch import session_dir
+
+            self.workdir = session_dir()
         return self.workdir
 
     def close(self) -> None:

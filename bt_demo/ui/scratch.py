@@ -1,0 +1,107 @@
+"""Where this server keeps per-session files, and how none of them outlive it.
+
+Layout: ``<tmp>/bt_demo/<pid>/`` holds one folder per session (its upload,
+moved out of Gradio's cache, and its exports). A session's folder goes when
+the session ends; the process's folder goes at exit (normal, Ctrl-C or
+SIGTERM); a start removes the folders of processes that are gone (a crash or
+SIGKILL). Gradio's own upload cache is a folder of this app's
+(``<tmp>/bt_demo/gradio``, unless GRADIO_TEMP_DIR is set), emptied the same way.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+_lock = threading.Lock()
+_installed = False
+
+
+def base() -> Path:
+    """``$BT_SCRATCH_DIR`` or ``<system tmp>/bt_demo``."""
+    return Path(os.environ.get("BT_SCRATCH_DIR") or Path(tempfile.gettempdir()) / "bt_demo")
+
+
+def process_root() -> Path:
+    """This process's folder (created on first use)."""
+    p = base() / str(os.getpid())
+    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return p
+
+
+def gradio_cache() -> Path:
+    """Gradio's upload cache folder for this app (GRADIO_TEMP_DIR when the user set one)."""
+    env = os.environ.get("GRADIO_TEMP_DIR")
+    return Path(env) if env else base() / "gradio"
+
+
+def session_dir() -> str:
+    """A new private folder for one session."""
+    return tempfile.mkdtemp(prefix="session_", dir=process_root())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead() -> list[str]:
+    """Remove the folders of server processes that no longer run; returns what was removed."""
+    gone = []
+    root = base()
+    if not root.is_dir():
+        return gone
+    for d in root.iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid() and not _alive(int(d.name)):
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(str(d))
+    return gone
+
+
+def in_gradio_cache(path: str | os.PathLike) -> bool:
+    """True when ``path`` lies inside a Gradio upload cache (this app's, or Gradio's default)."""
+    try:
+        p = Path(path).resolve()
+    except OSError:
+        return False
+    roots = {gradio_cache(), Path(tempfile.gettempdir()) / "gradio"}
+    return any(p.is_relative_to(r.resolve()) for r in roots)
+
+
+def cleanup() -> None:
+    """Remove this process's folder and, when it is this app's own, Gradio's upload cache."""
+    shutil.rmtree(base() / str(os.getpid()), ignore_errors=True)
+    if not os.environ.get("BT_KEEP_GRADIO_CACHE") and gradio_cache() == base() / "gradio":
+        shutil.rmtree(gradio_cache(), ignore_errors=True)
+
+
+def install(own_gradio_cache: bool = True) -> None:
+    """Call once at server start: sweep what dead servers left, point Gradio's cache at our folder,
+    and clean up at exit, on Ctrl-C and on SIGTERM (what Docker, systemd and Spaces send)."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+    sweep_dead()
+    if own_gradio_cache and "GRADIO_TEMP_DIR" not in os.environ:
+        if not any(_alive(int(d.name)) for d in base().glob("[0-9]*") if int(d.name) != os.getpid()):
+            shutil.rmtree(base() / "gradio", ignore_errors=True)  # no other server of ours uses it
+        os.environ["GRADIO_TEMP_DIR"] = str(base() / "gradio")
+    atexit.register(cleanup)
+
+    def on_term(signum, frame):  # run the same cleanup as a normal exit
+        cleanup()
+        sys.exit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
