@@ -595,7 +595,7 @@ def test_empty_weights_dir_gives_clear_notices(empty_engines, phantom):
     status = H.engines_status(empty_engines)
     assert status.count("unavailable, because") >= 3 and "random walker" in status
     summary = H.engines_summary(empty_engines)
-    assert "unavailable" in summary and "random walker" in summary and "Engines tab" in summary
+    assert "unavailable" in summary and "random walker" in summary and "Engines panel" in summary
     s, view = H.show_gradcam(s, empty_engines, None)
     assert "classifier unavailable" in messages(view)
 

@@ -1138,13 +1138,13 @@ def engines_summary(engines, wait: bool = True) -> str:
             marks.append(f"{st.label}: {state}")
     prompt = next((st.key for st in sts if st.key in PROMPT_ENGINES and st.available), "random_walker")
     missing = any(not st.available for st in sts if st.key in ("unet", "classifier"))
-    tail = " (the Engines tab says why)" if missing else ""
+    tail = " (the Engines panel on the left says why)" if missing else ""
     return "Engines: " + " · ".join(marks) + f" · clicks answered by the {PROMPT_ENGINES[prompt]}{tail}."
 
 
 def engine_choices(engines) -> list[tuple[str, str]]:
     """(label, key) of the prompt engines a user can pick now: available ones, and those still loading
-    (marked); an engine that cannot load is not offered (the Engines tab says why)."""
+    (marked); an engine that cannot load is not offered (the Engines panel on the left says why)."""
     from bt_demo.models.registry import PROMPT_ENGINES
 
     out = []
@@ -1158,7 +1158,7 @@ def engine_choices(engines) -> list[tuple[str, str]]:
 
 
 def refresh_engines(engines) -> tuple:
-    """(summary line, Engines tab, prompt-engine choices, keep polling?) — called on page load and by a
+    """(summary line, Engines panel, prompt-engine choices, keep polling?) — called on page load and by a
     timer until every engine has finished loading, so the page updates itself when SAM is ready."""
     sts = engines.statuses(wait=False)
     return (engines_summary(engines, wait=False), engines_status(engines, wait=False), engine_choices(engines),

@@ -107,6 +107,8 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                 example_labels=[_example_label(p) for p in examples],
                                 cache_examples=False, examples_per_page=8)
                 status = gr.Markdown("No slice loaded yet: upload a file or pick an example.", label="Slice")
+                with gr.Accordion("Engines: which models answer, and why others do not", open=False):
+                    engines_md = gr.Markdown(statuses_md, label="Engines status")
                 idx_slice = gr.Slider(1, 2, value=1, step=1, label="Slice (1 = most inferior)", visible=False)
                 idx_volume = gr.Slider(1, 2, value=1, step=1, label="Volume", visible=False)
                 idx_page = gr.Slider(1, 2, value=1, step=1, label="Page", visible=False)
@@ -230,14 +232,14 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                     with gr.Tab("Classifier", id="classifier"):
                         with gr.Row(equal_height=False):
                             with gr.Column():
-                                class_label = gr.Label(label="Calibrated probabilities (four-class view of the two heads)",
+                                class_label = gr.Label(label="Four-class view (calibrated)",
                                                        num_top_classes=4)
                                 class_info = gr.Markdown("", label="Classifier summary")
                                 gradcam_class = gr.Dropdown(choices=[], value=None,
                                                             label="Heat map (Grad-CAM) of a head's class")
                             gradcam_image = gr.Image(label="Where the classifier looked (Grad-CAM)", type="numpy",
                                                      format="png", interactive=False, buttons=["fullscreen"])
-                    with gr.Tab("Export & corrections", id="export"):
+                    with gr.Tab("Export", id="export"):  # short names: every tab fits the row at 1500 px
                         with gr.Row(equal_height=False):
                             with gr.Column():
                                 export_which = gr.Radio(choices=mask_choices, value="prompted",
@@ -266,8 +268,6 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                 corr_note = gr.Textbox(label="Note (optional, no patient details)", max_lines=2)
                                 accept_btn = gr.Button("Accept as correction", variant="primary")
                                 correction_info = gr.Markdown("", label="Correction status")
-                    with gr.Tab("Engines", id="engines"):
-                        engines_md = gr.Markdown(statuses_md, label="Engines status")
 
         # ---------------- below: the preprocessing steps, from the registry -----------
         gr.Markdown("### Preprocessing steps (applied in this order; every panel above follows)",

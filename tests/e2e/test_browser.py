@@ -298,6 +298,34 @@ def test_corrupt_upload_shows_a_message_and_the_app_keeps_working(app_url, tmp_p
         assert r.status == 200
 
 
+def test_classifier_tab_shows_both_heads_and_the_unlike_training_data_notice(app_url):
+    """Presence, then type given a tumour, the four-class bars and a Grad-CAM per head; a CT says its
+    numbers do not apply. Every tab is reachable at 1500 px (none hidden behind an overflow menu)."""
+    from pydicom.data import get_testdata_file
+
+    with browser_page() as page:
+        page.goto(app_url)
+        page.get_by_role("tab", name="Prompts").wait_for()
+        for name in ("Prompts", "Compare", "Measure", "Uncertainty", "K-Means", "Classifier", "Export"):
+            assert page.get_by_role("tab", name=name).is_visible(), f"tab {name!r} is not visible at 1500 px"
+        upload(page, EXAMPLE)
+        wait_for_image(page, "Click on the tumour", timeout_s=90)
+        page.get_by_role("tab", name="Classifier").click()
+        page.get_by_text("Is there a tumour?").first.wait_for(timeout=30_000)
+        info = page.locator(".block").filter(has_text="Which type, if there is one?").last.inner_text()
+        assert "P(no tumour) = 1 − P(tumour)" in info and "Unlike the training data" not in info
+        src = wait_for_image(page, "Where the classifier looked (Grad-CAM)")
+        label = block(page, "Four-class view").inner_text()
+        assert "no tumour" in label and "glioma" in label
+        drop = block(page, "Heat map (Grad-CAM)")
+        drop.locator("input").first.click()
+        page.get_by_role("option", name="meningioma (type head)").click()
+        wait_for_src_change(page, "Where the classifier looked (Grad-CAM)", src)
+        upload(page, Path(get_testdata_file("CT_small.dcm")))
+        page.get_by_text("Unlike the training data").first.wait_for(timeout=60_000)
+        assert "CT image" in page.content()
+
+
 # ---------------------------------------------------------------------------
 # the README screenshot
 # ---------------------------------------------------------------------------
