@@ -1119,6 +1119,10 @@ def _load_dicom(raw: bytes, sel: _Selection, *, has_preamble: bool) -> Slice:
             ds.pixel_array_options(index=chosen if nframes > 1 else None)
             arr = np.asarray(ds.pixel_array)
         except Exception as e:  # noqa: BLE001
+            if ts.is_transfer_syntax and ts.is_compressed and _can_decode(ts):
+                # a decoder is here (intact files of this syntax decode): this file's data is what is wrong
+                raise InputError(f"this DICOM's compressed pixel data ('{ts_name}') is damaged and cannot be "
+                                 "decompressed; export it again") from None
             if not (ts.is_transfer_syntax and not ts.is_compressed):
                 how = "compressed as" if ts.is_transfer_syntax else "stored with the transfer syntax"
                 raise InputError(f"this DICOM's pixel data is {how} '{ts_name}', which this server cannot "
@@ -1160,6 +1164,16 @@ def _load_dicom(raw: bytes, sel: _Selection, *, has_preamble: bool) -> Slice:
         meta = _dicom_metadata(ds, photometric, bits_stored or None)
         spacing = _dicom_spacing(ds, chosen)
     return _finish(px, "dicom", spacing=spacing, window=window, metadata=meta, index=index, what="DICOM image")
+
+
+def _can_decode(ts) -> bool:
+    """Whether pydicom has a working decoder plugin for this transfer syntax here."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(ts).is_available)
+    except Exception:  # noqa: BLE001 - unknown syntax, old pydicom
+        return False
 
 
 def _dicom_rescale(ds, arr: np.ndarray, frame: int) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -409,11 +410,29 @@ def _jpeg2000_garbage_dicom() -> bytes:
     return buf.getvalue()
 
 
-def test_dicom_compressed_that_cannot_be_decoded_names_the_syntax():
+def test_damaged_compressed_dicom_is_called_damaged_when_the_codec_is_here():
+    """A corrupt JPEG 2000 DICOM, with a JPEG 2000 decoder installed, is damaged, not an unsupported codec."""
     with pytest.raises(InputError) as info:
         load_slice(_jpeg2000_garbage_dicom())
     msg = str(info.value)
-    assert "JPEG 2000" in msg and "uncompressed" in msg
+    assert "JPEG 2000" in msg and "damaged" in msg and "cannot decode" not in msg
+
+
+def test_dicom_compressed_that_cannot_be_decoded_names_the_syntax():
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import HTJ2KLossless
+
+    if get_decoder(HTJ2KLossless).is_available:
+        pytest.skip("an HTJ2K decoder is installed here")
+    raw = bytearray(_jpeg2000_garbage_dicom())
+    ds = pydicom.dcmread(io.BytesIO(bytes(raw)))
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(InputError) as info:
+        load_slice(buf.getvalue())
+    msg = str(info.value)
+    assert "High-Throughput JPEG 2000" in msg and "cannot decode" in msg and "uncompressed" in msg
 
 
 # ---------------------------------------------------------------------------
