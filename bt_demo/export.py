@@ -18,9 +18,12 @@ and displays it radiologically (anterior at the top, the patient's right on
 the image's left), which puts ``data[i, j, 0]`` back at row ``j``, column
 ``i``: reading the file with ``load_slice`` gives ``pixels == mask`` and
 ``spacing == (row_mm, col_mm)`` to float32 precision, as NIfTI stores it
-(0.9 comes back as 0.8999999762; tested). When ``spacing`` is ``None`` the
-pixels are written as 1 mm (NIfTI has no "unknown"); the report says
-``"spacing_mm": null`` so nobody mistakes that for a measurement.
+(0.9 comes back as 0.8999999762; tested). When the slice came from a NIfTI or
+a DICOM that places it (``Slice.affine``), that affine is written instead, so
+the mask lies on its slice of the source in any viewer. When ``spacing`` is
+``None`` and nothing places the slice, the voxel size is written as unknown
+(pixdim 0, qform/sform code 0, no units; ``load_slice`` reads it back with
+``spacing None``) and the report says ``"spacing_mm": null``.
 
 Nothing exported carries a file name or a patient field: names are
 ``mask_<id>.png`` etc. with a random id, the PNG has no text chunks, the NIfTI
@@ -87,28 +90,48 @@ def mask_png(mask) -> bytes:
     return buf.tobytes()
 
 
-def mask_nifti(mask, spacing=None) -> bytes:
-    """The mask as ``.nii.gz`` bytes: uint8 0/1, pixel spacing in the affine.
+def mask_nifti(mask, spacing=None, affine=None) -> bytes:
+    """The mask as ``.nii.gz`` bytes: uint8 0/1, placed where its slice is.
 
     Args:
         mask: ``(H, W)`` bool or numeric (``> 0`` = lesion).
-        spacing: ``(row_mm, col_mm)`` or ``None`` (written as 1 mm).
+        spacing: ``(row_mm, col_mm)`` or ``None``.
+        affine: the slice's ``(column, row, 0, 1) -> world`` matrix
+            (:attr:`bt_demo.imaging.Slice.affine`) or ``None``. With it the mask
+            sits on its slice of the source volume in any viewer (sform and
+            qform code 1, "scanner"); without it but with a spacing, the
+            module docstring's layout; with neither, the voxel size is written
+            as unknown (qform/sform code 0, no units), never as 1 mm.
     Returns:
-        gzip-compressed NIfTI-1 bytes of shape ``(W, H, 1)``, laid out as the
-        module docstring says, so ``load_slice`` gives the mask back as ``(H, W)``.
+        gzip-compressed NIfTI-1 bytes of shape ``(W, H, 1)``, ``data[i, j, 0] = mask[j, i]`` (with neither
+        affine nor spacing: ``mask[H-1-j, i]``, voxel size 0 = unknown).
     """
     import nibabel as nib
 
     m = _mask(mask)
     sp = _spacing(spacing)
-    row_mm, col_mm = sp if sp is not None else (1.0, 1.0)
     data = np.ascontiguousarray(m.T[:, :, None].astype(np.uint8))
-    affine = np.diag([-col_mm, -row_mm, 1.0, 1.0])
-    img = nib.Nifti1Image(data, affine)
+    code = 1
+    if affine is not None:
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.isfinite(affine).all():
+            raise InputError("the slice's affine must be a finite 4x4 matrix")
+    elif sp is not None:
+        affine = np.diag([-sp[1], -sp[0], 1.0, 1.0])
+    else:
+        affine, code = None, 0  # the size is unknown
+    if not code:
+        # no orientation (nibabel then reads the axes as LAS, Analyze's default) and voxel size 0 = unknown: stored
+        # so that such a reader, showing it radiologically (bt_demo.imaging), gets the mask back as drawn
+        data = np.ascontiguousarray(m[::-1, :].T[:, :, None].astype(np.uint8))
+    img = nib.Nifti1Image(data, affine if code else None)  # None: nibabel writes no qform/sform (code 0)
     img.header.set_data_dtype(np.uint8)
-    img.header.set_xyzt_units("mm")
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm" if code else "unknown")
+    if code:
+        img.header.set_qform(affine, code=code)
+        img.header.set_sform(affine, code=code)
+    else:
+        img.header["pixdim"][1:4] = 0.0
     img.header["descrip"] = b"bt_demo lesion mask (research demo)"
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
@@ -235,7 +258,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
-def write_bundle(folder: str | Path, mask, spacing, report: dict) -> dict[str, Path]:
+def write_bundle(folder: str | Path, mask, spacing, report: dict, affine=None) -> dict[str, Path]:
     """Write ``mask_<id>.png``, ``mask_<id>.nii.gz`` and ``report_<id>.json`` into ``folder``.
 
     ``<id>`` is random (12 hex digits), never taken from an upload; the
@@ -264,6 +287,6 @@ def write_bundle(folder: str | Path, mask, spacing, report: dict) -> dict[str, P
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in names.items()}
     _atomic_write(paths["png"], mask_png(m))
-    _atomic_write(paths["nifti"], mask_nifti(m, sp))
+    _atomic_write(paths["nifti"], mask_nifti(m, sp, affine))
     _atomic_write(paths["report"], (json.dumps(rep, indent=1, allow_nan=False) + "\n").encode("utf-8"))
     return paths

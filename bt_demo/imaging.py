@@ -166,6 +166,12 @@ class Slice:
             names among :data:`AXES`, listed in that order. ``chosen`` is 0-based;
             for ``"channel"`` it is ``-1`` when the slice is the luma of the
             channels. Empty for a plain 2-D gray image.
+        affine: ``float64 (4, 4)`` taking ``(column, row, 0, 1)`` of :attr:`pixels`
+            to the source's world coordinates in mm, RAS+ (NIfTI: the file's
+            sform/qform; DICOM: ImagePositionPatient, ImageOrientationPatient and
+            PixelSpacing, LPS turned to RAS), or ``None`` when the file does not
+            place the slice (PNG, JPEG, TIFF...). Exports use it so a mask sits
+            on its slice in any viewer.
     """
 
     pixels: np.ndarray
@@ -174,6 +180,7 @@ class Slice:
     source: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     index: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    affine: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         px = np.ascontiguousarray(self.pixels, dtype=np.float32)
@@ -201,6 +208,12 @@ class Slice:
                 raise ValueError(f"index {name!r}: chosen {chosen} not in {lowest}..{count - 1}")
             idx[name] = (chosen, count)
         object.__setattr__(self, "index", MappingProxyType({k: idx[k] for k in AXES if k in idx}))
+        if self.affine is not None:
+            a = np.array(self.affine, dtype=np.float64)
+            if a.shape != (4, 4) or not np.isfinite(a).all():
+                raise ValueError(f"Slice.affine must be None or a finite 4x4 array, got shape {a.shape}")
+            a.setflags(write=False)
+            object.__setattr__(self, "affine", a)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -512,7 +525,7 @@ def _load_bytes(raw: bytes, sel: _Selection, *, gz: bool) -> Slice:
     else:
         raise InputError(_describe_unknown(raw))
     if gz:
-        s = Slice(s.pixels, s.spacing, s.window, s.source, {**s.metadata, "container": "gzip"}, s.index)
+        s = Slice(s.pixels, s.spacing, s.window, s.source, {**s.metadata, "container": "gzip"}, s.index, s.affine)
     return s
 
 
@@ -661,7 +674,7 @@ def _auto_window(px: np.ndarray) -> tuple[float, float]:
 
 
 def _finish(px: np.ndarray, source: str, *, spacing=None, window=None, metadata=None, index=None,
-            what: str = "image") -> Slice:
+            what: str = "image", affine=None) -> Slice:
     px = np.asarray(px)
     if px.ndim != 2:
         raise InputError(f"could not read this file: expected a 2-D image, got shape {px.shape}")
@@ -677,7 +690,10 @@ def _finish(px: np.ndarray, source: str, *, spacing=None, window=None, metadata=
         metadata["spacing_note"] = (f"the file gives {float(spacing[0]):.3g} × {float(spacing[1]):.3g} mm pixels, "
                                     f"outside 0–{MAX_SPACING_MM:g} mm: treated as unknown")
         spacing = None
-    return Slice(px, spacing, window, source, metadata, index or {})
+        affine = None  # an implausible voxel size does not place the slice either
+    if affine is not None and not np.isfinite(np.asarray(affine, dtype=np.float64)).all():
+        affine = None
+    return Slice(px, spacing, window, source, metadata, index or {}, affine)
 
 
 def _max_abs_channel_diff(rgb: np.ndarray) -> float:
@@ -1163,7 +1179,38 @@ def _load_dicom(raw: bytes, sel: _Selection, *, has_preamble: bool) -> Slice:
             index = {"frame": (chosen, nframes), **index}
         meta = _dicom_metadata(ds, photometric, bits_stored or None)
         spacing = _dicom_spacing(ds, chosen)
-    return _finish(px, "dicom", spacing=spacing, window=window, metadata=meta, index=index, what="DICOM image")
+        affine = _dicom_affine(ds, chosen, spacing)
+    return _finish(px, "dicom", spacing=spacing, window=window, metadata=meta, index=index, what="DICOM image",
+                   affine=affine)
+
+
+def _dicom_affine(ds, frame: int, spacing) -> np.ndarray | None:
+    """(column, row, 0, 1) -> RAS mm from ImagePositionPatient / ImageOrientationPatient (per frame when the
+    file has functional groups) and the pixel spacing; None when the file does not place the slice."""
+    if spacing is None:
+        return None
+    try:
+        ipp = _functional(ds, frame, "PlanePositionSequence", "ImagePositionPatient")
+        iop = _functional(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+        if ipp is None or iop is None:
+            return None
+        pos = np.array([float(v) for v in ipp], dtype=np.float64)
+        cos = np.array([float(v) for v in iop], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if pos.shape != (3,) or cos.shape != (6,) or not (np.isfinite(pos).all() and np.isfinite(cos).all()):
+        return None
+    row_dir, col_dir = cos[:3], cos[3:]  # along a row (column index grows), along a column (row index grows)
+    if not (0.9 < np.linalg.norm(row_dir) < 1.1 and 0.9 < np.linalg.norm(col_dir) < 1.1):
+        return None
+    row_mm, col_mm = spacing
+    thick = _first_number(ds.get("SpacingBetweenSlices")) or _first_number(ds.get("SliceThickness")) or 1.0
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_mm
+    lps[:3, 1] = col_dir * row_mm
+    lps[:3, 2] = np.cross(row_dir, col_dir) * (thick if thick > 0 else 1.0)
+    lps[:3, 3] = pos
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS -> NIfTI's RAS
 
 
 def _can_decode(ts) -> bool:
@@ -1342,6 +1389,18 @@ def _load_nifti(raw: bytes, version: int, sel: _Selection) -> Slice:
         if sign[col_axis] > 0:
             block = block[:, ::-1]
         px = np.ascontiguousarray(block)
+        # (column, row, 0, 1) of the displayed slice -> input voxel (i, j, k, 1) -> world
+        to_voxel = np.zeros((4, 4))
+        to_voxel[3, 3] = 1.0
+        for disp, axis in ((0, col_axis), (1, row_axis)):
+            i_in, n_in = perm[axis], shape3[perm[axis]]
+            if sign[axis] > 0:  # flipped for display: index n-1-d
+                to_voxel[i_in, disp], to_voxel[i_in, 3] = -1.0, n_in - 1.0
+            else:
+                to_voxel[i_in, disp] = 1.0
+        to_voxel[i_t, 2] = 1.0  # the third axis crosses the plane (one slice thick)
+        to_voxel[i_t, 3] = float(k_in)
+        slice_affine = affine @ to_voxel if known and not info.zero_pixdim else None
 
     with np.errstate(over="ignore", invalid="ignore"):  # a damaged affine must not warn; it just gives no spacing
         zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -1368,7 +1427,7 @@ def _load_nifti(raw: bytes, version: int, sel: _Selection) -> Slice:
                         "superior at top, anterior on the left") if known else
                        "unknown (the header has no valid orientation): stored axes taken as RAS",
     }
-    return _finish(px, "nifti", spacing=spacing, metadata=meta, index=index, what="slice")
+    return _finish(px, "nifti", spacing=spacing, metadata=meta, index=index, what="slice", affine=slice_affine)
 
 
 def _orientation(affine: np.ndarray) -> tuple[np.ndarray, bool]:

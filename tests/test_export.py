@@ -7,6 +7,7 @@ import json
 import math
 import re
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,7 +70,10 @@ def test_nifti_round_trip_through_the_app_loader(spacing):
     np.testing.assert_array_equal(s.pixels > 0.5, m)
     assert set(np.unique(s.pixels)) == {0.0, 1.0}
     # NIfTI stores float32: 0.8 mm comes back as 0.800000011920929
-    assert s.spacing == pytest.approx(spacing if spacing is not None else (1.0, 1.0), rel=1e-6)
+    if spacing is None:
+        assert s.spacing is None  # written as unknown, read back as unknown: never 1 mm
+    else:
+        assert s.spacing == pytest.approx(spacing, rel=1e-6)
 
 
 def test_nifti_header_keeps_spacing_and_uint8():
@@ -198,3 +202,93 @@ def test_nifti_bytes_are_deterministic_and_carry_no_name():
     assert not flags & 0x08 and not flags & 0x10  # no FNAME, no FCOMMENT field
     assert mtime == b"\0\0\0\0"
     assert math.isclose(len(gzip.decompress(a)), 352 + 53 * 37, abs_tol=8)
+
+
+# ---------------------------------------------------------------------------
+# exports that sit on their source (nibabel's and pydicom's bundled files)
+# ---------------------------------------------------------------------------
+def _world_of_mask(nii_bytes: bytes) -> np.ndarray:
+    """World (RAS mm) centres of the mask's voxels, from the exported file alone."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(nii_bytes))
+    ijk = np.argwhere(np.asarray(img.dataobj) > 0)
+    return nib.affines.apply_affine(img.affine, ijk)
+
+
+def _nib(name):
+    import nibabel
+
+    return Path(nibabel.__file__).parent / "tests" / "data" / name
+
+
+@pytest.mark.parametrize("name", ["anatomical.nii", "example4d.nii.gz", "example_nifti2.nii.gz", "reoriented"])
+def test_nifti_slice_export_lands_on_the_same_voxels_of_the_source(name, tmp_path):
+    """A mask drawn on a NIfTI slice, exported, reloaded: its voxels are the source's voxels, in world mm."""
+    import nibabel as nib
+
+    from bt_demo.imaging import load_slice
+
+    if name == "reoriented":  # a copy stored in another orientation (LPS-ish), same anatomy
+        src = nib.load(_nib("anatomical.nii"))
+        data = np.asarray(src.dataobj)[::-1, :, ::-1]
+        flip = np.diag([-1.0, 1.0, -1.0, 1.0])
+        flip[0, 3], flip[2, 3] = data.shape[0] - 1, data.shape[2] - 1
+        img = nib.Nifti1Image(data, src.affine @ flip)
+        path = tmp_path / "reoriented.nii"
+        nib.save(img, path)
+    else:
+        path = _nib(name)
+        img = nib.load(path)
+    sl = load_slice(path.read_bytes())
+    assert sl.affine is not None
+    h, w = sl.shape
+    mask = np.zeros((h, w), bool)
+    mask[h // 3: h // 3 + 4, w // 4: w // 4 + 3] = True  # off-centre, asymmetric
+    world = _world_of_mask(mask_nifti(mask, sl.spacing, sl.affine))
+    # the same pixels in the source volume: find each world point's voxel and check it shows that pixel's value
+    inv = np.linalg.inv(img.affine)
+    ijk = np.rint(nib.affines.apply_affine(inv, world)).astype(int)
+    vol = np.asarray(img.dataobj)
+    vol = vol[..., 0] if vol.ndim == 4 else vol
+    assert ((ijk >= 0) & (ijk < vol.shape[:3])).all()
+    got = np.sort(vol[tuple(ijk.T)].astype(np.float64))
+    want = np.sort(sl.pixels[mask].astype(np.float64))
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-3)
+    assert len({tuple(v) for v in ijk}) == mask.sum()  # one source voxel per mask pixel
+    k = sl.index["slice"][0]
+    # the slice index the app shows is the canonical (RAS) one; the world z of every mask voxel is that slice's
+    canon = nib.as_closest_canonical(img)
+    z = nib.affines.apply_affine(np.linalg.inv(canon.affine), world)[:, 2]
+    assert np.allclose(z, k, atol=1e-3)
+
+
+def test_dicom_slice_export_lands_at_its_patient_position():
+    """pydicom's MR_small.dcm: the exported mask's corner is ImagePositionPatient (LPS -> RAS)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from bt_demo.imaging import load_slice
+
+    path = get_testdata_file("MR_small.dcm")
+    ds = pydicom.dcmread(path)
+    sl = load_slice(Path(path).read_bytes())
+    mask = np.zeros(sl.shape, bool)
+    mask[0, 0] = True
+    mask[5, 9] = True
+    world = _world_of_mask(mask_nifti(mask, sl.spacing, sl.affine))
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    r, c = (np.array([float(v) for v in ds.ImageOrientationPatient[:3]]),
+            np.array([float(v) for v in ds.ImageOrientationPatient[3:]]))
+    row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
+    lps = {(0, 0): ipp, (5, 9): ipp + 9 * col_mm * r + 5 * row_mm * c}
+    want = np.array(sorted((v * [-1, -1, 1]).tolist() for v in lps.values()))
+    assert np.allclose(np.array(sorted(world.tolist())), want, atol=1e-3)
+
+
+def test_unknown_spacing_is_written_as_unknown_not_1mm():
+    import nibabel as nib
+
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(mask_nifti(np.ones((20, 30), bool))))
+    assert int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0
+    assert img.header.get_xyzt_units()[0] == "unknown"

@@ -842,8 +842,12 @@ def export(s: Session, which: str = "prompted") -> dict:
         areas=metrics.area_table(masks, spacing), classifier=_classifier_record(s), spacing=spacing,
         shape=list(s.slice.shape), app_version=APP_VERSION, measurement=measured,
         extra={"exported_mask": MASK_CHOICES[which], "window_center_width": list(s.window),
-               "source_format": s.slice.source, "unet_threshold": s.unet_threshold, "kmeans_k": int(s.kmeans_k)})
-    paths = bt_export.write_bundle(s.ensure_workdir(), mask, spacing, report)
+               "source_format": s.slice.source, "unet_threshold": s.unet_threshold, "kmeans_k": int(s.kmeans_k),
+               "nifti_placement": ("on its slice of the source (the source's affine, RAS mm)"
+                                   if s.slice.affine is not None else
+                                   "pixel spacing only (the source does not place the slice)" if spacing else
+                                   "unknown: the source gives no spacing (written as unknown, not 1 mm)")})
+    paths = bt_export.write_bundle(s.ensure_workdir(), mask, spacing, report, affine=s.slice.affine)
     files = [str(p) for p in paths.values()]
     n = int(np.count_nonzero(mask))
     unit = measured["unit"]
