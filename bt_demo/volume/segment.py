@@ -1,0 +1,165 @@
+"""Segment a Volume: the U-Net over every slice (batched), 3-D post-processing, the numbers a radiologist
+reads (mL, extent, largest slice, RANO diameters there), and propagation of one slice's mask through the
+series with the click model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bt_demo.volume.series import Volume
+
+# 3-D post-processing: drop connected components (26-connected) smaller than this share of the largest one.
+# Chosen on the U-Net card's validation patients (bench/bench_volume.py --choose-rule); see docs/studies.md.
+MIN_COMPONENT_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class VolumeResult:
+    """mask: bool (Z, H, W); prob: float32 (Z, H, W) or None; engine; seconds; settings (JSON-safe)."""
+
+    mask: np.ndarray
+    prob: np.ndarray | None
+    engine: str
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+
+def unit_volume(vol: Volume, window: tuple[float, float] | None = None) -> np.ndarray:
+    """float32 (Z, H, W) in [0, 1]: one window for the whole volume (0.5-99.5th percentiles of a sample, as
+    a slice's default window is chosen), so every slice is seen at the same contrast."""
+    d = vol.data
+    if window is None:
+        sample = d[:, ::4, ::4].ravel()
+        lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+        if not hi > lo:
+            lo, hi = float(d.min()), float(d.max())
+        if not hi > lo:
+            return np.zeros_like(d, dtype=np.float32)
+    else:
+        c, w = window
+        lo, hi = c - w / 2, c + w / 2
+    return np.clip((d - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def unet_probabilities(unet, unit: np.ndarray, batch: int = 8,
+                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """float32 (Z, H, W): the U-Net's tumour probability of every slice (same letterbox as the app)."""
+    import torch
+
+    from bt_demo.models.sizing import Letterbox
+
+    model = unet.model
+    lb = Letterbox.fit(unit.shape[1:], model.input_size)
+    p = next(model.parameters())
+    out = np.empty(unit.shape, np.float32)
+    n = len(unit)
+    for i in range(0, n, batch):
+        xs = np.stack([lb.image(s) for s in unit[i:i + batch]])
+        with torch.inference_mode():
+            pr = torch.sigmoid(model(torch.from_numpy(xs)[:, None].to(p.device, p.dtype))).float().cpu().numpy()[:, 0]
+        for j, prob in enumerate(pr):
+            out[i + j] = np.clip(lb.unmap(prob, order=1), 0, 1)
+        if progress is not None:
+            progress(min(n, i + batch), n)
+    return out
+
+
+def postprocess_3d(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE) -> np.ndarray:
+    """Keep the 26-connected components of ``mask`` whose voxel count is at least ``min_share`` of the
+    largest's (0 keeps everything)."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    if not mask.any() or min_share <= 0:
+        return mask.copy()
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(lab.ravel())[1:]
+    keep = np.flatnonzero(sizes >= min_share * sizes.max()) + 1
+    return np.isin(lab, keep)
+
+
+def segment_volume(vol: Volume, unet, *, threshold: float | None = None, min_share: float = MIN_COMPONENT_SHARE,
+                   batch: int = 8, progress: Callable[[int, int], None] | None = None,
+                   window: tuple[float, float] | None = None) -> VolumeResult:
+    """The U-Net on every slice, thresholded, then :func:`postprocess_3d`."""
+    t0 = time.perf_counter()
+    prob = unet_probabilities(unet, unit_volume(vol, window), batch=batch, progress=progress)
+    thr = float(unet.threshold if threshold is None else threshold)
+    mask = postprocess_3d(prob >= thr, min_share)
+    return VolumeResult(mask, prob, "U-Net", time.perf_counter() - t0,
+                        {"threshold": thr, "min_component_share_3d": min_share, "batch": batch,
+                         "card": getattr(unet, "card_line", "")})
+
+
+def volume_numbers(vol: Volume, mask: np.ndarray) -> dict:
+    """Tumour volume (mL when the spacing is known, voxels always), per-slice areas, largest slice, extent in
+    slices and mm, and the RANO diameters on the largest slice. JSON-safe."""
+    from bt_demo.measure import measure
+
+    mask = np.asarray(mask, bool)
+    areas = mask.reshape(len(mask), -1).sum(1)
+    n = int(areas.sum())
+    out: dict = {"voxels": n, "slices": int(len(mask)), "areas_px": [int(a) for a in areas],
+                 "spacing_mm": None if vol.spacing is None else [round(float(v), 4) for v in vol.spacing]}
+    out["volume_ml"] = None if vol.voxel_ml is None else round(n * vol.voxel_ml, 3)
+    if n == 0:
+        out.update(largest_slice=None, extent_slices=None, extent_mm=None, rano=None)
+        return out
+    zs = np.flatnonzero(areas)
+    k = int(np.argmax(areas))
+    out["largest_slice"] = k
+    out["extent_slices"] = [int(zs[0]), int(zs[-1])]
+    out["extent_mm"] = None if vol.spacing is None else round(float((zs[-1] - zs[0] + 1) * vol.spacing[0]), 2)
+    m = measure(mask[k], None if vol.spacing is None else (vol.spacing[1], vol.spacing[2]))
+    out["rano"] = {"slice": k, "unit": m.get("unit"), "long_diameter": m.get("long_diameter"),
+                   "short_diameter": m.get("short_diameter"), "product": m.get("rano_product")}
+    return out
+
+
+def propagate(vol: Volume, clicks_engine, start: int, start_mask: np.ndarray, *, min_area_px: int = 10,
+              max_slices: int | None = None, window: tuple[float, float] | None = None,
+              progress: Callable[[int, int], None] | None = None) -> VolumeResult:
+    """Carry ``start_mask`` (slice ``start``) up and down the series with the click model.
+
+    On each next slice the model gets the neighbouring slice's mask as its previous-mask input and one
+    positive click at that mask's innermost point; it stops in each direction when the mask falls under
+    ``min_area_px`` (the tumour has ended) or after ``max_slices``.
+    """
+    from scipy import ndimage
+
+    from bt_demo.models.base import SegResult
+
+    t0 = time.perf_counter()
+    unit = unit_volume(vol, window)
+    out = np.zeros(vol.shape, bool)
+    start_mask = np.asarray(start_mask, bool)
+    out[start] = start_mask
+    Z = vol.shape[0]
+    limit = Z if max_slices is None else int(max_slices)
+    done = 0
+    for step in (1, -1):
+        prev = start_mask
+        k = start + step
+        while 0 <= k < Z and abs(k - start) <= limit and prev.sum() >= min_area_px:
+            d = ndimage.distance_transform_edt(prev)
+            y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+            clicks_engine.set_image(unit[k])
+            res = clicks_engine.predict([(float(x), float(y))], [1],
+                                        previous=SegResult(prev, "propagated", 0.0))
+            cur = np.asarray(res.mask, bool)
+            if cur.sum() < min_area_px:
+                break
+            out[k] = cur
+            prev = cur
+            k += step
+            done += 1
+            if progress is not None:
+                progress(done, Z)
+    return VolumeResult(out, None, "click model (propagated)", time.perf_counter() - t0,
+                        {"start_slice": int(start), "min_area_px": int(min_area_px),
+                         "rule": "previous slice's mask as the previous-mask input + one click at its innermost point"})
