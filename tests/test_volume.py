@@ -4,6 +4,7 @@ segmentation and numbers, propagation, and exports that overlay their source to 
 from __future__ import annotations
 
 import copy
+import json
 import gzip
 import io
 import zipfile
@@ -208,3 +209,74 @@ def test_segment_and_propagate_run_through_the_real_engines(engines):
     pr = propagate(vol, clicks, 2, masks[2], min_area_px=1)
     assert pr.mask.shape == vol.shape and np.array_equal(pr.mask[2], masks[2])
     assert pr.settings["start_slice"] == 2
+
+
+def test_batch_command_writes_mask_seg_and_report_for_each_input(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.tiny_models import make_weights_dir
+
+    wd = make_weights_dir(tmp_path / "w")
+    files, *_ = _series(4, shuffle=False)
+    series_dir = tmp_path / "series"
+    series_dir.mkdir()
+    for i, f in enumerate(files):
+        (series_dir / f"img{i}.dcm").write_bytes(f)
+    bad = tmp_path / "bad.nii"
+    bad.write_bytes(b"not a volume")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "bt_demo.volume", str(_nib("anatomical.nii")), str(series_dir), str(bad),
+                        "--out", str(out), "--weights-dir", str(wd), "--threads", "1"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 1 and "bad.nii: not processed" in r.stderr  # the others still ran
+    a, b = out / "0001_anatomical", out / "0002_series"
+    assert (a / "mask.nii.gz").exists() and not (a / "seg.dcm").exists()
+    assert (b / "mask.nii.gz").exists() and (b / "seg.dcm").exists()
+    rep = json.loads((a / "report.json").read_text())
+    assert rep["volume"]["voxels"] >= 0 and "volume_ml" in rep["volume"] and rep["engine"] == "U-Net"
+    assert len(rep["areas_px_per_slice"]) == rep["shape_zyx"][0]
+
+
+def test_volume_tab_segments_propagates_jumps_and_exports(engines, tmp_path):
+    """The Volume tab's handlers on the bundled synthetic NIfTI volume, as the page calls them."""
+    import nibabel as nib
+
+    from bt_demo.ui import handlers as H
+    from bt_demo.ui import volume_panel as VP
+    from bt_demo.ui.state import Session
+
+    example = Path(__file__).resolve().parents[1] / "assets" / "examples" / "phantom_volume.nii.gz"
+    s = Session()
+    s, view = VP.segment(s, engines)
+    assert "upload a NIfTI volume" in " ".join(view.get("_messages", []))
+    s, view = H.load_file(s, engines, str(example))
+    ticks = []
+    s, view = VP.segment(s, engines, None, None, lambda t, **kw: ticks.append(t))
+    Z = s.volume.shape[0]
+    assert ticks[-1] == (Z, Z) and s.volume_masks["unet"].shape == s.volume.shape
+    assert ("mL" in view["volume_info"]) or ("voxels" in view["volume_info"])
+    assert list(view["volume_plot"]["slice"]) == list(range(1, Z + 1))
+    assert view["volume_image"].ndim == 3 and view["volume_slice"]["maximum"] == Z
+    s, view = VP.show(s, 2, None)
+    assert s.volume_k == 1
+    s, view = VP.jump(s, [1, Z])
+    assert 0 <= s.volume_k < Z
+    # propagate: click the lesion on the shown slice of the same upload, then carry it through the series
+    k = s.slice.index["slice"][0]
+    lesion = np.argwhere(s.slice.pixels >= np.percentile(s.slice.pixels, 99.5))[0]
+    x, y = (lesion[1] + 0.5) * s.display_factor - 0.5, (lesion[0] + 0.5) * s.display_factor - 0.5
+    s, _ = H.click(s, engines, [x, y], "positive")
+    assert s.prompts.result is not None
+    s, view = VP.propagate(s, engines)
+    assert s.volume_which == "propagated" and s.volume_k == k
+    assert np.array_equal(s.volume_masks["propagated"][k], s.prompts.result.mask)
+    s, view = VP.export(s, engines)
+    files = view["volume_files"]
+    assert any(f.endswith(".nii.gz") for f in files) and any(f.endswith(".json") for f in files)
+    nii = nib.load(next(f for f in files if f.endswith(".nii.gz")))
+    src = nib.load(example)
+    assert nii.shape == src.shape[:3] and np.allclose(nii.affine, src.affine, atol=1e-4)
+    rep = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
+    assert rep["volume"]["mask"].startswith("propagated") and rep["volume"]["slices"] == Z

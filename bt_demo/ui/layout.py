@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from bt_demo.ui import handlers as H
+from bt_demo.ui import volume_panel as VP
 from bt_demo.ui import views as V
 from bt_demo.ui.state import Session, delete_session
 
@@ -268,6 +269,32 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                 corr_note = gr.Textbox(label="Note (optional, no patient details)", max_lines=2)
                                 accept_btn = gr.Button("Accept as correction", variant="primary")
                                 correction_info = gr.Markdown("", label="Correction status")
+                    with gr.Tab("Volume", id="volume"):
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=2, min_width=260):
+                                series_files = gr.File(
+                                    label="DICOM series: several files or a zip (else the uploaded NIfTI volume)",
+                                    file_count="multiple", type="filepath", height=90)
+                                series_choice = gr.Number(value=None, precision=0, minimum=1,
+                                                          label="Series number (when the files hold several)")
+                                vol_btn = gr.Button("Segment the whole volume (U-Net)", variant="primary")
+                                prop_btn = gr.Button("Propagate the clicked slice's mask through the series",
+                                                     size="sm")
+                                volume_which = gr.Radio(choices=[(v, k) for k, v in VP.MASKS.items()], value="unet",
+                                                        label="Volume mask shown")
+                                volume_info = gr.Markdown("No volume yet: segment one with the button above.",
+                                                          label="Volume summary")
+                                vol_export_btn = gr.Button("Export the 3-D mask (NIfTI, DICOM SEG) and report",
+                                                           size="sm")
+                                volume_export_info = gr.Markdown("", label="Volume export summary")
+                                volume_files = gr.File(label="Exported volume files", file_count="multiple",
+                                                       interactive=False)
+                            with gr.Column(scale=3, min_width=300):
+                                volume_slice = gr.Slider(1, 2, value=1, step=1, label="Volume slice", visible=False)
+                                volume_image = gr.Image(label="Volume slice and its mask", type="numpy",
+                                                        format="png", interactive=False, buttons=["fullscreen"])
+                                volume_plot = gr.BarPlot(x="slice", y="area (px)", height=220,
+                                                         label="Tumour area per slice (drag across it to jump)")
 
         # ---------------- below: the preprocessing steps, from the registry -----------
         gr.Markdown("### Preprocessing steps (applied in this order; every panel above follows)",
@@ -306,7 +333,9 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
             "sweep_info": sweep_info, "class_label": class_label, "class_info": class_info,
             "gradcam_image": gradcam_image, "gradcam_class": gradcam_class,
             "export_files": export_files, "export_info": export_info, "correction_info": correction_info,
-            "upload": upload,
+            "upload": upload, "volume_info": volume_info, "volume_image": volume_image, "volume_plot": volume_plot,
+            "volume_slice": volume_slice, "volume_which": volume_which, "volume_files": volume_files,
+            "volume_export_info": volume_export_info,
             "editor": editor,
             "intensity_plot": intensity_plot, "intensity_info": intensity_info,
             "measure_image": measure_image, "measure_table": measure_table, "measure_which": measure_which,
@@ -452,6 +481,32 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
              lambda s, src, f, ed, note: H.accept_correction(s, annotations_dir, src, f, ed, note, max_corrections),
              [corr_source, corr_file, editor, corr_note], ["correction_info"],
              api_name="accept_correction")
+
+        # 7. volume mode (slow work: progress bars; the probabilities are not kept)
+        vol_out = ["volume_info", "volume_image", "volume_plot", "volume_slice", "volume_which"]
+
+        def vol_segment(s, files, choice, progress=gr.Progress()):
+            s, view = VP.segment(s, engines, files, choice, progress)
+            return {session: s, **{comp[n]: view[n] for n in vol_out if n in view}}
+
+        def vol_propagate(s, files, choice, progress=gr.Progress()):
+            s, view = VP.propagate(s, engines, files, choice, progress)
+            return {session: s, **{comp[n]: view[n] for n in vol_out if n in view}}
+        vol_outputs = [session] + [comp[n] for n in vol_out]
+        vol_btn.click(vol_segment, [session, series_files, series_choice], vol_outputs, api_name="segment_volume",
+                      concurrency_id="volume", concurrency_limit=1)
+        prop_btn.click(vol_propagate, [session, series_files, series_choice], vol_outputs,
+                       api_name="propagate_volume", concurrency_id="volume", concurrency_limit=1)
+        wire(volume_slice.input, lambda s, k: VP.show(s, k, None), [volume_slice], vol_out,
+             trigger_mode="always_last", api_visibility="private")
+        wire(volume_which.input, lambda s, w: VP.show(s, None, w), [volume_which], vol_out, api_visibility="private")
+
+        def vol_jump(s, evt: gr.SelectData):
+            s, view = VP.jump(s, evt.index)
+            return {session: s, **{comp[n]: view[n] for n in vol_out if n in view}}
+        volume_plot.select(vol_jump, [session], vol_outputs, api_visibility="private")
+        wire(vol_export_btn.click, lambda s: VP.export(s, engines), [], ["volume_files", "volume_export_info"],
+             api_name="export_volume")
     return demo
 
 

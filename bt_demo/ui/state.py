@@ -132,7 +132,8 @@ class Session:
                "unet_threshold", "unet_result", "unet_reason", "kmeans_k", "kmeans", "kmeans_key", "kmeans_mask",
                "sweep", "sweep_key", "classification", "classification_key", "classifier_reason",
                "gradcam_class", "gradcam", "opacity", "hist_scope", "classical_on", "classical_params", "classical",
-               "chosen_mask", "uncertainty", "uncertainty_key", "workdir")
+               "chosen_mask", "uncertainty", "uncertainty_key", "workdir", "volume", "volume_key", "volume_masks",
+               "volume_results", "volume_numbers", "volume_which", "volume_k")
 
     def __init__(self) -> None:
         self.slice: Any = None
@@ -173,6 +174,15 @@ class Session:
         self.uncertainty: dict | None = None
         self.uncertainty_key: str | None = None
         self.workdir: str | None = None
+        # volume mode (bt_demo.ui.volume_panel): the loaded Volume, what it was loaded from, its masks
+        # ("unet" / "propagated" -> bool (Z, H, W)), their VolumeResults, the shown mask and slice
+        self.volume: Any = None
+        self.volume_key: tuple | None = None
+        self.volume_masks: dict = {}
+        self.volume_results: dict = {}
+        self.volume_numbers: dict | None = None
+        self.volume_which: str = "unet"
+        self.volume_k: int = 0
         self.lock = threading.RLock()
 
     def __repr__(self) -> str:
