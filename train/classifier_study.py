@@ -27,18 +27,23 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--cv", default=None, metavar="BACKBONE[+degrade]",
                    help="instead of the study: this configuration on every fold (1-4) at --time-budget")
-    p.add_argument("--head", default="type", choices=["type", "presence"])
+    p.add_argument("--head", default="type", choices=["type", "presence", "both"],
+                   help="with --cv: which head's runs (both: the presence run first, then the type folds)")
     args = p.parse_args(argv)
-    common = ["classifier", "--head", args.head, "--epochs", str(args.epochs), "--time-budget", str(args.time_budget)]
     rows = []
     if args.cv:
         bb, _, deg = args.cv.partition("+")
-        folds = [1, 2, 3, 4] if args.head == "type" else [0]
-        for f in folds:
-            name = f"cv_{args.head}_{bb}{'_deg' if deg else ''}_{int(args.time_budget)}s_f{f}"
-            rows.append((name, [*common, "--backbone", bb, "--val-fold", str(f), "--seed", str(f)]
-                         + (["--degrade-train"] if deg else [])))
+        heads = ["presence", "type"] if args.head == "both" else [args.head]
+        for head in heads:
+            common = ["classifier", "--head", head, "--epochs", str(args.epochs), "--time-budget", str(args.time_budget)]
+            for f in ([1, 2, 3, 4] if head == "type" else [0]):
+                name = f"cv_{head}_{bb}{'_deg' if deg else ''}_{int(args.time_budget)}s" + (f"_f{f}" if f else "")
+                rows.append((name, [*common, "--backbone", bb, "--seed", str(f)]
+                             + (["--val-fold", str(f)] if f else []) + (["--degrade-train"] if deg else [])))
     else:
+        if args.head != "type":
+            raise SystemExit("the backbone study is run on the type head (figshare folds); use --cv for presence")
+        common = ["classifier", "--head", "type", "--epochs", str(args.epochs), "--time-budget", str(args.time_budget)]
         for bb in args.backbones:
             for deg in (False, True):
                 name = f"{args.head}_{bb}{'_deg' if deg else ''}_{int(args.time_budget)}s_f{args.val_fold}"

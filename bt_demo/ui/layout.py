@@ -27,6 +27,7 @@ NOTICE = ("**Research demo — not for diagnosis.** The bundled examples are syn
 SESSION_TTL_S = 2 * 3600
 
 CSS = """
+.tab-container button[role=tab] {padding: 0 8px !important;}  /* every tab in one row at 1500 px: none behind "..." */
 .notice {background: #fff4d6; border: 1px solid #e6a700; border-radius: 8px; padding: 6px 12px;}
 .notice p {margin: 0; color: #5a4300;}
 .dark .notice {background: #3a3000;} .dark .notice p {color: #ffe7a0;}
@@ -132,7 +133,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
 
             # ---------------- right: what the engines say ---------------------------
             with gr.Column(scale=6, min_width=420):
-                with gr.Tabs():
+                with gr.Tabs(overflow_behavior="wrap"):  # a tab is never hidden behind an unlabelled "..."
                     with gr.Tab("Prompts", id="prompts"):
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=3, min_width=300):
@@ -275,8 +276,9 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                 series_files = gr.File(
                                     label="DICOM series: several files or a zip (else the uploaded NIfTI volume)",
                                     file_count="multiple", type="filepath", height=90)
-                                series_choice = gr.Number(value=None, precision=0, minimum=1,
-                                                          label="Series number (when the files hold several)")
+                                series_choice = gr.Number(value=0, precision=0, minimum=0,
+                                                          label="Series number when the files hold several "
+                                                                "(0: list them)")
                                 vol_btn = gr.Button("Segment the whole volume (U-Net)", variant="primary")
                                 prop_btn = gr.Button("Propagate the clicked slice's mask through the series",
                                                      size="sm")

@@ -33,7 +33,7 @@ def _load(s: Session, series_files, series_choice) -> None:
         raise InputError("upload a NIfTI volume (or a multi-frame DICOM) first, or drop the files of a DICOM "
                          "series (or a zip of them) into the box above")
     src = files or [s.source_path]
-    choice = int(series_choice) if series_choice else None
+    choice = int(series_choice) if series_choice and int(series_choice) > 0 else None
     s.volume = load_volume(src, series_index=choice)
     s.volume_key = key
     s.volume_masks = {}

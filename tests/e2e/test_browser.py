@@ -306,7 +306,7 @@ def test_classifier_tab_shows_both_heads_and_the_unlike_training_data_notice(app
     with browser_page() as page:
         page.goto(app_url)
         page.get_by_role("tab", name="Prompts").wait_for()
-        for name in ("Prompts", "Compare", "Measure", "Uncertainty", "K-Means", "Classifier", "Export"):
+        for name in ("Prompts", "Compare", "Measure", "Uncertainty", "K-Means", "Classifier", "Export", "Volume"):
             assert page.get_by_role("tab", name=name).is_visible(), f"tab {name!r} is not visible at 1500 px"
         upload(page, EXAMPLE)
         wait_for_image(page, "Click on the tumour", timeout_s=90)
