@@ -326,6 +326,50 @@ def test_classifier_tab_shows_both_heads_and_the_unlike_training_data_notice(app
         assert "CT image" in page.content()
 
 
+def test_volume_segment_propagate_and_export(app_url):
+    """A NIfTI volume: segment every slice, click the lesion on one slice, propagate it, export in 3-D."""
+    import numpy as np
+    from PIL import Image
+
+    volume = REPO / "assets" / "examples" / "phantom_volume.nii.gz"
+    with browser_page() as page:
+        page.goto(app_url)
+        upload(page, volume)
+        src0 = wait_for_image(page, "Click on the tumour", timeout_s=90)
+        page.get_by_text(re.compile(r"NIfTI, \d+ × \d+ px · slice \d+ of \d+")).first.wait_for()
+        page.get_by_role("tab", name="Volume").click()
+        page.get_by_role("button", name="Segment the whole volume (U-Net)").click()
+        page.get_by_text(re.compile("U-Net \\(every slice\\): tumour volume")).first.wait_for(timeout=90_000)
+        wait_for_image(page, "Volume slice and its mask")
+        assert block(page, "Tumour area per slice").locator("canvas, svg").count() >= 1
+        # a click on the lesion of the slice shown in Prompts (the phantom's brightest blob)
+        page.get_by_role("tab", name="Prompts").click()
+        img = block(page, "Click on the tumour").locator("img").first
+        import base64
+        import io
+
+        data = img.get_attribute("src")
+        if data and data.startswith("data:"):
+            arr = np.asarray(Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1]))).convert("L"))
+        else:
+            import urllib.request
+
+            with urllib.request.urlopen(data if data.startswith("http") else app_url.rstrip("/") + data) as r:
+                arr = np.asarray(Image.open(io.BytesIO(r.read())).convert("L"))
+        y, x = np.unravel_index(int(np.argmax(arr)), arr.shape)
+        click_on_image(page, "Click on the tumour", float(x), float(y))
+        page.get_by_text("1 positive, 0 negative").first.wait_for(timeout=30_000)
+        wait_for_src_change(page, "Click on the tumour", src0)
+        page.get_by_role("tab", name="Volume").click()
+        page.get_by_role("button", name="Propagate the clicked slice's mask through the series").click()
+        page.get_by_text(re.compile("propagated from a clicked slice: tumour volume")).first.wait_for(timeout=90_000)
+        page.get_by_role("button", name="Export the 3-D mask (NIfTI, DICOM SEG) and report").click()
+        page.get_by_text(re.compile(r"Exported volume_mask_\w+\.nii\.gz")).first.wait_for(timeout=60_000)
+        files = block(page, "Exported volume files").inner_text().replace("\n", "")
+        assert re.search(r"volume_mask_\w+\.nii\.gz", files) and re.search(r"volume_report_\w+\.json", files)
+        assert "Traceback" not in page.content()
+
+
 # ---------------------------------------------------------------------------
 # the README screenshot
 # ---------------------------------------------------------------------------
