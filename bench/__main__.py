@@ -3,6 +3,8 @@
 Suites (default: all but ``sam``, which downloads nothing but takes ~8 min):
   core      preprocessing steps, default pipeline, K-Means, K sweep (256², 512², 1024²)
   engines   U-Net, classifier, Grad-CAM, click model (1..20 clicks), random walker (256², 512², 1024²)
+  volume    volume mode: a 155x240x240 volume segmented (time, peak memory), a 30-slice propagation, and the
+            numbers on the LGG test patients (3-D Dice, volume error, propagated Dice)
   studies   histogram/CDF view, watershed, snakes, measurement, TTA uncertainty (256², 512²)
   ui        the app's handlers: upload -> panels, click -> mask, preprocessing change, K change
   startup   cold start of `python app.py` to the first served page
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, machine
 
-SUITES = ["core", "engines", "studies", "ui", "startup", "corpus", "crash", "load", "sam"]
+SUITES = ["core", "engines", "studies", "ui", "startup", "corpus", "crash", "load", "volume", "sam"]
 
 
 def _weights(wdir: str | None) -> str | None:
@@ -51,6 +53,7 @@ def _calls(name: str, quick: bool, wdir: str | None) -> list[tuple[str, list[str
         "crash": [("bench.crash_store", ["--kills", "30" if quick else "300", "--json", str(RESULTS / "crash_store.json")])],
         "load": [("bench.load_test", ["--sessions", str(n), "--seconds", "10" if quick else "30",
                                       "--out", str(RESULTS / f"load_test_{n}sessions.json")] + w) for n in (1, 8)],
+        "volume": [("bench.bench_volume", (["--weights-dir", wdir] if wdir else []) + (["--part", "speed"] if quick else []))],
         "sam": [("bench.bench_sam", ["--repeats", "1" if quick else "3"])],
     }[name]
 
@@ -114,6 +117,24 @@ def summary() -> str:
                 "| sessions | clicks/s | p50 click | p95 click | errors | crosstalk | weights |", "|---|---|---|---|---|---|---|"]
         out += [f"| {r['sessions']} | {r['throughput_clicks_per_s']} | {_ms(r['click_p50_ms'])} | {_ms(r['click_p95_ms'])} | "
                 f"{r['errors']} | {r['crosstalk']} | {r.get('weights', '')} |" for r in rows]
+        out.append("")
+    d = _load("volume")
+    if d and (d.get("speed") or d.get("lgg_summary")):
+        out += ["## Volume mode", ""]
+        sp = d.get("speed")
+        if sp:
+            out.append(f"- A {'×'.join(map(str, sp['shape']))} volume (slices × rows × columns) segmented with the U-Net: "
+                       f"median {sp['segment_s_median']} s over 3 runs, peak memory of the process {sp['peak_rss_mb']:.0f} MB; "
+                       f"a 30-slice propagation with the click model: {sp['propagate_30_s_median']} s.")
+        ls = d.get("lgg_summary")
+        if ls:
+            rule = ls["rule_chosen_on_validation"]["min_component_share_3d"]
+            out.append(f"- LGG test patients of the U-Net card ({ls['test_patients']}, slices stacked; no spacing, so voxels): "
+                       f"3-D Dice through the volume path {ls['dice_3d_mean_card_postprocessing']:.4f} (card: "
+                       f"{ls['card_patient_dice_mean']:.4f}); with the 3-D rule chosen on the validation patients "
+                       f"(keep components ≥ {rule:g} of the largest) {ls['dice_3d_mean_with_rule']:.4f}; tumour volume within "
+                       f"10 % for {ls['volume_within_10pct']}; propagated from one simulated click on the middle tumour "
+                       f"slice: mean 3-D Dice {ls['propagated_dice_3d_mean']:.3f}.")
         out.append("")
     d, c = _load("corpus"), _load("crash_store")
     if d or c:

@@ -33,6 +33,7 @@ def unit_volume(vol: Volume, window: tuple[float, float] | None = None) -> np.nd
     """float32 (Z, H, W) in [0, 1]: one window for the whole volume (0.5-99.5th percentiles of a sample, as
     a slice's default window is chosen), so every slice is seen at the same contrast."""
     d = vol.data
+    window = window or vol.window
     if window is None:
         sample = d[:, ::4, ::4].ravel()
         lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
@@ -86,13 +87,19 @@ def postprocess_3d(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE) -> 
 def segment_volume(vol: Volume, unet, *, threshold: float | None = None, min_share: float = MIN_COMPONENT_SHARE,
                    batch: int = 8, progress: Callable[[int, int], None] | None = None,
                    window: tuple[float, float] | None = None) -> VolumeResult:
-    """The U-Net on every slice, thresholded, then :func:`postprocess_3d`."""
+    """The U-Net on every slice, thresholded and cleaned per slice exactly as the single-slice engine does
+    (its ``min_component_px``), then :func:`postprocess_3d`."""
+    from bt_demo.models.postprocess import binarize
+
     t0 = time.perf_counter()
     prob = unet_probabilities(unet, unit_volume(vol, window), batch=batch, progress=progress)
     thr = float(unet.threshold if threshold is None else threshold)
-    mask = postprocess_3d(prob >= thr, min_share)
+    scale = max(prob.shape[1:]) / unet.model.input_size
+    min_px = int(round(unet.model.min_component_px * scale * scale))
+    mask = postprocess_3d(np.stack([binarize(p, thr, min_px) for p in prob]), min_share)
     return VolumeResult(mask, prob, "U-Net", time.perf_counter() - t0,
-                        {"threshold": thr, "min_component_share_3d": min_share, "batch": batch,
+                        {"threshold": thr, "min_component_px_2d": min_px, "min_component_share_3d": min_share,
+                         "batch": batch,
                          "card": getattr(unet, "card_line", "")})
 
 

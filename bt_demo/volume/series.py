@@ -48,6 +48,7 @@ class Volume:
     source_shape: tuple[int, int, int] | None = None
     metadata: dict = field(default_factory=dict)
     series: tuple = ()
+    window: tuple[float, float] | None = None  # the display/engine window (center, width); None: from the data
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -63,11 +64,17 @@ class Volume:
         return np.ascontiguousarray(np.asarray(arr)[:, ::-1, ::-1].transpose(2, 1, 0))
 
     @classmethod
-    def from_slices(cls, slices, spacing=None) -> "Volume":
-        """2-D slices of one series (e.g. the LGG PNGs of one patient, in order) with no geometry."""
-        data = np.stack([np.asarray(s, np.float32) for s in slices])
+    def from_slices(cls, slices, spacing=None, window=None) -> "Volume":
+        """2-D slices of one series (e.g. the LGG PNGs of one patient, in order) with no geometry.
+
+        window: (center, width); 8-bit slices (uint8) default to (127.5, 255), as the app shows an 8-bit
+        image, so the engines see exactly what the single-slice path gives them."""
+        arrs = [np.asarray(s) for s in slices]
+        if window is None and all(a.dtype == np.uint8 for a in arrs):
+            window = (127.5, 255.0)
+        data = np.stack([a.astype(np.float32) for a in arrs])
         sp = None if spacing is None else tuple(float(v) for v in spacing)
-        return cls(data, None, sp, "slices")
+        return cls(data, None, sp, "slices", window=window)
 
 
 def _check_voxels(shape) -> None:

@@ -1,0 +1,171 @@
+"""Volume mode on this machine: speed and memory, and the numbers on real LGG patients.
+
+python -m bench.bench_volume [--weights-dir weights] [--part speed,lgg] [--json out.json]
+
+speed: a 155-slice 240 x 240 volume (the BraTS size; synthetic phantoms, no patient data) segmented with the
+U-Net (batched), in a fresh subprocess so its peak memory (ru_maxrss) is the whole cost; and a 30-slice
+propagation with the click model.
+
+lgg (needs ../shared/data/lgg and trained weights): each patient's slices stacked into a volume (they carry
+no spacing: voxel counts), on the U-Net card's *validation* patients to choose the 3-D post-processing rule
+(share of the largest component kept), then on its *test* patients reported once: 3-D Dice through the
+volume path (with the card's own post-processing it must equal the card's per-patient Dice), volume error
+for patients with >= 2000 tumour voxels, and the propagated 3-D Dice from one simulated click on the middle
+tumour slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import RESULTS, write
+
+REPO = Path(__file__).resolve().parents[1]
+LGG = REPO.parent / "shared" / "data" / "lgg"
+SHARES = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def _speed_child(wdir: str, n: int, side: int) -> dict:
+    """Runs in a subprocess: build a volume, segment it, report time and peak RSS."""
+    import torch
+
+    from bt_demo.models.clicks import ClickEngine
+    from bt_demo.models.unet import UNetEngine
+    from bt_demo.phantom import flair_phantom
+    from bt_demo.volume import Volume
+    from bt_demo.volume.segment import propagate, segment_volume
+
+    torch.set_num_threads(2)
+    unet = UNetEngine.load(str(Path(wdir) / "unet"))
+    clicks = ClickEngine.load(str(Path(wdir) / "clicks"))
+    base = [flair_phantom((side, side), seed=s) for s in range(8)]
+    vol = Volume.from_slices([(base[k % 8][0] * 255).astype(np.uint8) for k in range(n)], spacing=(1.0, 1.0, 1.0))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    segment_volume(vol, unet)  # warm-up (first-call allocations)
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        segment_volume(vol, unet)
+        ts.append(time.perf_counter() - t0)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mid = 15
+    start = base[mid % 8][1]
+    sub = Volume.from_slices([(base[k % 8][0] * 255).astype(np.uint8) for k in range(30)])
+    pts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = propagate(sub, clicks, mid, start, min_area_px=1)
+        pts.append(time.perf_counter() - t0)
+    return {"segment_s_median": round(float(np.median(ts)), 2), "segment_s_all": [round(t, 2) for t in ts],
+            "peak_rss_mb": round(rss1 / 1024, 0), "rss_before_mb": round(rss0 / 1024, 0),
+            "propagate_30_s_median": round(float(np.median(pts)), 2),
+            "propagated_slices": int(r.mask.reshape(30, -1).any(1).sum()), "shape": [n, side, side]}
+
+
+def speed(wdir: str) -> dict:
+    code = ("import json,sys; from bench.bench_volume import _speed_child; "
+            f"print(json.dumps(_speed_child({wdir!r}, 155, 240)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _dice(a, b) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
+
+
+def lgg(wdir: str) -> dict:
+    from bt_demo.clicksim import first_click
+    from bt_demo.models.clicks import ClickEngine
+    from bt_demo.models.unet import UNetEngine
+    from bt_demo.volume import Volume
+    from bt_demo.volume.segment import postprocess_3d, propagate, segment_volume
+    from train import lgg as L
+
+    card = json.loads((Path(wdir) / "unet" / "card.json").read_text())
+    unet = UNetEngine.load(str(Path(wdir) / "unet"))
+    clicks = ClickEngine.load(str(Path(wdir) / "clicks"))
+
+    def volumes(patients):
+        data = L.load_lgg(LGG, patients=patients)
+        for p in patients:
+            k = data.patients == p
+            order = np.argsort(data.slice_numbers[k])
+            yield p, Volume.from_slices(data.images[k][order]), data.masks[k][order]
+
+    # 1. the rule, on validation patients
+    val = {}
+    for p, vol, gt in volumes(card["split"]["val_patients"]):
+        base = segment_volume(vol, unet, min_share=0.0).mask
+        val[p] = (base, gt)
+    choose = {str(sh): float(np.mean([_dice(postprocess_3d(b, sh), g) for b, g in val.values()])) for sh in SHARES}
+    best = max(SHARES, key=lambda sh: (round(choose[str(sh)], 4), -sh))
+    # 2. reported once, on test patients
+    rows = []
+    for p, vol, gt in volumes(card["split"]["test_patients"]):
+        t0 = time.perf_counter()
+        res = segment_volume(vol, unet, min_share=0.0)
+        t_seg = time.perf_counter() - t0
+        rule = postprocess_3d(res.mask, best)
+        areas = gt.reshape(len(gt), -1).sum(1)
+        row = {"patient": p, "slices": int(len(gt)), "expert_voxels": int(gt.sum()),
+               "dice_3d_card_postprocessing": _dice(res.mask, gt), "dice_3d_with_rule": _dice(rule, gt),
+               "predicted_voxels": int(rule.sum()), "segment_s": round(t_seg, 2)}
+        row["volume_error"] = (row["predicted_voxels"] - row["expert_voxels"]) / max(row["expert_voxels"], 1)
+        if areas.any():
+            tumour = np.flatnonzero(areas)
+            mid = int(tumour[len(tumour) // 2])
+            x, y = first_click(gt[mid])
+            clicks.set_image(vol.data[mid] / 255.0)
+            m0 = clicks.predict([(x, y)], [1]).mask
+            pr = propagate(vol, clicks, mid, m0)
+            row["propagated_dice_3d"] = _dice(pr.mask, gt)
+            row["propagated_start_slice_dice"] = _dice(m0, gt[mid])
+        rows.append(row)
+    big = [r for r in rows if r["expert_voxels"] >= 2000]
+    summary = {
+        "rule_chosen_on_validation": {"min_component_share_3d": best, "val_mean_dice_by_share": choose},
+        "test_patients": len(rows),
+        "dice_3d_mean_card_postprocessing": float(np.mean([r["dice_3d_card_postprocessing"] for r in rows])),
+        "card_patient_dice_mean": card["metrics"]["patient_dice_mean"],
+        "dice_3d_mean_with_rule": float(np.mean([r["dice_3d_with_rule"] for r in rows])),
+        "volume_within_10pct": f"{sum(abs(r['volume_error']) <= 0.10 for r in big)} of {len(big)} patients with >= 2000 voxels",
+        "volume_error_abs_median_big": float(np.median([abs(r["volume_error"]) for r in big])) if big else None,
+        "propagated_dice_3d_mean": float(np.mean([r["propagated_dice_3d"] for r in rows if "propagated_dice_3d" in r])),
+    }
+    return {"summary": summary, "rows": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_volume", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights-dir", default=str(REPO / "weights"))
+    ap.add_argument("--part", default="speed,lgg")
+    ap.add_argument("--json", default=str(RESULTS / "volume.json"))
+    args = ap.parse_args(argv)
+    parts = args.part.split(",")
+    out: dict = {}
+    if "speed" in parts:
+        out["speed"] = speed(args.weights_dir)
+        print(json.dumps(out["speed"], indent=1))
+    if "lgg" in parts:
+        if not LGG.is_dir():
+            print(f"skipping lgg: {LGG} not found")
+        else:
+            out["lgg"] = lgg(args.weights_dir)
+            print(json.dumps(out["lgg"]["summary"], indent=1))
+    write("volume", out.get("lgg", {}).get("rows", []), {k: v for k, v in out.items() if k != "lgg"}
+          | ({"lgg_summary": out["lgg"]["summary"]} if "lgg" in out else {}), path=args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
