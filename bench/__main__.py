@@ -99,9 +99,9 @@ def summary() -> str:
         out.append("")
     d = _load("startup")
     if d:
-        r = d["rows"][0]
-        out += [f"Cold start of `python app.py` to the first served page: median {r['median_s']} s, "
-                f"max {r['max_s']} s over {r['runs']} runs.", ""]
+        out += ["Cold start of `python app.py` to the first served page: "
+                + "; ".join(f"{r['item'].replace('cold start to first page, ', '')}: median {r['median_s']} s, "
+                            f"max {r['max_s']} s over {r['runs']} runs" for r in d["rows"]) + ".", ""]
     d = _load("sam_cpu")
     if d:
         out += ["## SAM / SAM 2 on this CPU (random weights of each architecture, 1024² encoder input)", "",
