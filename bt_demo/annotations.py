@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_demo.errors import InputError
+from bt_demo.process import pid_alive
 
 __all__ = [
     "FORBIDDEN_KEYS",
@@ -352,16 +353,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ---------------------------------------------------------------------------
 # the store
 # ---------------------------------------------------------------------------
@@ -493,7 +484,7 @@ class CorrectionStore:
                 age = now - entry.lstat().st_mtime
             except FileNotFoundError:
                 continue
-            if pid is not None and (pid == os.getpid() or _pid_alive(pid)) and age < _STALE_TMP_S:
+            if pid is not None and (pid == os.getpid() or pid_alive(pid)) and age < _STALE_TMP_S:
                 continue  # a live writer's record in flight
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)

@@ -19,6 +19,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from bt_demo.process import pid_alive
+
 _lock = threading.Lock()
 _installed = False
 
@@ -46,16 +48,6 @@ def session_dir() -> str:
     return tempfile.mkdtemp(prefix="session_", dir=process_root())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_dead() -> list[str]:
     """Remove the folders of server processes that no longer run; returns what was removed."""
     gone = []
@@ -63,7 +55,7 @@ def sweep_dead() -> list[str]:
     if not root.is_dir():
         return gone
     for d in root.iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid() and not _alive(int(d.name)):
+        if d.name.isdigit() and int(d.name) != os.getpid() and not pid_alive(int(d.name)):
             shutil.rmtree(d, ignore_errors=True)
             gone.append(str(d))
     return gone
@@ -96,7 +88,7 @@ def install(own_gradio_cache: bool = True) -> None:
         _installed = True
     sweep_dead()
     if own_gradio_cache and "GRADIO_TEMP_DIR" not in os.environ:
-        if not any(_alive(int(d.name)) for d in base().glob("[0-9]*") if int(d.name) != os.getpid()):
+        if not any(pid_alive(int(d.name)) for d in base().glob("[0-9]*") if int(d.name) != os.getpid()):
             shutil.rmtree(base() / "gradio", ignore_errors=True)  # no other server of ours uses it
         os.environ["GRADIO_TEMP_DIR"] = str(base() / "gradio")
     atexit.register(cleanup)
