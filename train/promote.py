@@ -15,8 +15,10 @@ import shutil
 from pathlib import Path
 
 # the card metric that decides, per task (higher is better for all three)
-HEADLINE = {"segmentation": "patient_dice_mean", "clicks": "dice_after_3_clicks", "classification": "macro_f1"}
-FILES = ("config.json", "model.safetensors", "card.json", "card.md")
+HEADLINE = {"segmentation": "patient_dice_mean", "clicks": "dice_after_3_clicks", "classification": "macro_f1",
+            "generation": "val_loss"}
+LOWER_IS_BETTER = {"val_loss"}
+FILES = ("config.json", "model.safetensors", "card.json", "card.md", "samples.png", "curves.png")
 
 
 def headline(card: dict) -> tuple[str, float]:
@@ -34,7 +36,7 @@ def promote(candidate: str | Path, out: str | Path, force: bool = False) -> tupl
         old = json.loads(old_p.read_text())
         if old.get("task") == new["task"] and key in old.get("metrics", {}):
             old_v = float(old["metrics"][key])
-            if new_v <= old_v:
+            if (new_v >= old_v) if key in LOWER_IS_BETTER else (new_v <= old_v):
                 return False, (f"kept the shipped {out}: its {key} {old_v:.4f} is not beaten by this run's "
                                f"{new_v:.4f} (the candidate stays in {candidate}; --force replaces anyway)")
     out.mkdir(parents=True, exist_ok=True)

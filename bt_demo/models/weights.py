@@ -128,6 +128,9 @@ def card_summary(model_id: str | os.PathLike) -> str:
         if task == "clicks":
             return (f"Measured on {m['n_tumour_slices']} held-out tumour slices: Dice {m['dice_after_1_clicks']:.3f} "
                     f"after 1 click, {m['dice_after_3_clicks']:.3f} after 3.")
+        if task == "generation":
+            return (f"A generator of SYNTHETIC slices (validation noise-prediction loss {m['val_loss']:.4f} on "
+                    f"held-out patients); its realism is measured in docs/studies.md.")
         if task == "classification":
             pr, ty = m["presence"], m["type"]
             line = (f"Presence: ROC AUC {pr['roc_auc']:.2f} on {pr['n_patients']} held-out LGG patients (FLAIR), "

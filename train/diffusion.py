@@ -1,0 +1,197 @@
+"""`python -m train diffusion`: the mask-conditioned DDIM generator of synthetic FLAIR slices.
+
+Data: the LGG FLAIR slices and their expert masks (tumour and tumour-free slices; an empty mask teaches
+"no tumour"), resized to --size, split by patient (validation patients are held back: the validation loss
+picks the checkpoint and they are the real side of the realism measure). Training: the noise-prediction
+(epsilon) objective of DDPM with diffusers' scheduler (``add_noise``), AdamW, left-right flips; sampling in
+the app uses diffusers' ``DDIMScheduler``. Checkpoint every epoch (``--resume``), ``--time-budget`` seconds
+of training at most. Exports ``<run>/candidate`` and, when its validation loss beats the shipped card's,
+``--out`` (default ``weights/diffusion``) with a card and a grid of samples beside real slices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train import common
+
+
+def load_pairs(root: str, size: int, patients: list[str] | None = None):
+    """uint8 images (N, size, size), bool masks (N, size, size), patients (N,)."""
+    from train import lgg
+
+    d = lgg.load_lgg(root, patients=patients, size=size)
+    return d.images, d.masks, d.patients
+
+
+def to_model(images_u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_u8.astype(np.float32) / 127.5 - 1.0)[:, None]
+
+
+@torch.no_grad()
+def val_loss(model, sched, x, m, seed: int = 0, batch: int = 32) -> float:
+    """Mean epsilon MSE on fixed timesteps and noise (comparable across epochs and runs)."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for i in range(0, len(x), batch):
+        xb, mb = x[i:i + batch], m[i:i + batch]
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(xb),), generator=g)
+        noise = torch.randn(xb.shape, generator=g)
+        pred = model(sched.add_noise(xb, noise, t), mb, t)
+        losses.append(float(torch.nn.functional.mse_loss(pred, noise)) * len(xb))
+    return float(np.sum(losses) / max(1, len(x)))
+
+
+def sample_grid(engine, real_imgs: np.ndarray, real_masks: np.ndarray, out: Path, n: int = 6, steps: int = 25) -> Path:
+    """PNG: top row real validation slices (mask outlined), bottom row synthetic slices drawn for the same masks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = np.linspace(0, len(real_imgs) - 1, n).astype(int)
+    fig, ax = plt.subplots(2, n, figsize=(1.8 * n, 3.9))
+    for j, i in enumerate(idx):
+        s = engine.generate(real_masks[i], seed=j, steps=steps)
+        for row, img in ((0, real_imgs[i] / 255.0), (1, s.image)):
+            ax[row, j].imshow(img, cmap="gray", vmin=0, vmax=1)
+            if real_masks[i].any():
+                ax[row, j].contour(real_masks[i], levels=[0.5], colors="orange", linewidths=0.6)
+            ax[row, j].axis("off")
+    ax[0, 0].set_title("real (held-out)", fontsize=8, loc="left")
+    ax[1, 0].set_title("SYNTHETIC, same mask", fontsize=8, loc="left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None) -> int:
+    from train.segmentation import LGG_DEFAULT
+
+    p = argparse.ArgumentParser(prog="python -m train diffusion", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(LGG_DEFAULT))
+    p.add_argument("--out", default="weights/diffusion")
+    p.add_argument("--run-dir", default="runs/diffusion")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--size", type=int, default=64, help="side of the generated slices (64 or 128)")
+    p.add_argument("--channels", default="32,64,128,128", help="block_out_channels of the diffusers UNet2DModel")
+    p.add_argument("--no-attention", action="store_true")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps-per-epoch", type=int, default=200)
+    p.add_argument("--time-budget", type=float, default=0, help="stop after this many seconds of training")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--n-val", type=int, default=8, help="validation patients held back")
+    p.add_argument("--sample-steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common.set_seed(args.seed)
+    run = common.Run(args.run_dir, vars(args) | {"argv": sys.argv}, args.resume)
+    imgs, masks, pats = load_pairs(args.data, args.size)
+    from train.cls_data import lgg_presence_split
+
+    split = lgg_presence_split(pats, args.n_val, args.seed)
+    tr, va = np.isin(pats, split["train"]), np.isin(pats, split["val"])
+    (run.dir / "split.json").write_text(json.dumps(split))
+    x_tr, m_tr = to_model(imgs[tr]), torch.from_numpy(masks[tr].astype(np.float32))[:, None]
+    x_va, m_va = to_model(imgs[va]), torch.from_numpy(masks[va].astype(np.float32))[:, None]
+    from bt_demo.models.generator import MaskConditionedDiffusion
+
+    model = MaskConditionedDiffusion(sample_size=args.size, block_out_channels=[int(c) for c in args.channels.split(",")],
+                                     attention=not args.no_attention)
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=model.num_train_timesteps, beta_schedule=model.beta_schedule)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    start, best, train_s, seen = 0, float("inf"), 0.0, 0
+    rng = np.random.default_rng(args.seed)
+    if args.resume and run.last_ckpt.exists():
+        st = torch.load(run.last_ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
+        start, best, train_s, seen = st["epoch"] + 1, st["best"], st["train_seconds"], st["images_seen"]
+        rng = np.random.default_rng([args.seed, start])
+        run.log.info(f"resumed at epoch {start}, best val loss {best:.5f}")
+    for epoch in range(start, args.epochs):
+        if args.time_budget and train_s >= args.time_budget:
+            run.log.info(f"time budget of {args.time_budget:.0f} s reached")
+            break
+        model.train()
+        t0, losses = time.perf_counter(), []
+        for _ in range(args.steps_per_epoch):
+            ids = rng.integers(len(x_tr), size=args.batch_size)
+            xb, mb = x_tr[ids].clone(), m_tr[ids].clone()
+            flip = torch.from_numpy(rng.random(len(ids)) < 0.5)
+            xb[flip], mb[flip] = xb[flip].flip(-1), mb[flip].flip(-1)
+            t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, len(ids))).long()
+            noise = torch.randn_like(xb)
+            loss = torch.nn.functional.mse_loss(model(sched.add_noise(xb, noise, t), mb, t), noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss))
+            seen += len(ids)
+        dt = time.perf_counter() - t0
+        train_s += dt
+        v = val_loss(model, sched, x_va, m_va)
+        improved = v < best
+        best = min(best, v)
+        run.metrics(epoch=epoch + 1, loss=float(np.mean(losses)), val_loss=v, train_s=dt,
+                    images_per_s=args.steps_per_epoch * args.batch_size / dt)
+        run.log.info(f"epoch {epoch + 1}/{args.epochs} loss {np.mean(losses):.5f} val {v:.5f} (best {best:.5f}) {dt:.0f}s")
+        run.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
+                  "train_seconds": train_s, "images_seen": seen}, best=improved)
+    st = torch.load(run.best_ckpt, map_location="cpu", weights_only=False)
+    model.load_state_dict(st["model"])
+    candidate = run.dir / "candidate"
+    common.export_weights(model, candidate, fp16=False)
+    from bt_demo.models.generator import GeneratorEngine
+
+    eng = GeneratorEngine(model.float().eval())
+    t0 = time.perf_counter()
+    grid = sample_grid(eng, imgs[va], masks[va], run.dir / "samples.png", steps=args.sample_steps)
+    gen_s = (time.perf_counter() - t0) / 6
+    from train.evaluate import LGG_DATA, NOT_FOR_DIAGNOSIS, _plots, write_card
+
+    card = {"model": f"bt_demo mask-conditioned DDIM generator ({args.size}², channels {args.channels})",
+            "task": "generation", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": json.loads((candidate / "config.json").read_text()), "data": LGG_DATA | {"path": args.data},
+            "split": {"method": "LGG patients, GroupShuffleSplit", **split},
+            "metrics": {"evaluated_on": "held-out LGG patients", "val_loss": best, "n_val_slices": int(va.sum()),
+                        "seconds_per_sample_at_sample_steps": round(gen_s, 2), "sample_steps": args.sample_steps,
+                        "note": NOT_FOR_DIAGNOSIS + " Every output is SYNTHETIC."},
+            "floors": {}, "training": {"command": "python -m train " + " ".join(argv if argv is not None else sys.argv[1:]),
+                                       "train_seconds": round(train_s, 1), "images_seen": seen,
+                                       "machine": common.machine_info()},
+            "plots": _plots(run.dir, None, "val_loss") + [str(grid)],
+            "evaluate_command": "python -m train diffusion ... (the card is written by training)"}
+    write_card(candidate, card)
+    for f in card["plots"]:
+        src = Path(f)
+        if src.exists():
+            (candidate / src.name).write_bytes(src.read_bytes())
+    from train.promote import promote
+
+    shipped, why = promote(candidate, args.out, force=args.force)
+    run.log.info(why)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
