@@ -47,7 +47,8 @@ def _engines(weights_dir: str | None):
     k = ClickEngine.load(str(wd / "clicks")) if wd else "no dir"
     source = {}
     if any(isinstance(e, str) for e in (u, c, k)):
-        from bt_demo.models.nets import ClassifierNet, SegNet
+        from bt_demo.models.nets import SegNet
+        from tests.tiny_models import make_classifier
 
         tmp = Path(tempfile.mkdtemp())
         if isinstance(u, str):
@@ -56,7 +57,7 @@ def _engines(weights_dir: str | None):
             SegNet(task="clicks", in_channels=4).save_pretrained(tmp / "clicks"); k = ClickEngine.load(str(tmp / "clicks"))
             source["clicks"] = "random init"
         if isinstance(c, str):
-            ClassifierNet(input_size=192).save_pretrained(tmp / "cls"); c = ClassifierEngine.load(str(tmp / "cls"))
+            make_classifier(tmp / "cls", backbone="small_cnn", input_size=128); c = ClassifierEngine.load(str(tmp / "cls"))
             source["classifier"] = "random init"
     return u, c, k, source
 
@@ -77,7 +78,12 @@ def main(argv=None) -> int:
         rows.append({"item": "U-Net probabilities + mask", "size": size,
                      **time_it(lambda: unet.segment(img), args.repeats)})
         rows.append({"item": "classifier (calibrated probs)", "size": size, **time_it(lambda: cls.classify(img), args.repeats)})
-        rows.append({"item": "classifier Grad-CAM", "size": size, **time_it(lambda: cls.gradcam(img), max(3, args.repeats // 4))})
+        rows.append({"item": "classifier Grad-CAM (one head)", "size": size,
+                     **time_it(lambda: cls.gradcam(img, "presence"), max(3, args.repeats // 4))})
+        # what the app does for a new slice: both heads' probabilities and a Grad-CAM of each head
+        rows.append({"item": "classifier call + both Grad-CAMs", "size": size,
+                     **time_it(lambda: (cls.classify(img), cls.gradcam(img, "presence"), cls.gradcam(img, "type")),
+                               args.repeats)})
         clicks.set_image(img)
         first = clicks.predict([(cx, cy)], [1])
         rows.append({"item": "click model, 1 click", "size": size, **time_it(lambda: clicks.predict([(cx, cy)], [1]), args.repeats)})

@@ -11,7 +11,8 @@ no spacing: voxel counts), on the U-Net card's *validation* patients to choose t
 (share of the largest component kept), then on its *test* patients reported once: 3-D Dice through the
 volume path (with the card's own post-processing it must equal the card's per-patient Dice), volume error
 for patients with >= 2000 tumour voxels, and the propagated 3-D Dice from one simulated click on the middle
-tumour slice.
+tumour slice, with the U-Net gate (bt_demo.volume.segment.GATE_LEVEL, chosen on the validation patients by
+the same protocol) and without.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def lgg(wdir: str) -> dict:
     from bt_demo.models.clicks import ClickEngine
     from bt_demo.models.unet import UNetEngine
     from bt_demo.volume import Volume
-    from bt_demo.volume.segment import postprocess_3d, propagate, segment_volume
+    from bt_demo.volume.segment import postprocess_3d, propagate, propagation_gate, segment_volume
     from train import lgg as L
 
     card = json.loads((Path(wdir) / "unet" / "card.json").read_text())
@@ -126,8 +127,9 @@ def lgg(wdir: str) -> dict:
             x, y = first_click(gt[mid])
             clicks.set_image(vol.data[mid] / 255.0)
             m0 = clicks.predict([(x, y)], [1]).mask
-            pr = propagate(vol, clicks, mid, m0)
+            pr = propagate(vol, clicks, mid, m0, gate=propagation_gate(res.prob))
             row["propagated_dice_3d"] = _dice(pr.mask, gt)
+            row["propagated_dice_3d_without_gate"] = _dice(propagate(vol, clicks, mid, m0).mask, gt)
             row["propagated_start_slice_dice"] = _dice(m0, gt[mid])
         rows.append(row)
     big = [r for r in rows if r["expert_voxels"] >= 2000]
@@ -140,6 +142,8 @@ def lgg(wdir: str) -> dict:
         "volume_within_10pct": f"{sum(abs(r['volume_error']) <= 0.10 for r in big)} of {len(big)} patients with >= 2000 voxels",
         "volume_error_abs_median_big": float(np.median([abs(r["volume_error"]) for r in big])) if big else None,
         "propagated_dice_3d_mean": float(np.mean([r["propagated_dice_3d"] for r in rows if "propagated_dice_3d" in r])),
+        "propagated_dice_3d_mean_without_gate": float(np.mean([r["propagated_dice_3d_without_gate"] for r in rows
+                                                               if "propagated_dice_3d" in r])),
     }
     return {"summary": summary, "rows": rows}
 

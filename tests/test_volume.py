@@ -209,6 +209,13 @@ def test_segment_and_propagate_run_through_the_real_engines(engines):
     pr = propagate(vol, clicks, 2, masks[2], min_area_px=1)
     assert pr.mask.shape == vol.shape and np.array_equal(pr.mask[2], masks[2])
     assert pr.settings["start_slice"] == 2
+    # the U-Net gate: nothing outside it is ever added (here it allows nothing, so only the clicked slice stays)
+    from bt_demo.volume.segment import propagation_gate
+
+    gated = propagate(vol, clicks, 2, masks[2], min_area_px=1, gate=np.zeros(vol.shape, bool))
+    assert np.array_equal(gated.mask[2], masks[2]) and not np.delete(gated.mask, 2, axis=0).any()
+    g = propagation_gate(np.pad(np.ones((1, 2, 2)), ((0, 0), (5, 5), (5, 5))), level=0.5, grow=2)
+    assert g.shape == (1, 12, 12) and g.sum() == 4 + 8 + 12  # a 2x2 square grown by two 4-connected rings
 
 
 def test_batch_command_writes_mask_seg_and_report_for_each_input(tmp_path):

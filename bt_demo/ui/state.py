@@ -133,7 +133,7 @@ class Session:
                "sweep", "sweep_key", "classification", "classification_key", "classifier_reason",
                "gradcam_class", "gradcam", "opacity", "hist_scope", "classical_on", "classical_params", "classical",
                "chosen_mask", "uncertainty", "uncertainty_key", "workdir", "volume", "volume_key", "volume_masks",
-               "volume_results", "volume_numbers", "volume_which", "volume_k")
+               "volume_results", "volume_numbers", "volume_which", "volume_k", "volume_gate")
 
     def __init__(self) -> None:
         self.slice: Any = None
@@ -183,6 +183,7 @@ class Session:
         self.volume_numbers: dict | None = None
         self.volume_which: str = "unet"
         self.volume_k: int = 0
+        self.volume_gate: np.ndarray | None = None  # bool (Z, H, W): where propagation may go (U-Net region)
         self.lock = threading.RLock()
 
     def __repr__(self) -> str:

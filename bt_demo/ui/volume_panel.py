@@ -36,7 +36,7 @@ def _load(s: Session, series_files, series_choice) -> None:
     choice = int(series_choice) if series_choice and int(series_choice) > 0 else None
     s.volume = load_volume(src, series_index=choice)
     s.volume_key = key
-    s.volume_masks = {}
+    s.volume_masks, s.volume_results, s.volume_gate = {}, {}, None
     s.volume_k = int(np.argmax(s.volume.data.reshape(len(s.volume.data), -1).mean(1)))
 
 
@@ -103,7 +103,7 @@ def _factor(vol) -> float:
 @_handler("segmenting the volume")
 def segment(s: Session, engines, series_files=None, series_choice=None, progress=None) -> dict:
     """Load the volume (upload or series files), run the U-Net over every slice, show the numbers."""
-    from bt_demo.volume.segment import segment_volume
+    from bt_demo.volume.segment import propagation_gate, segment_volume
 
     unet, reason = _engine_or_reason(engines.unet())
     if unet is None:
@@ -114,6 +114,7 @@ def segment(s: Session, engines, series_files=None, series_choice=None, progress
         if progress is not None:
             progress((i, n), desc="U-Net, slice by slice", unit="slices")
     res = segment_volume(s.volume, unet, progress=tick)
+    s.volume_gate = propagation_gate(res.prob)  # 1 byte a voxel: what propagation may cover
     res = type(res)(res.mask, None, res.engine, res.seconds, res.settings)  # the probabilities are not kept
     s.volume_masks = {**s.volume_masks, "unet": res.mask}
     s.volume_results = {**s.volume_results, "unet": res}
@@ -144,10 +145,17 @@ def propagate(s: Session, engines, series_files=None, series_choice=None, progre
     if isinstance(p, str):
         raise InputError(p)
 
+    if s.volume_gate is None or s.volume_gate.shape != s.volume.shape:
+        unet, _ = _engine_or_reason(engines.unet())
+        if unet is not None:  # the U-Net's region keeps propagation from running past the tumour's end
+            from bt_demo.volume.segment import propagation_gate, unet_probabilities, unit_volume
+
+            s.volume_gate = propagation_gate(unet_probabilities(unet, unit_volume(s.volume)))
+
     def tick(i, n):
         if progress is not None:
             progress((i, n), desc="propagating", unit="slices")
-    res = run(s.volume, p, k, mask, progress=tick)
+    res = run(s.volume, p, k, mask, gate=s.volume_gate, progress=tick)
     s.volume_masks = {**s.volume_masks, "propagated": res.mask}
     s.volume_results = {**s.volume_results, "propagated": res}
     s.volume_which, s.volume_k = "propagated", k

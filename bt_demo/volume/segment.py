@@ -128,13 +128,34 @@ def volume_numbers(vol: Volume, mask: np.ndarray) -> dict:
     return out
 
 
+# Propagation is kept inside the U-Net's "maybe tumour" region: probability >= GATE_LEVEL, grown by GATE_GROW
+# px. Chosen on the U-Net card's validation patients (one simulated click on the middle tumour slice): mean
+# 3-D Dice 0.611 without the gate (the click model runs on past the tumour's end), 0.864 with it.
+GATE_LEVEL = 0.2
+GATE_GROW = 3
+
+
+def propagation_gate(prob: np.ndarray, level: float = GATE_LEVEL, grow: int = GATE_GROW) -> np.ndarray:
+    """bool (Z, H, W): where the U-Net's probability reaches ``level``, grown by ``grow`` px in each slice."""
+    from scipy import ndimage
+
+    g = np.asarray(prob) >= level
+    if grow > 0:
+        st = np.zeros((3, 3, 3), bool)
+        st[1] = ndimage.generate_binary_structure(2, 1)
+        g = ndimage.binary_dilation(g, structure=st, iterations=int(grow))
+    return g
+
+
 def propagate(vol: Volume, clicks_engine, start: int, start_mask: np.ndarray, *, min_area_px: int = 10,
               max_slices: int | None = None, window: tuple[float, float] | None = None,
+              gate: np.ndarray | None = None,
               progress: Callable[[int, int], None] | None = None) -> VolumeResult:
     """Carry ``start_mask`` (slice ``start``) up and down the series with the click model.
 
     On each next slice the model gets the neighbouring slice's mask as its previous-mask input and one
-    positive click at that mask's innermost point; it stops in each direction when the mask falls under
+    positive click at that mask's innermost point; the answer is kept inside ``gate`` (see
+    :func:`propagation_gate`; None: no gate). It stops in each direction when the mask falls under
     ``min_area_px`` (the tumour has ended) or after ``max_slices``.
     """
     from scipy import ndimage
@@ -159,6 +180,8 @@ def propagate(vol: Volume, clicks_engine, start: int, start_mask: np.ndarray, *,
             res = clicks_engine.predict([(float(x), float(y))], [1],
                                         previous=SegResult(prev, "propagated", 0.0))
             cur = np.asarray(res.mask, bool)
+            if gate is not None:
+                cur = cur & gate[k]
             if cur.sum() < min_area_px:
                 break
             out[k] = cur
@@ -169,4 +192,5 @@ def propagate(vol: Volume, clicks_engine, start: int, start_mask: np.ndarray, *,
                 progress(done, Z)
     return VolumeResult(out, None, "click model (propagated)", time.perf_counter() - t0,
                         {"start_slice": int(start), "min_area_px": int(min_area_px),
-                         "rule": "previous slice's mask as the previous-mask input + one click at its innermost point"})
+                         "rule": "previous slice's mask as the previous-mask input + one click at its innermost point",
+                         "gate": None if gate is None else f"U-Net probability >= {GATE_LEVEL}, grown {GATE_GROW} px"})
