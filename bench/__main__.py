@@ -134,7 +134,8 @@ def summary() -> str:
                        f"{ls['card_patient_dice_mean']:.4f}); with the 3-D rule chosen on the validation patients "
                        f"(keep components ≥ {rule:g} of the largest) {ls['dice_3d_mean_with_rule']:.4f}; tumour volume within "
                        f"10 % for {ls['volume_within_10pct']}; propagated from one simulated click on the middle tumour "
-                       f"slice: mean 3-D Dice {ls['propagated_dice_3d_mean']:.3f}.")
+                       f"slice: mean 3-D Dice {ls['propagated_dice_3d_mean']:.3f} inside the U-Net gate "
+                       f"({ls.get('propagated_dice_3d_mean_without_gate', float('nan')):.3f} without it).")
         out.append("")
     d, c = _load("corpus"), _load("crash_store")
     if d or c:

@@ -32,6 +32,7 @@ from bench.common import RESULTS, write
 REPO = Path(__file__).resolve().parents[1]
 LGG = REPO.parent / "shared" / "data" / "lgg"
 SHARES = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
+GATE_LEVELS = (None, 0.1, 0.2, 0.3, 0.5)
 
 
 def _speed_child(wdir: str, n: int, side: int) -> dict:
@@ -88,7 +89,7 @@ def lgg(wdir: str) -> dict:
     from bt_demo.models.clicks import ClickEngine
     from bt_demo.models.unet import UNetEngine
     from bt_demo.volume import Volume
-    from bt_demo.volume.segment import postprocess_3d, propagate, propagation_gate, segment_volume
+    from bt_demo.volume.segment import GATE_LEVEL, postprocess_3d, propagate, propagation_gate, segment_volume
     from train import lgg as L
 
     card = json.loads((Path(wdir) / "unet" / "card.json").read_text())
@@ -102,13 +103,28 @@ def lgg(wdir: str) -> dict:
             order = np.argsort(data.slice_numbers[k])
             yield p, Volume.from_slices(data.images[k][order]), data.masks[k][order]
 
-    # 1. the rule, on validation patients
-    val = {}
+    def start_of(vol, gt):
+        """The middle tumour slice and the click model's mask there after one simulated click."""
+        areas = gt.reshape(len(gt), -1).sum(1)
+        tumour = np.flatnonzero(areas)
+        mid = int(tumour[len(tumour) // 2])
+        x, y = first_click(gt[mid])
+        clicks.set_image(vol.data[mid] / 255.0)
+        return mid, clicks.predict([(x, y)], [1]).mask
+
+    # 1. the rules, on validation patients: the 3-D component share, and the propagation gate's level
+    val, gates = {}, {str(lv): [] for lv in GATE_LEVELS}
     for p, vol, gt in volumes(card["split"]["val_patients"]):
-        base = segment_volume(vol, unet, min_share=0.0).mask
-        val[p] = (base, gt)
+        res = segment_volume(vol, unet, min_share=0.0)
+        val[p] = (res.mask, gt)
+        if gt.any():
+            mid, m0 = start_of(vol, gt)
+            for lv in GATE_LEVELS:
+                g = None if lv is None else propagation_gate(res.prob, level=lv)
+                gates[str(lv)].append(_dice(propagate(vol, clicks, mid, m0, gate=g).mask, gt))
     choose = {str(sh): float(np.mean([_dice(postprocess_3d(b, sh), g) for b, g in val.values()])) for sh in SHARES}
     best = max(SHARES, key=lambda sh: (round(choose[str(sh)], 4), -sh))
+    gate_val = {k: float(np.mean(v)) for k, v in gates.items()}
     # 2. reported once, on test patients
     rows = []
     for p, vol, gt in volumes(card["split"]["test_patients"]):
@@ -122,11 +138,7 @@ def lgg(wdir: str) -> dict:
                "predicted_voxels": int(rule.sum()), "segment_s": round(t_seg, 2)}
         row["volume_error"] = (row["predicted_voxels"] - row["expert_voxels"]) / max(row["expert_voxels"], 1)
         if areas.any():
-            tumour = np.flatnonzero(areas)
-            mid = int(tumour[len(tumour) // 2])
-            x, y = first_click(gt[mid])
-            clicks.set_image(vol.data[mid] / 255.0)
-            m0 = clicks.predict([(x, y)], [1]).mask
+            mid, m0 = start_of(vol, gt)
             pr = propagate(vol, clicks, mid, m0, gate=propagation_gate(res.prob))
             row["propagated_dice_3d"] = _dice(pr.mask, gt)
             row["propagated_dice_3d_without_gate"] = _dice(propagate(vol, clicks, mid, m0).mask, gt)
@@ -135,6 +147,7 @@ def lgg(wdir: str) -> dict:
     big = [r for r in rows if r["expert_voxels"] >= 2000]
     summary = {
         "rule_chosen_on_validation": {"min_component_share_3d": best, "val_mean_dice_by_share": choose},
+        "propagation_gate_on_validation": {"val_mean_dice_by_level": gate_val, "shipped_level": GATE_LEVEL},
         "test_patients": len(rows),
         "dice_3d_mean_card_postprocessing": float(np.mean([r["dice_3d_card_postprocessing"] for r in rows])),
         "card_patient_dice_mean": card["metrics"]["patient_dice_mean"],

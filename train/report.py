@@ -182,11 +182,19 @@ def volume_rule(bench_json: Path) -> list[str]:
              "| share of the largest component kept | validation mean 3-D Dice |", "|---|---|"]
     lines += [f"| {float(k):g}{' (chosen)' if float(k) == ch['min_component_share_3d'] else ''} | {v:.4f} |"
               for k, v in ch["val_mean_dice_by_share"].items()]
+    pg = ls.get("propagation_gate_on_validation")
+    if pg:
+        lines += ["", "Propagation (one simulated click on the middle tumour slice, carried up and down the series) "
+                  "kept inside the U-Net's region, probability ≥ level grown 3 px; the level chosen on the same "
+                  "validation patients:", "", "| gate level | validation mean 3-D Dice |", "|---|---|"]
+        lines += [f"| {'no gate' if k == 'None' else k}{' (shipped)' if k == str(pg['shipped_level']) else ''} | {v:.4f} |"
+                  for k, v in pg["val_mean_dice_by_level"].items()]
     lines += ["", f"Test patients ({ls['test_patients']}): 3-D Dice {ls['dice_3d_mean_card_postprocessing']:.4f} "
               f"through the volume path with the card's post-processing (the card says {ls['card_patient_dice_mean']:.4f}: "
               f"the same numbers), {ls['dice_3d_mean_with_rule']:.4f} with the chosen rule; tumour volume within 10 % "
               f"of the expert's for {ls['volume_within_10pct']}; propagation from one simulated click on the middle "
-              f"tumour slice: mean 3-D Dice {ls['propagated_dice_3d_mean']:.3f}.", ""]
+              f"tumour slice: mean 3-D Dice {ls['propagated_dice_3d_mean']:.3f} with the gate "
+              f"({ls.get('propagated_dice_3d_mean_without_gate', float('nan')):.3f} without).", ""]
     return lines
 
 

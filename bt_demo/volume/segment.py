@@ -129,8 +129,9 @@ def volume_numbers(vol: Volume, mask: np.ndarray) -> dict:
 
 
 # Propagation is kept inside the U-Net's "maybe tumour" region: probability >= GATE_LEVEL, grown by GATE_GROW
-# px. Chosen on the U-Net card's validation patients (one simulated click on the middle tumour slice): mean
-# 3-D Dice 0.611 without the gate (the click model runs on past the tumour's end), 0.864 with it.
+# px. Chosen on the U-Net card's validation patients (one simulated click on the middle tumour slice;
+# `python -m bench.bench_volume --part lgg` lists every level): without a gate the click model runs on past
+# the tumour's end.
 GATE_LEVEL = 0.2
 GATE_GROW = 3
 
