@@ -137,6 +137,10 @@ def card_summary(model_id: str | os.PathLike) -> str:
                     f"recall {pr['recall']['tumour']:.2f} tumour / {pr['recall']['no_tumour']:.2f} no tumour. "
                     f"Type: macro-F1 {ty['cv_macro_f1_mean']:.2f} ± {ty['cv_macro_f1_sd']:.2f} over "
                     f"{ty['n_folds']} patient-level folds (figshare T1 contrast-enhanced).")
+            fig = m.get("other_sources", {}).get("presence_on_figshare_tumour_slices")
+            if fig and fig["tumour_recall"] < 0.8:
+                line += (f" On T1 contrast-enhanced tumour slices the presence head finds only "
+                         f"{100 * fig['tumour_recall']:.0f}%: read P(tumour) on FLAIR.")
             if ty["cv_macro_f1_mean"] < 0.7 or pr["roc_auc"] < 0.8:
                 line += " That is too weak to rely on."
             return line
