@@ -4,8 +4,9 @@ Layout: ``<tmp>/bt_demo/<pid>/`` holds one folder per session (its upload,
 moved out of Gradio's cache, and its exports). A session's folder goes when
 the session ends; the process's folder goes at exit (normal, Ctrl-C or
 SIGTERM); a start removes the folders of processes that are gone (a crash or
-SIGKILL). Gradio's own upload cache is a folder of this app's
-(``<tmp>/bt_demo/gradio``, unless GRADIO_TEMP_DIR is set), emptied the same way.
+SIGKILL). Gradio's own upload cache is a folder of this process
+(``<tmp>/bt_demo/<pid>/gradio``, unless GRADIO_TEMP_DIR is set), so two servers on one machine never
+share or delete each other's files; it goes with the process's folder.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ def process_root() -> Path:
 
 
 def gradio_cache() -> Path:
-    """Gradio's upload cache folder for this app (GRADIO_TEMP_DIR when the user set one)."""
+    """Gradio's upload cache folder for this process (GRADIO_TEMP_DIR when set)."""
     env = os.environ.get("GRADIO_TEMP_DIR")
-    return Path(env) if env else base() / "gradio"
+    return Path(env) if env else base() / str(os.getpid()) / "gradio"
 
 
 def session_dir() -> str:
@@ -72,10 +73,8 @@ def in_gradio_cache(path: str | os.PathLike) -> bool:
 
 
 def cleanup() -> None:
-    """Remove this process's folder and, when it is this app's own, Gradio's upload cache."""
+    """Remove this process's folder (its sessions' files and, unless the user chose another, Gradio's cache)."""
     shutil.rmtree(base() / str(os.getpid()), ignore_errors=True)
-    if not os.environ.get("BT_KEEP_GRADIO_CACHE") and gradio_cache() == base() / "gradio":
-        shutil.rmtree(gradio_cache(), ignore_errors=True)
 
 
 def install(own_gradio_cache: bool = True) -> None:
@@ -88,9 +87,7 @@ def install(own_gradio_cache: bool = True) -> None:
         _installed = True
     sweep_dead()
     if own_gradio_cache and "GRADIO_TEMP_DIR" not in os.environ:
-        if not any(pid_alive(int(d.name)) for d in base().glob("[0-9]*") if int(d.name) != os.getpid()):
-            shutil.rmtree(base() / "gradio", ignore_errors=True)  # no other server of ours uses it
-        os.environ["GRADIO_TEMP_DIR"] = str(base() / "gradio")
+        os.environ["GRADIO_TEMP_DIR"] = str(process_root() / "gradio")
     atexit.register(cleanup)
 
     def on_term(signum, frame):  # run the same cleanup as a normal exit
