@@ -341,7 +341,7 @@ def test_volume_segment_propagate_and_export(app_url):
         page.get_by_role("button", name="Segment the whole volume (U-Net)").click()
         page.get_by_text(re.compile("U-Net \\(every slice\\): tumour volume")).first.wait_for(timeout=90_000)
         wait_for_image(page, "Volume slice and its mask")
-        assert block(page, "Tumour area per slice").locator("canvas, svg").count() >= 1
+        block(page, "Tumour area per slice").locator("canvas, svg").first.wait_for(timeout=30_000)  # drawn async
         # a click on the lesion of the slice shown in Prompts (the phantom's brightest blob)
         page.get_by_role("tab", name="Prompts").click()
         img = block(page, "Click on the tumour").locator("img").first
