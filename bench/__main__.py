@@ -7,7 +7,9 @@ Suites (default: all but ``sam``, which downloads nothing but takes ~8 min):
             numbers on the LGG test patients (3-D Dice, volume error, propagated Dice)
   studies   histogram/CDF view, watershed, snakes, measurement, TTA uncertainty (256², 512²)
   ui        the app's handlers: upload -> panels, click -> mask, preprocessing change, K change
-  startup   cold start of `python app.py` to the first served page
+  startup   cold start of `python app.py` to the first served page (default flags offline; --sam-model none)
+  browser   click -> repainted mask and upload -> panels in headless chromium, beside a minimal Gradio app's
+            one-image round trip (the framework's floor) in the same run
   corpus    the bad-input corpus through the upload handler (cases passed)
   crash     SIGKILL during correction-store saves (records written / partial / lost)
   load      gradio_client load test against a real server, 1 and 8 sessions
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, machine
 
-SUITES = ["core", "engines", "studies", "ui", "startup", "corpus", "crash", "load", "volume", "sam"]
+SUITES = ["core", "engines", "studies", "ui", "startup", "browser", "corpus", "crash", "load", "volume", "sam"]
 
 
 def _weights(wdir: str | None) -> str | None:
@@ -53,6 +55,7 @@ def _calls(name: str, quick: bool, wdir: str | None) -> list[tuple[str, list[str
         "crash": [("bench.crash_store", ["--kills", "30" if quick else "300", "--json", str(RESULTS / "crash_store.json")])],
         "load": [("bench.load_test", ["--sessions", str(n), "--seconds", "10" if quick else "30",
                                       "--out", str(RESULTS / f"load_test_{n}sessions.json")] + w) for n in (1, 8)],
+        "browser": [("bench.bench_browser", ["--clicks", "6" if quick else "12"] + w)],
         "volume": [("bench.bench_volume", (["--weights-dir", wdir] if wdir else []) + (["--part", "speed"] if quick else []))],
         "sam": [("bench.bench_sam", ["--repeats", "1" if quick else "3"])],
     }[name]
@@ -102,6 +105,13 @@ def summary() -> str:
         out += ["Cold start of `python app.py` to the first served page: "
                 + "; ".join(f"{r['item'].replace('cold start to first page, ', '')}: median {r['median_s']} s, "
                             f"max {r['max_s']} s over {r['runs']} runs" for r in d["rows"]) + ".", ""]
+    d = _load("browser_latency")
+    if d:
+        out += ["## What a user waits for in the browser (headless chromium, same run)", "",
+                "| measured | median ms | max ms | n |", "|---|---|---|---|"]
+        out += [f"| {r['item']}" + (f" ({r['times_floor']}× the floor)" if "times_floor" in r else "") + " | "
+                f"{_ms(r['median_ms'])} | {_ms(r['max_ms'])} | {r['n']} |" for r in d["rows"]]
+        out.append("")
     d = _load("sam_cpu")
     if d:
         out += ["## SAM / SAM 2 on this CPU (random weights of each architecture, 1024² encoder input)", "",

@@ -1,0 +1,131 @@
+"""What a user waits for in the browser: click -> repainted mask, and upload -> panels, in headless chromium,
+against the framework's floor: a minimal Gradio app doing one image round trip per click, in the same run.
+
+python -m bench.bench_browser [--clicks 12] [--weights-dir weights] [--json out.json]
+
+Both apps run as real servers (``app.py`` with the shipped weights and ``--sam-model none``; the minimal app
+serves one 512-px image whose click handler draws a dot and sends the image back). A click's time runs from
+Playwright's mouse click to the moment the clicked image's ``src`` changes (the repaint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.common import write
+
+REPO = Path(__file__).resolve().parents[1]
+
+MINIMAL = textwrap.dedent("""
+    import sys, numpy as np, gradio as gr
+    from bt_demo.phantom import flair_phantom
+    img, _ = flair_phantom((256, 256), seed=0)
+    base = np.repeat(np.repeat((img * 255).astype(np.uint8), 2, 0), 2, 1)
+    def on_click(evt: gr.SelectData):
+        out = np.stack([base] * 3, -1)
+        x, y = int(evt.index[0]), int(evt.index[1])
+        out[max(0, y - 3):y + 3, max(0, x - 3):x + 3] = (255, 0, 0)
+        return out
+    with gr.Blocks() as demo:
+        im = gr.Image(value=np.stack([base] * 3, -1), label="Minimal image", interactive=False, format="png")
+        im.select(on_click, None, im)
+    demo.launch(server_port=int(sys.argv[1]), prevent_thread_lock=False)
+""")
+
+
+def _serve(cmd, port: int, log: Path):
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    t0 = time.time()
+    while time.time() - t0 < 150:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"no page on port {port}: {log.read_text()[-2000:]}")
+
+
+def _click_times(page, label: str, points) -> list[float]:
+    from tests.e2e.test_browser import block
+
+    img = block(page, label).locator("img").first
+    out = []
+    for x, y in points:
+        old = img.get_attribute("src")
+        box = img.bounding_box()
+        t0 = time.perf_counter()
+        img.click(position={"x": box["width"] * x, "y": box["height"] * y})
+        while img.get_attribute("src") == old:
+            if time.perf_counter() - t0 > 30:
+                raise TimeoutError("no repaint within 30 s")
+            time.sleep(0.005)
+        out.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.3)  # a person's pace; lets chained steps (classical segmenters) finish
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_browser", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clicks", type=int, default=12)
+    ap.add_argument("--weights-dir", default=str(REPO / "weights"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    from tests.e2e.test_browser import EXAMPLE, _free_port, block, browser_page, upload, wait_for_image
+
+    tmp = Path(tempfile.mkdtemp())
+    p1, p2 = _free_port(), _free_port()
+    minimal = _serve([sys.executable, "-c", MINIMAL, str(p2)], p2, tmp / "minimal.log")
+    app = _serve([sys.executable, "app.py", "--port", str(p1), "--sam-model", "none", "--weights-dir",
+                  args.weights_dir, "--annotations-dir", str(tmp / "corr")], p1, tmp / "app.log")
+    pts = [(0.6 + 0.01 * (i % 4), 0.45 + 0.01 * (i // 4)) for i in range(args.clicks)]
+    rows = []
+    try:
+        with browser_page() as page:
+            page.goto(f"http://127.0.0.1:{p2}/")
+            wait_for_image(page, "Minimal image")
+            floor = _click_times(page, "Minimal image", pts)
+            page.goto(f"http://127.0.0.1:{p1}/")
+            uploads = []
+            img = block(page, "Click on the tumour").locator("img").first
+            for ex in (EXAMPLE.with_name("phantom_cystic.png"), EXAMPLE, EXAMPLE.with_name("phantom_cystic.png"), EXAMPLE):
+                old = img.get_attribute("src") if img.count() else None
+                t0 = time.perf_counter()
+                upload(page, ex)
+                while (img.get_attribute("src") if img.count() else None) in (old, None):
+                    if time.perf_counter() - t0 > 60:
+                        raise TimeoutError("no panels within 60 s")
+                    time.sleep(0.005)
+                uploads.append((time.perf_counter() - t0) * 1000)
+                time.sleep(1.5)  # let the chained steps finish before the next upload
+            uploads = uploads[1:]  # the first upload also warms the engines
+            app_clicks = _click_times(page, "Click on the tumour", pts)
+    finally:
+        for proc in (app, minimal):
+            proc.terminate()
+            proc.wait(20)
+    med = {k: statistics.median(v) for k, v in (("floor", floor), ("app", app_clicks), ("upload", uploads))}
+    rows = [{"item": "minimal Gradio app: click -> repainted image (the floor)", "median_ms": round(med["floor"], 1),
+             "max_ms": round(max(floor), 1), "n": len(floor)},
+            {"item": "this app: click -> repainted mask (click model)", "median_ms": round(med["app"], 1),
+             "max_ms": round(max(app_clicks), 1), "n": len(app_clicks),
+             "times_floor": round(med["app"] / med["floor"], 2)},
+            {"item": "this app: upload 256² phantom -> panels shown", "median_ms": round(med["upload"], 1),
+             "max_ms": round(max(uploads), 1), "n": len(uploads)}]
+    for r in rows:
+        print(r)
+    print(f"written {write('browser_latency', rows, path=args.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
