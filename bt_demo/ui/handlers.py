@@ -35,6 +35,7 @@ import numpy as np
 
 from bt_demo import render
 from bt_demo.errors import InputError
+from bt_demo.models.classifier import gradcam_choices
 from bt_demo.ui import views
 from bt_demo.ui.views import esc
 from bt_demo.ui.state import PredictorSlot, PromptState, Session
@@ -183,12 +184,6 @@ def _run_kmeans(s: Session) -> None:
         s.kmeans_key = key
         s.kmeans_mask = p.geometry.map_to_original(np.asarray(clustering.tumour_candidate(s.kmeans), bool),
                                                    fill=False)
-
-
-def gradcam_choices(type_names):
-    from bt_demo.models.classifier import gradcam_choices as choices
-
-    return choices(type_names)
 
 
 def _run_classifier(s: Session, engines) -> str | None:

@@ -86,12 +86,10 @@ def _view(s: Session, which: str | None = None) -> dict:
 
 
 def _display_unit(vol, k: int) -> np.ndarray:
+    """Slice ``k`` as uint8 under the window the engines use (only this slice is scaled)."""
     from bt_demo.volume.segment import unit_volume
 
-    d = vol.data[k]
-    lo, hi = np.percentile(vol.data[:, ::4, ::4], [0.5, 99.5])
-    return (np.clip((d - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8) if hi > lo else \
-        (unit_volume(vol)[k] * 255).astype(np.uint8)
+    return (unit_volume(vol, slices=k) * 255).astype(np.uint8)
 
 
 def _factor(vol) -> float:

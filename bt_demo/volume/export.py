@@ -72,13 +72,8 @@ def dicom_seg(vol: Volume, mask: np.ndarray, *, engine: str = "U-Net") -> bytes:
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name=f"bt_demo {engine}", version="1", family=codes.DCM.ArtificialIntelligence))
-    src = list(vol.series)
-    if vol.source == "dicom-multiframe":
-        pixel = frames
-    else:
-        pixel = frames
     seg = hd.seg.Segmentation(
-        source_images=src, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=list(vol.series), pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=900,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="bt_demo (research demo)",
         manufacturer_model_name="bt_demo", software_versions="1", device_serial_number="none",

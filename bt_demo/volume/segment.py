@@ -29,21 +29,28 @@ class VolumeResult:
     settings: dict = field(default_factory=dict)
 
 
-def unit_volume(vol: Volume, window: tuple[float, float] | None = None) -> np.ndarray:
-    """float32 (Z, H, W) in [0, 1]: one window for the whole volume (0.5-99.5th percentiles of a sample, as
-    a slice's default window is chosen), so every slice is seen at the same contrast."""
-    d = vol.data
+def volume_range(vol: Volume, window: tuple[float, float] | None = None) -> tuple[float, float] | None:
+    """(lo, hi) of the one window used for every slice: ``window`` or the volume's own, else the 0.5-99.5th
+    percentiles of a sample (as a slice's default window is chosen); None for a constant volume."""
     window = window or vol.window
-    if window is None:
-        sample = d[:, ::4, ::4].ravel()
-        lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
-        if not hi > lo:
-            lo, hi = float(d.min()), float(d.max())
-        if not hi > lo:
-            return np.zeros_like(d, dtype=np.float32)
-    else:
+    if window is not None:
         c, w = window
-        lo, hi = c - w / 2, c + w / 2
+        return c - w / 2, c + w / 2
+    d = vol.data
+    lo, hi = (float(v) for v in np.percentile(d[:, ::4, ::4].ravel(), [0.5, 99.5]))
+    if not hi > lo:
+        lo, hi = float(d.min()), float(d.max())
+    return (lo, hi) if hi > lo else None
+
+
+def unit_volume(vol: Volume, window: tuple[float, float] | None = None, slices=slice(None)) -> np.ndarray:
+    """float32 (Z, H, W) in [0, 1] (or just ``slices`` of it) under :func:`volume_range`, so every slice is
+    seen at the same contrast."""
+    d = vol.data[slices]
+    r = volume_range(vol, window)
+    if r is None:
+        return np.zeros_like(d, dtype=np.float32)
+    lo, hi = r
     return np.clip((d - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 

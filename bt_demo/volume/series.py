@@ -117,8 +117,6 @@ def _from_nifti_image(img, source: str, meta: dict, series: tuple = ()) -> Volum
 
 
 def _nifti_volume(raw: bytes) -> Volume:
-    import gzip
-
     import nibabel as nib
 
     from bt_demo.imaging import _gunzip, _nifti_header_info, _sniff
@@ -138,7 +136,6 @@ def _nifti_volume(raw: bytes) -> Volume:
     if info.zero_pixdim:
         raise InputError("this NIfTI gives no voxel size (pixdim 0), so its volume in mL is unknown; "
                          "open it as single slices instead")
-    del gzip
     return _from_nifti_image(img, "nifti", {"format": f"NIfTI-{kind[-1]}"})
 
 
