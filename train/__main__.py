@@ -1,4 +1,4 @@
-"""python -m train {segmentation,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion} ... (each has --help)."""
+"""python -m train {segmentation,segmentation-study,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion} ... (each has --help)."""
 
 import sys
 
@@ -9,6 +9,7 @@ COMMANDS = {
     "classifier-study": "train.classifier_study",
     "classifier-ship": "train.classifier_ship",
     "report": "train.report",
+    "segmentation-study": "train.seg_study",
     "diffusion": "train.diffusion",
     "evaluate": "train.evaluate",
 }

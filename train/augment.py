@@ -67,25 +67,6 @@ def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, 0, 1).astype(np.float32)
 
 
-def preprocess_variant(img: np.ndarray, rng: np.random.Generator, p: float = 0.25) -> np.ndarray:
-    """With probability p, one of the app's own preprocessing steps (CLAHE,
-    denoise, unsharp, MUSICA), so the models tolerate a user's toggles."""
-    if rng.random() >= p:
-        return img
-    try:
-        from bt_demo import preprocess
-    except ImportError:  # the lab is optional for training
-        return img
-    name = str(rng.choice(["clahe", "denoise", "unsharp", "musica", "normalize"]))
-    if name not in preprocess.STEPS:
-        return img
-    try:
-        params = preprocess.validate_params(name, {})
-        return np.clip(preprocess.STEPS[name].fn(img, **params), 0, 1).astype(np.float32)
-    except Exception:  # never let an augmentation kill a long run
-        return img
-
-
 def crop_around(img: np.ndarray, masks: list[np.ndarray], size: int, rng: np.random.Generator,
                 focus: np.ndarray | None = None):
     """A size x size crop; centred near a random pixel of ``focus`` when given and non-empty."""
@@ -105,14 +86,20 @@ def crop_around(img: np.ndarray, masks: list[np.ndarray], size: int, rng: np.ran
 
 
 def augment_pair(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop: int | None,
-                 p_tumour_crop: float = 0.6):
-    """The full training augmentation of one (image, mask) pair."""
+                 p_tumour_crop: float = 0.6, lab_p: float = 0.25):
+    """The full training augmentation of one (image, mask) pair.
+
+    Order as in the clinic: geometry and acquisition (intensity, degradation) first, then with probability
+    ``lab_p`` a random pipeline of the app's preprocessing lab (``train.lab_augment``), as a user's toggles
+    would transform the slice before the model sees it."""
+    from train.lab_augment import lab_augment
+
     x, (m,) = random_affine(img, [mask], rng)
     if rng.random() < 0.2:
         x, (m,) = elastic(x, [m], rng)
-    x = preprocess_variant(x, rng)
     x = intensity(x, rng)
     x = degrade(x, rng)
+    x, m = lab_augment(x, m, rng, lab_p)
     if crop:
         focus = m if rng.random() < p_tumour_crop else None
         x, (m,) = crop_around(x, [m], crop, rng, focus)

@@ -19,6 +19,7 @@ import torch
 
 from bt_demo.clicksim import first_click, next_click, random_clicks
 from bt_demo.models.click_encoding import click_maps
+from bt_demo.models.input_prep import prepare
 from train import common, lgg
 from train.augment import augment_pair
 from train.segmentation import add_args, build_model, encoder_freezer, resize_pair, seg_loss
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         for _ in range(args.batch_size):
             i = int(rng.integers(len(tr)))
             x, m = augment_pair(tr.images[i].astype(np.float32) / 255.0, tr.masks[i], rng, args.crop or None,
-                                p_tumour_crop=1.0)
+                                p_tumour_crop=1.0, lab_p=args.lab_p)
             if args.train_size:
                 x, m = resize_pair(x, m, args.train_size)
             if not m.any():  # augmentation lost the tumour: fall back to the plain slice (crop around it)
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
                 pt, lb = random_clicks(m, rng, int(rng.integers(1, 4)), int(rng.integers(0, 3)))
                 prev = corrupt_mask(m, rng) if rng.random() < 0.5 else np.zeros_like(m)
                 protocol.append(False)
-            imgs.append(x); gts.append(m); pts.append(pt); labs.append(lb); prevs.append(prev.astype(np.float32))
+            imgs.append(prepare(x, args.input_prep)); gts.append(m); pts.append(pt); labs.append(lb); prevs.append(prev.astype(np.float32))
 
         def inputs():
             return torch.from_numpy(np.stack([np.concatenate([imgs[k][None], click_maps(imgs[k].shape, pts[k], labs[k], radius),

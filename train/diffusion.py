@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--time-budget", type=float, default=0, help="stop after this many seconds of training")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--ema", type=float, default=0.999, help="decay of the weight average used for sampling (0: off)")
     p.add_argument("--n-val", type=int, default=8, help="validation patients held back")
     p.add_argument("--sample-steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -119,11 +120,18 @@ def main(argv=None) -> int:
 
     sched = DDPMScheduler(num_train_timesteps=model.num_train_timesteps, beta_schedule=model.beta_schedule)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    # An exponential moving average of the weights samples far better than the last step's weights after a
+    # short CPU training; diffusers' EMAModel (with warm-up) keeps it, and validation/export use it.
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(model.parameters(), decay=args.ema, use_ema_warmup=True) if args.ema else None
     start, best, train_s, seen = 0, float("inf"), 0.0, 0
     rng = np.random.default_rng(args.seed)
     if args.resume and run.last_ckpt.exists():
         st = torch.load(run.last_ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
+        if ema is not None and st.get("ema"):
+            ema.load_state_dict(st["ema"])
         start, best, train_s, seen = st["epoch"] + 1, st["best"], st["train_seconds"], st["images_seen"]
         rng = np.random.default_rng([args.seed, start])
         run.log.info(f"resumed at epoch {start}, best val loss {best:.5f}")
@@ -145,20 +153,28 @@ def main(argv=None) -> int:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            if ema is not None:
+                ema.step(model.parameters())
             losses.append(float(loss))
             seen += len(ids)
         dt = time.perf_counter() - t0
         train_s += dt
+        if ema is not None:  # validate (and keep as "best") the averaged weights the app will sample with
+            ema.store(model.parameters()); ema.copy_to(model.parameters())
         v = val_loss(model, sched, x_va, m_va)
+        averaged = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        if ema is not None:
+            ema.restore(model.parameters())
         improved = v < best
         best = min(best, v)
         run.metrics(epoch=epoch + 1, loss=float(np.mean(losses)), val_loss=v, train_s=dt,
                     images_per_s=args.steps_per_epoch * args.batch_size / dt)
         run.log.info(f"epoch {epoch + 1}/{args.epochs} loss {np.mean(losses):.5f} val {v:.5f} (best {best:.5f}) {dt:.0f}s")
         run.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
-                  "train_seconds": train_s, "images_seen": seen}, best=improved)
+                  "train_seconds": train_s, "images_seen": seen, "averaged": averaged,
+                  "ema": ema.state_dict() if ema is not None else None}, best=improved)
     st = torch.load(run.best_ckpt, map_location="cpu", weights_only=False)
-    model.load_state_dict(st["model"])
+    model.load_state_dict(st.get("averaged") or st["model"])
     candidate = run.dir / "candidate"
     common.export_weights(model, candidate, fp16=False)
     from bt_demo.models.generator import GeneratorEngine

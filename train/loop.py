@@ -22,11 +22,21 @@ def cosine_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
+def two_stage_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
+    """Seed 002's two stages: a cosine over the first 2/3 of the steps, then a fine-tune at lr/10."""
+    first = max(1, (2 * total_steps) // 3)
+    cos = cosine_lambda(first, warmup)
+
+    def f(step: int) -> float:
+        return cos(step) if step < first else 0.1
+    return f
+
+
 def fit(model: torch.nn.Module, run: Run, *, make_batch: Callable[[np.random.Generator], tuple],
         loss_fn: Callable, validate: Callable[[torch.nn.Module], dict], score_key: str,
         epochs: int, steps_per_epoch: int, lr: float, weight_decay: float, seed: int,
         device: torch.device, resume: bool, patience: int, freeze_epochs: int = 0,
-        freeze: Callable[[bool], None] | None = None, progress: bool = True) -> dict:
+        freeze: Callable[[bool], None] | None = None, progress: bool = True, schedule: str = "cosine") -> dict:
     """Train ``model``; keep best.pt by ``validate(model)[score_key]``. Returns a summary dict.
 
     make_batch(rng) -> (inputs, targets) tensors on CPU. loss_fn(logits, targets, inputs) -> scalar.
@@ -36,7 +46,8 @@ def fit(model: torch.nn.Module, run: Run, *, make_batch: Callable[[np.random.Gen
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, warmup=min(300, total // 10 + 1)))
+    lam = {"cosine": cosine_lambda, "two_stage": two_stage_lambda}[schedule]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lam(total, warmup=min(300, total // 10 + 1)))
     start_epoch, best, bad_epochs, train_seconds, images_seen = 0, -1.0, 0, 0.0, 0
     rng = np.random.default_rng(seed)
     if resume and run.last_ckpt.exists():

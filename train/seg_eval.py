@@ -12,6 +12,7 @@ import torch
 
 from bt_demo.clicksim import first_click, next_click
 from bt_demo.models.click_encoding import click_maps
+from bt_demo.models.input_prep import prepare_batch
 from bt_demo.models.postprocess import binarize, keep_components_touching
 
 
@@ -25,7 +26,8 @@ def predict_probs(model, images_u8: np.ndarray, batch: int = 16, device="cpu") -
     # the same letterbox as the app's engine, so validation measures what the app shows
     lb = Letterbox.fit(images_u8.shape[1:], int(getattr(model, "input_size", images_u8.shape[1])))
     for i in range(0, len(images_u8), batch):
-        xs = np.stack([lb.image(im.astype(np.float32) / 255.0) for im in images_u8[i:i + batch]])
+        xs = prepare_batch(np.stack([lb.image(im.astype(np.float32) / 255.0) for im in images_u8[i:i + batch]]),
+                           getattr(model, "input_prep", "raw"))
         x = torch.from_numpy(xs)[:, None].to(device)
         probs = torch.sigmoid(model(x)).float().cpu().numpy()[:, 0]
         out.append(np.stack([np.clip(lb.unmap(pr, order=1), 0, 1) for pr in probs]))
@@ -98,7 +100,8 @@ def click_protocol(model, images_u8: np.ndarray, masks: np.ndarray, n_clicks: in
         return dice
     lb = Letterbox.fit(images_u8.shape[1:], int(getattr(model, "input_size", images_u8.shape[1])))
     for s in range(0, n, batch):
-        imgs = np.stack([lb.image(im.astype(np.float32) / 255.0) for im in images_u8[s:s + batch]])
+        imgs = prepare_batch(np.stack([lb.image(im.astype(np.float32) / 255.0) for im in images_u8[s:s + batch]]),
+                             getattr(model, "input_prep", "raw"))
         gts = masks[s:s + batch]
         b = len(imgs)
         pts = [[first_click(g)] for g in gts]

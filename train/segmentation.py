@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from train import common, lgg
+from bt_demo.models.input_prep import prepare
 from train.augment import augment_pair
 
 LGG_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg"
@@ -31,6 +32,19 @@ def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
     p.add_argument("--train-size", type=int, default=0,
                    help="resize each (whole, uncropped) training slice to this side, as the app letterboxes it "
                         "to --input-size (0: keep the slice's size)")
+    p.add_argument("--arch", default="Unet", help="smp architecture: Unet, UnetPlusPlus, MAnet, ...")
+    p.add_argument("--decoder-attention", default=None, choices=[None, "scse"],
+                   help="Unet/UnetPlusPlus: smp's scSE attention in the decoder blocks")
+    p.add_argument("--input-prep", default="raw", choices=["raw", "median_clahe"],
+                   help="the model's own input mapping (stored in its config; median_clahe = seed 002's)")
+    p.add_argument("--lab-p", type=float, default=0.25,
+                   help="probability of a random preprocessing-lab pipeline per training slice (train/lab_augment.py)")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="seconds of training in all (sets --steps-per-epoch from a timed probe; studies)")
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "two_stage"],
+                   help="two_stage (seed 002): cosine over the first 2/3 of the steps, then fine-tune at lr/10")
+    p.add_argument("--study", action="store_true",
+                   help="a study row: write results.json on the validation patients; no card, no export, no test")
     p.add_argument("--encoder", default="tu-mobilenetv3_large_100")
     p.add_argument("--decoder-channels", default="128,64,48,32,16")
     p.add_argument("--init-from", default=None,
@@ -91,9 +105,10 @@ def build_model(args, in_channels: int, task: str):
         return model
 
     dec = [int(c) for c in args.decoder_channels.split(",")]
-    return SegNet(encoder_name=args.encoder, decoder_channels=dec, encoder_depth=len(dec),
+    return SegNet(arch=args.arch, encoder_name=args.encoder, decoder_channels=dec, encoder_depth=len(dec),
                   in_channels=in_channels, task=task, input_size=args.input_size,
-                  encoder_weights="imagenet" if args.pretrained else None)
+                  encoder_weights="imagenet" if args.pretrained else None,
+                  decoder_attention_type=args.decoder_attention, input_prep=args.input_prep)
 
 
 def encoder_freezer(model):
@@ -134,10 +149,11 @@ def main(argv=None) -> int:
         xs, ys = [], []
         for _ in range(args.batch_size):
             i = int(rng.choice(tumour_idx)) if (len(tumour_idx) and rng.random() < 0.6) else int(rng.choice(all_idx))
-            x, m = augment_pair(imgs_f[i].astype(np.float32) / 255.0, train_set.masks[i], rng, args.crop or None)
+            x, m = augment_pair(imgs_f[i].astype(np.float32) / 255.0, train_set.masks[i], rng, args.crop or None,
+                                lab_p=args.lab_p)
             if args.train_size:
                 x, m = resize_pair(x, m, args.train_size)
-            xs.append(x)
+            xs.append(prepare(x, args.input_prep))
             ys.append(m)
         return (torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys).astype(np.float32))[:, None])
 
@@ -149,14 +165,53 @@ def main(argv=None) -> int:
 
     model = build_model(args, 1, "segmentation")
     summary = common.Timer()
-    result = __import__("train.loop", fromlist=["fit"]).fit(
+    fit_budget(args, run, model, make_batch, seg_loss())
+    from train.loop import fit
+
+    result = fit(
         model, run, make_batch=make_batch, loss_fn=seg_loss(), validate=validate, score_key="patient_dice_mean",
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
         seed=args.seed, device=device, resume=args.resume, patience=args.patience,
         freeze_epochs=args.freeze_epochs if args.pretrained else 0,
-        freeze=encoder_freezer(model) if args.pretrained else None, progress=not args.no_progress)
+        freeze=encoder_freezer(model) if args.pretrained else None, progress=not args.no_progress,
+        schedule=args.schedule)
+    if args.study:
+        from train.seg_study import write_row
+
+        write_row(model, run, args, val_set, result, device)
+        return 0
     finish(model, run, args, val_set, result, summary(), device)
     return 0
+
+
+def fit_budget(args, run, model, make_batch, loss_fn) -> None:
+    """--time-budget: steps per epoch from a timed probe (4 steps after a warm-up), fixed in the run's
+    config so a resumed row keeps its schedule."""
+    if not args.time_budget:
+        return
+    saved = run.dir / "budget.json"
+    if args.resume and saved.exists():
+        args.steps_per_epoch = json.loads(saved.read_text())["steps_per_epoch"]
+        return
+    import time
+
+    rng = np.random.default_rng(12345)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # timing only: lr 0 leaves the weights as they are
+    model.train()
+    times = []
+    for i in range(5):
+        t0 = time.perf_counter()
+        x, y = make_batch(rng)
+        loss = loss_fn(model(x), y, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t0)
+    args.steps_per_epoch = max(1, int(args.time_budget / args.epochs / float(np.median(times))))
+    saved.write_text(json.dumps({"steps_per_epoch": args.steps_per_epoch, "seconds_per_step": float(np.median(times)),
+                                 "time_budget_s": args.time_budget, "epochs": args.epochs}))
+    run.log.info(f"time budget {args.time_budget:.0f}s: {args.steps_per_epoch} steps per epoch x {args.epochs} epochs")
 
 
 def finish(model, run, args, val_set, result, wall_s, device) -> None:

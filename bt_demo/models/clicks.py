@@ -17,6 +17,7 @@ from bt_demo.geometry import Geometry
 from bt_demo.models import weights
 from bt_demo.models.base import NoImageError, SegResult
 from bt_demo.models.click_encoding import click_maps
+from bt_demo.models.input_prep import prepare
 from bt_demo.models.postprocess import keep_components_touching
 from bt_demo.models.sizing import Letterbox
 
@@ -60,7 +61,7 @@ class ClickEngine:
         if tuple(self._geom.processed_shape) != img.shape:
             raise ValueError(f"geometry says processed shape {self._geom.processed_shape}, image is {img.shape}")
         self._lb = Letterbox.fit(img.shape, self.model.input_size)
-        self._img = self._lb.image(img)
+        self._img = prepare(self._lb.image(img), getattr(self.model, "input_prep", "raw"))
         self._key = key
 
     def predict(self, points: Sequence[Sequence[float]], labels: Sequence[int], box: Sequence[float] | None = None,

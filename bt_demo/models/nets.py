@@ -53,9 +53,13 @@ class SegNet(nn.Module, PyTorchModelHubMixin, library_name="bt_demo", tags=["med
         min_component_px: int = 0,
         click_radius: float = 5.0,
         encoder_weights: str | None = None,
+        decoder_attention_type: str | None = None,
+        input_prep: str = "raw",
     ):
         super().__init__()
         import segmentation_models_pytorch as smp
+
+        from bt_demo.models.input_prep import PREPS
 
         if task not in ("segmentation", "clicks"):
             raise ValueError(f"task must be 'segmentation' or 'clicks', got {task!r}")
@@ -65,6 +69,10 @@ class SegNet(nn.Module, PyTorchModelHubMixin, library_name="bt_demo", tags=["med
         self.min_component_px = int(min_component_px)
         self.click_radius = float(click_radius)
         self.in_channels = int(in_channels)
+        if input_prep not in PREPS:
+            raise ValueError(f"input_prep must be one of {PREPS}, got {input_prep!r}")
+        self.input_prep = input_prep  # numpy mapping applied by the engines before forward (input_prep.py)
+        extra = {"decoder_attention_type": decoder_attention_type} if decoder_attention_type else {}
         self.net = smp.create_model(
             arch,
             encoder_name=encoder_name,
@@ -73,6 +81,7 @@ class SegNet(nn.Module, PyTorchModelHubMixin, library_name="bt_demo", tags=["med
             decoder_channels=list(decoder_channels),
             in_channels=in_channels,
             classes=1,
+            **extra,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import numpy as np
 from bt_demo.geometry import Geometry
 from bt_demo.models import weights
 from bt_demo.models.base import SegResult
+from bt_demo.models.input_prep import prepare
 from bt_demo.models.postprocess import binarize
 from bt_demo.models.sizing import Letterbox
 
@@ -58,7 +59,7 @@ class UNetEngine:
             raise ValueError(f"expected a 2-D image (h, w), got shape {img.shape}")
         lb = Letterbox.fit(img.shape, self.model.input_size)
         p = next(self.model.parameters())
-        x = torch.from_numpy(lb.image(img))[None, None].to(p.device, p.dtype)
+        x = torch.from_numpy(prepare(lb.image(img), self.model.input_prep))[None, None].to(p.device, p.dtype)
         with torch.inference_mode():
             prob = torch.sigmoid(self.model(x)).float().cpu().numpy()[0, 0]
         return np.clip(lb.unmap(prob, order=1), 0, 1).astype(np.float32)

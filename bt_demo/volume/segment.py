@@ -59,6 +59,7 @@ def unet_probabilities(unet, unit: np.ndarray, batch: int = 8,
     """float32 (Z, H, W): the U-Net's tumour probability of every slice (same letterbox as the app)."""
     import torch
 
+    from bt_demo.models.input_prep import prepare_batch
     from bt_demo.models.sizing import Letterbox
 
     model = unet.model
@@ -67,7 +68,7 @@ def unet_probabilities(unet, unit: np.ndarray, batch: int = 8,
     out = np.empty(unit.shape, np.float32)
     n = len(unit)
     for i in range(0, n, batch):
-        xs = np.stack([lb.image(s) for s in unit[i:i + batch]])
+        xs = prepare_batch(np.stack([lb.image(s) for s in unit[i:i + batch]]), model.input_prep)
         with torch.inference_mode():
             pr = torch.sigmoid(model(torch.from_numpy(xs)[:, None].to(p.device, p.dtype))).float().cpu().numpy()[:, 0]
         for j, prob in enumerate(pr):

@@ -1,0 +1,111 @@
+"""`python -m train segmentation-study`: the architecture study of the automatic U-Net (seeds 001, 002, 004).
+
+Every row is trained from scratch for the same one-thread CPU time (``--time-budget``) on the same 65
+training patients and validated on the same 10 validation patients (the split of the shipped card; the
+10 test patients are not touched). Rows: decoder (U-Net, U-Net++, U-Net with smp's scSE attention) x encoder
+(MobileNetV3, EfficientNet-B0), plus U-Net and MA-Net's attention decoder on ResNet-18 (seed 004's family) x input (raw FLAIR; median + CLAHE as
+in seed 002), and seed 002's recipe (EfficientNet-B0 U-Net, median + CLAHE, Dice + BCE, two-stage
+schedule). Each row writes ``runs/study_seg/<name>/results.json``; ``python -m train report`` makes the
+table and plots in ``docs/studies.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train.study import run_rows
+
+ENCODERS = {"mobilenetv3": "tu-mobilenetv3_large_100", "resnet18": "resnet18", "effb0": "efficientnet-b0"}
+DECODERS = {"unet": ["--arch", "Unet"], "unetpp": ["--arch", "UnetPlusPlus"], "manet": ["--arch", "MAnet"],
+            "unet_scse": ["--arch", "Unet", "--decoder-attention", "scse"]}
+COMMON = ["segmentation", "--study", "--crop", "0", "--train-size", "160", "--input-size", "160", "--patience", "99"]
+
+
+def rows(budget: float, epochs: int, decoders, encoders, preps) -> list[tuple[str, list[str]]]:
+    out = []
+    for dec in decoders:
+        for enc in encoders:
+            for prep in preps:
+                name = f"{dec}_{enc}_{prep}_{int(budget)}s"
+                out.append((name, [*COMMON, *DECODERS[dec], "--encoder", ENCODERS[enc], "--input-prep", prep,
+                                   "--time-budget", str(budget), "--epochs", str(epochs)]))
+    out.append((f"seed002_recipe_{int(budget)}s",
+                [*COMMON, "--arch", "Unet", "--encoder", ENCODERS["effb0"], "--input-prep", "median_clahe",
+                 "--schedule", "two_stage", "--time-budget", str(budget), "--epochs", str(epochs)]))
+    return out
+
+
+@torch.inference_mode()
+def engine_ms(model, size: int = 256, n: int = 10) -> float:
+    """Median CPU ms of the app's U-Net engine on one size x size slice (letterbox + prep + forward)."""
+    from bt_demo.models.unet import UNetEngine
+
+    eng = UNetEngine(model.eval())
+    img = np.random.default_rng(0).random((size, size)).astype(np.float32)
+    eng.probabilities(img)
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        eng.probabilities(img)
+        ts.append(time.perf_counter() - t0)
+    return round(1000 * float(np.median(ts)), 1)
+
+
+def write_row(model, run, args, val_set, result, device) -> dict:
+    """results.json of a study row: validation patients only, threshold 0.5, no post-processing."""
+    from train import common
+    from train.seg_eval import predict_probs, seg_metrics
+
+    model.eval()
+    probs = predict_probs(model, val_set.images, device=device)
+    m = seg_metrics(probs >= 0.5, val_set.masks, val_set.patients)
+    per = m.pop("per_patient")
+    n_params = sum(p.numel() for p in model.parameters())
+    budget = json.loads((run.dir / "budget.json").read_text()) if (run.dir / "budget.json").exists() else {}
+    res = {"row": run.dir.name, "arch": args.arch, "decoder_attention": args.decoder_attention,
+           "encoder": args.encoder, "input_prep": args.input_prep, "schedule": args.schedule,
+           "time_budget_s": args.time_budget, "epochs": args.epochs, **budget,
+           "val": m | {"patient_dice_worst": float(min(per.values())), "per_patient": per},
+           "params": n_params, "size_mb_fp16": round(n_params * 2 / 2**20, 2),
+           "cpu_ms_256": engine_ms(model), "train_images_per_s": round(result["images_per_s"], 2),
+           "train_seconds": round(result["train_seconds"], 1), "images_seen": result["images_seen"],
+           "best_epoch": result["best_epoch"], "history": run.history(),
+           "command": "python -m train " + " ".join(sys.argv[1:]),
+           "machine": common.machine_info()}
+    (run.dir / "results.json").write_text(json.dumps(common.portable(res), indent=1))
+    run.log.info(f"val per-patient Dice {m['patient_dice_mean']:.4f} (worst {res['val']['patient_dice_worst']:.3f}) "
+                 f"slice {m['slice_dice_tumour_mean']:.4f} FP {m['fp_rate_tumour_free']:.3f} {res['cpu_ms_256']} ms")
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train segmentation-study", description=__doc__)
+    p.add_argument("--root", default="runs/study_seg")
+    p.add_argument("--time-budget", type=float, default=600, help="training seconds per row (one thread)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--decoders", nargs="+", default=["unet", "unetpp", "unet_scse"], choices=list(DECODERS))
+    p.add_argument("--encoders", nargs="+", default=["mobilenetv3", "effb0"], choices=list(ENCODERS))
+    p.add_argument("--preps", nargs="+", default=["raw", "median_clahe"])
+    p.add_argument("--extra", nargs="*", default=["unet:resnet18", "manet:resnet18"],
+                   help="more decoder:encoder pairs (both inputs; ResNet-18 rows exceed the 10 MB weights limit)")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--only", nargs="*", default=None, help="run only rows whose name contains one of these")
+    args = p.parse_args(argv)
+    todo = rows(args.time_budget, args.epochs, args.decoders, args.encoders, args.preps)
+    for pair in args.extra:
+        dec, enc = pair.split(":")
+        todo[-1:-1] = [r for r in rows(args.time_budget, args.epochs, [dec], [enc], args.preps)[:-1]]
+    if args.only:
+        todo = [r for r in todo if any(o in r[0] for o in args.only)]
+    return run_rows(todo, Path(args.root), args.jobs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
