@@ -290,7 +290,7 @@ def test_first_ask_without_waiting_loads_in_the_background(wdir):
     gate = threading.Event()
 
     def slow():
-        gate.wait(10)
+        gate.wait(120)  # released below; long enough for a busy CI machine
         return "SAM unavailable, because test"
     eng._sam_probe = slow
     t0 = time.perf_counter()

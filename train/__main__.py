@@ -10,6 +10,7 @@ COMMANDS = {
     "classifier-ship": "train.classifier_ship",
     "report": "train.report",
     "segmentation-study": "train.seg_study",
+    "lab-robustness": "train.lab_robustness",
     "diffusion": "train.diffusion",
     "evaluate": "train.evaluate",
 }

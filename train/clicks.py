@@ -1,10 +1,14 @@
 """`python -m train clicks`: the built-in click model (interactive segmentation).
 
 Clicks are simulated as in RITM/DeepEdit: the first at the tumour's interior
-point farthest from its boundary, each next one at the centre of the largest
-error of the model's own previous answer (run without gradients, 0-3 rounds),
-the previous mask fed back; mixed with random user-like clicks and corrupted
-previous masks so real users' clicks work too. Trained on tumour slices.
+point farthest from its boundary (or, 30 %, a random interior point), each next
+one at the centre of the largest error of the model's own previous answer (run
+without gradients, up to --max-sim-rounds rounds), the previous mask fed back;
+mixed with random user-like clicks and corrupted previous masks so real users'
+clicks work too. Once a mask exists the net sees a zoomed crop around it
+(FocalClick/RITM zoom-in, ``bt_demo/models/click_step.py``, the same code as the
+app). Trained on tumour slices at their own resolution (--crop and --train-size
+are not used: the click step letterboxes whatever it is given).
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import numpy as np
 import torch
 
 from bt_demo.clicksim import first_click, next_click, random_clicks
-from bt_demo.models.click_encoding import click_maps
-from bt_demo.models.input_prep import prepare
+from bt_demo.models.click_step import click_input, click_output, run_batch
 from train import common, lgg
 from train.augment import augment_pair
-from train.segmentation import add_args, build_model, encoder_freezer, resize_pair, seg_loss
+from train.seg_eval import random_interior_click
+from train.segmentation import add_args, build_model, encoder_freezer, seg_loss
 
 
 def corrupt_mask(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -43,8 +47,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train clicks", description=__doc__)
     add_args(p, clicks=True)
     p.add_argument("--click-radius", type=float, default=5.0, help="click disk radius in model input pixels")
-    p.add_argument("--max-sim-rounds", type=int, default=3, help="rounds of error-driven clicks simulated per batch")
-    p.add_argument("--val-clicks", type=int, default=5)
+    p.add_argument("--max-sim-rounds", type=int, default=10,
+                   help="most rounds of error-driven clicks simulated before a training answer (RITM)")
+    p.add_argument("--protocol-share", type=float, default=0.7,
+                   help="share of samples clicked by the protocol (the rest: random user-like clicks, corrupted masks)")
+    p.add_argument("--no-zoom-in", action="store_true", help="always show the whole slice (no crop around the mask)")
+    p.add_argument("--val-clicks", type=int, default=10)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,67 +70,57 @@ def main(argv=None) -> int:
     model = build_model(args, 4, "clicks")
     model.click_radius = float(args.click_radius)
     model._hub_mixin_config["click_radius"] = model.click_radius
-    radius = model.click_radius
+    model.zoom_in = not args.no_zoom_in
+    model._hub_mixin_config["zoom_in"] = model.zoom_in
+
+    def sample(rng) -> dict:
+        """One training slice at its own resolution, with the clicks a user (or the protocol) would give."""
+        i = int(rng.integers(len(tr)))
+        x, m = augment_pair(tr.images[i].astype(np.float32) / 255.0, tr.masks[i], rng, None,
+                            p_tumour_crop=1.0, lab_p=args.lab_p)
+        if not m.any():  # augmentation lost the tumour: the plain slice
+            x, m = tr.images[i].astype(np.float32) / 255.0, tr.masks[i]
+        if rng.random() < args.protocol_share:  # the protocol, from a centre or an off-centre first click
+            first = first_click(m) if rng.random() < 0.7 else random_interior_click(m, rng)
+            rounds = 0 if rng.random() < 0.2 else int(rng.integers(1, args.max_sim_rounds + 1))
+            return {"x": x, "m": m, "pts": [first], "labs": [1], "prev": None, "rounds": rounds}
+        pts, labs = random_clicks(m, rng, int(rng.integers(1, 4)), int(rng.integers(0, 3)))
+        if not any(labs):
+            pts, labs = [first_click(m)] + pts, [1] + labs
+        prev = corrupt_mask(m, rng) if rng.random() < 0.5 else None
+        return {"x": x, "m": m, "pts": pts, "labs": labs, "prev": prev, "rounds": 0}
 
     def make_batch(rng):
-        imgs, gts, pts, labs, prevs, protocol = [], [], [], [], [], []
-        for _ in range(args.batch_size):
-            i = int(rng.integers(len(tr)))
-            x, m = augment_pair(tr.images[i].astype(np.float32) / 255.0, tr.masks[i], rng, args.crop or None,
-                                p_tumour_crop=1.0, lab_p=args.lab_p)
-            if args.train_size:
-                x, m = resize_pair(x, m, args.train_size)
-            if not m.any():  # augmentation lost the tumour: fall back to the plain slice (crop around it)
-                x, (m,) = __import__("train.augment", fromlist=["crop_around"]).crop_around(
-                    tr.images[i].astype(np.float32) / 255.0, [tr.masks[i]], args.crop or 256, rng, tr.masks[i])
-                if args.train_size:
-                    x, m = resize_pair(x, m, args.train_size)
-                    if not m.any():  # a tumour of a pixel or two vanishes when shrunk: keep its centre
-                        ys, xs = np.nonzero(tr.masks[i])
-                        m = np.zeros_like(m)
-                        s = args.train_size / max(tr.masks[i].shape)
-                        m[min(int(ys.mean() * s), m.shape[0] - 1), min(int(xs.mean() * s), m.shape[1] - 1)] = True
-            if rng.random() < 0.6:
-                fc = first_click(m)
-                if fc is None:
-                    pt, lb = [], []
-                else:
-                    j = rng.integers(-2, 3, size=2)
-                    fx, fy = int(np.clip(fc[0] + j[0], 0, m.shape[1] - 1)), int(np.clip(fc[1] + j[1], 0, m.shape[0] - 1))
-                    pt, lb = ([(fx, fy)], [1]) if m[fy, fx] else ([fc], [1])
-                prev = np.zeros_like(m)
-                protocol.append(True)
-            else:
-                pt, lb = random_clicks(m, rng, int(rng.integers(1, 4)), int(rng.integers(0, 3)))
-                prev = corrupt_mask(m, rng) if rng.random() < 0.5 else np.zeros_like(m)
-                protocol.append(False)
-            imgs.append(prepare(x, args.input_prep)); gts.append(m); pts.append(pt); labs.append(lb); prevs.append(prev.astype(np.float32))
-
-        def inputs():
-            return torch.from_numpy(np.stack([np.concatenate([imgs[k][None], click_maps(imgs[k].shape, pts[k], labs[k], radius),
-                                                              prevs[k][None]]) for k in range(len(imgs))]))
-
-        rounds = int(rng.integers(0, args.max_sim_rounds + 1))
-        if rounds:
+        """RITM's iterative training: each sample's clicks come from the model's own errors (no gradients,
+        up to --max-sim-rounds rounds), through the app's click step (zoom-in included); the loss is on
+        the next answer."""
+        batch = [sample(rng) for _ in range(args.batch_size)]
+        most = max(b["rounds"] for b in batch)
+        if most:
             was_training = model.training
             model.eval()
-            with torch.no_grad():
-                for _ in range(rounds):
-                    prob = torch.sigmoid(model(inputs().to(device))).cpu().numpy()[:, 0]
-                    for k in range(len(imgs)):
-                        if not protocol[k]:
-                            continue
-                        pred = prob[k] >= 0.5
-                        nc = next_click(pred, gts[k])
-                        if nc is not None:
-                            pts[k].append(nc[0]); labs[k].append(nc[1])
-                        prevs[k] = pred.astype(np.float32)
+            for r in range(most):
+                active = [b for b in batch if b["rounds"] > r]
+                inputs, frames = zip(*[click_input(model, b["x"], b["pts"], b["labs"], b["prev"]) for b in active])
+                probs = run_batch(model, list(inputs))
+                for b, pr, fr in zip(active, probs, frames):
+                    _, pred = click_output(model, pr, fr, b["labs"], b["x"].shape)
+                    b["prev"] = pred
+                    nc = next_click(pred, b["m"])
+                    if nc is not None:
+                        b["pts"].append(nc[0]); b["labs"].append(nc[1])
             model.train(was_training)
-        return inputs(), torch.from_numpy(np.stack(gts).astype(np.float32))[:, None]
+        xs, ys = [], []
+        for b in batch:
+            inp, fr = click_input(model, b["x"], b["pts"], b["labs"], b["prev"])
+            y0, x0, y1, x1 = fr.box
+            xs.append(inp)
+            ys.append(fr.lb.image(b["m"][y0:y1, x0:x1].astype(np.float32)) >= 0.5)
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.float32))[:, None]
 
     from train.seg_eval import click_protocol
 
-    def validate(m):
+    def validate(m):  # the score is the mean Dice over all --val-clicks clicks: late clicks count too
         d = click_protocol(m, va.images[va_t], va.masks[va_t], n_clicks=args.val_clicks, device=device)
         return {"click_dice_mean": float(d.mean()), **{f"dice_after_{c + 1}_clicks": float(d[:, c].mean())
                                                         for c in range(d.shape[1])}}

@@ -93,7 +93,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--ema", type=float, default=0.999, help="decay of the weight average used for sampling (0: off)")
-    p.add_argument("--n-val", type=int, default=8, help="validation patients held back")
+    p.add_argument("--n-val", type=int, default=10, help="the U-Net split's validation patients (held back)")
+    p.add_argument("--n-test", type=int, default=10, help="the U-Net split's test patients (held back)")
+    p.add_argument("--val-slices", type=int, default=256, help="held-back slices in the per-epoch validation loss")
     p.add_argument("--sample-steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -105,10 +107,17 @@ def main(argv=None) -> int:
     common.set_seed(args.seed)
     run = common.Run(args.run_dir, vars(args) | {"argv": sys.argv}, args.resume)
     imgs, masks, pats = load_pairs(args.data, args.size)
-    from train.cls_data import lgg_presence_split
+    from train import lgg
 
-    split = lgg_presence_split(pats, args.n_val, args.seed)
+    # the U-Net's own patient split: the generator learns only the U-Net's training patients, so synthetic
+    # pairs added to U-Net training (the augmentation experiment) carry nothing of its validation or test
+    # patients; those 20 patients are held back here (validation loss, the real side of the KID)
+    has = masks.reshape(len(masks), -1).any(1)
+    seg_split = lgg.patient_split(pats, has, args.n_val, args.n_test, seed=args.seed)
+    split = {"train": seg_split["train"], "val": sorted(seg_split["val"] + seg_split["test"])}
     tr, va = np.isin(pats, split["train"]), np.isin(pats, split["val"])
+    # a fixed subset of the held-back slices for the per-epoch validation loss (comparable, and quick)
+    va[np.nonzero(va)[0][np.random.default_rng(0).permutation(int(va.sum()))[args.val_slices:]]] = False
     (run.dir / "split.json").write_text(json.dumps(split))
     x_tr, m_tr = to_model(imgs[tr]), torch.from_numpy(masks[tr].astype(np.float32))[:, None]
     x_va, m_va = to_model(imgs[va]), torch.from_numpy(masks[va].astype(np.float32))[:, None]

@@ -81,7 +81,7 @@ def evaluate_segnet(weights: Path, run_dir: Path, data_root: str, patients: list
                     device: str = "cpu", n_clicks: int = 20) -> dict:
     """Metrics of a SegNet folder (task segmentation or clicks) on the given (default: test) patients."""
     from bt_demo.models.nets import SegNet
-    from train.seg_eval import apply_post, click_protocol, noc, predict_probs, seg_metrics
+    from train.seg_eval import apply_post, click_protocol, click_summary, predict_probs, seg_metrics
 
     model = SegNet.from_pretrained(str(weights), strict=True).float().eval()
     if patients is None:
@@ -97,9 +97,13 @@ def evaluate_segnet(weights: Path, run_dir: Path, data_root: str, patients: list
         return m
     t = data.has_tumour
     dice = click_protocol(model, data.images[t], data.masks[t], n_clicks=n_clicks, device=device)
-    return {"n_tumour_slices": int(t.sum()), "n_patients": len(set(data.patients.tolist())),
-            **{f"dice_after_{k}_clicks": float(dice[:, k - 1].mean()) for k in (1, 2, 3, 5, 10) if k <= n_clicks},
-            "noc85": noc(dice, 0.85), "noc90": noc(dice, 0.90), "noc_cap": n_clicks,
+    off = click_protocol(model, data.images[t], data.masks[t], n_clicks=min(n_clicks, 10), device=device,
+                         first="random")
+    s_off = click_summary(off)
+    return {"n_tumour_slices": int(t.sum()), "n_patients": len(set(data.patients.tolist())), **click_summary(dice),
+            "off_centre_first_click": {k: s_off[k] for k in ("dice_after_1_clicks", "dice_after_3_clicks",
+                                                              "dice_after_10_clicks") if k in s_off},
+            "off_centre_cost_at_1_click": float(dice[:, 0].mean() - off[:, 0].mean()),
             "dice_curve": [float(v) for v in dice.mean(0)]}
 
 

@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from bt_demo.clicksim import first_click, next_click
-from bt_demo.models.click_encoding import click_maps
 from bt_demo.models.input_prep import prepare_batch
-from bt_demo.models.postprocess import binarize, keep_components_touching
+from bt_demo.models.postprocess import binarize
 
 
 @torch.inference_mode()
@@ -77,56 +76,63 @@ def choose_postprocessing(probs, gt, patients, thresholds=(0.3, 0.4, 0.5, 0.6, 0
     return best, rows
 
 
+def random_interior_click(target: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    """A random tumour pixel at least 2 px inside (a user's off-centre first click)."""
+    import cv2
+
+    inner = cv2.erode(target.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    ys, xs = np.nonzero(inner if inner.any() else target)
+    i = int(rng.integers(len(ys)))
+    return int(xs[i]), int(ys[i])
+
+
 @torch.inference_mode()
 def click_protocol(model, images_u8: np.ndarray, masks: np.ndarray, n_clicks: int = 5, batch: int = 16,
-                   device="cpu", keep_touching: bool = True, cap: int | None = None):
-    """Simulated-click evaluation on tumour slices.
+                   device="cpu", first: str = "centre", seed: int = 0):
+    """Simulated-click evaluation on tumour slices, through the app's own click step (``click_step.py``).
 
-    Returns dice (N, n_clicks): Dice after each click, clicks placed by the
-    standard protocol (first at the farthest interior point, then at the centre
-    of the largest error), previous mask fed back. Mirrors the app's
-    ClickEngine: the slice is letterboxed to the model's input size, clicks are
-    mapped into it, and the mask comes back to slice pixels, where Dice and
-    the next click are computed.
+    Returns dice (N, n_clicks): Dice after each click. The standard protocol: the first click at the
+    interior point farthest from the boundary (``first="random"``: a random interior pixel instead), each
+    next one at the centre of the largest error region, the previous mask fed back, threshold of the
+    model (0.5), in the slice's own pixels; the model's zoom-in as in the app.
     """
-    from bt_demo.models.sizing import Letterbox
+    from bt_demo.models.click_step import click_input, click_output, run_batch
 
     model.eval()
     n = len(images_u8)
-    radius = float(getattr(model, "click_radius", 5.0))
-    thr = float(getattr(model, "threshold", 0.5))
     dice = np.zeros((n, n_clicks), np.float32)
-    if n == 0:
-        return dice
-    lb = Letterbox.fit(images_u8.shape[1:], int(getattr(model, "input_size", images_u8.shape[1])))
+    rng = np.random.default_rng(seed)
     for s in range(0, n, batch):
-        imgs = prepare_batch(np.stack([lb.image(im.astype(np.float32) / 255.0) for im in images_u8[s:s + batch]]),
-                             getattr(model, "input_prep", "raw"))
+        imgs = [im.astype(np.float32) / 255.0 for im in images_u8[s:s + batch]]
         gts = masks[s:s + batch]
         b = len(imgs)
-        pts = [[first_click(g)] for g in gts]
+        pts = [[first_click(g) if first == "centre" else random_interior_click(g, rng)] for g in gts]
         labs = [[1] for _ in gts]
-        prev = np.zeros_like(imgs)
+        prev: list[np.ndarray | None] = [None] * b
         for c in range(n_clicks):
-            mps = [lb.points(np.asarray(pts[i], np.float64)) for i in range(b)]
-            x = np.stack([np.concatenate([imgs[i][None], click_maps(imgs[i].shape, mps[i], labs[i], radius),
-                                          prev[i][None]]) for i in range(b)])
-            prob = torch.sigmoid(model(torch.from_numpy(x).to(device))).float().cpu().numpy()[:, 0]
+            inputs, frames = zip(*[click_input(model, imgs[i], pts[i], labs[i], prev[i]) for i in range(b)])
+            probs = run_batch(model, list(inputs))
             for i in range(b):
-                pred_m = prob[i] >= thr
-                if keep_touching:
-                    pred_m = keep_components_touching(pred_m, mps[i], labs[i])
-                pred = lb.unmap(pred_m.astype(np.uint8), order=0) > 0
+                _, pred = click_output(model, probs[i], frames[i], labs[i], imgs[i].shape)
                 dice[s + i, c] = _dice(pred, gts[i])
-                prev[i] = pred_m.astype(np.float32)
+                prev[i] = pred
                 nc = next_click(pred, gts[i])
                 if nc is not None:
                     pts[i].append(nc[0])
                     labs[i].append(nc[1])
-                else:  # perfect: repeat the last click so the map stays the same
+                else:  # perfect: repeat the last click so the input stays the same
                     pts[i].append(pts[i][-1])
                     labs[i].append(labs[i][-1])
     return dice
+
+
+def click_summary(dice: np.ndarray) -> dict:
+    """The interactive-segmentation numbers of a (N, cap) Dice table."""
+    cap = dice.shape[1]
+    return {**{f"dice_after_{k}_clicks": float(dice[:, k - 1].mean()) for k in (1, 2, 3, 5, 10, 20) if k <= cap},
+            "noc85": noc(dice, 0.85), "noc90": noc(dice, 0.90), "noc_cap": cap,
+            "never_85": float((dice.max(1) < 0.85).mean()), "never_90": float((dice.max(1) < 0.90).mean()),
+            "n_slices": int(len(dice))}
 
 
 def noc(dice: np.ndarray, target: float) -> float:

@@ -16,10 +16,7 @@ import numpy as np
 from bt_demo.geometry import Geometry
 from bt_demo.models import weights
 from bt_demo.models.base import NoImageError, SegResult
-from bt_demo.models.click_encoding import click_maps
-from bt_demo.models.input_prep import prepare
-from bt_demo.models.postprocess import keep_components_touching
-from bt_demo.models.sizing import Letterbox
+from bt_demo.models.click_step import click_input, click_output, run_batch
 
 DEFAULT_ID = "clicks"
 
@@ -35,7 +32,6 @@ class ClickEngine:
         self.model = model
         self._img: np.ndarray | None = None
         self._geom: Geometry | None = None
-        self._lb: Letterbox | None = None
         self._key: str | None = None
 
     @classmethod
@@ -52,7 +48,7 @@ class ClickEngine:
     def set_image(self, image: np.ndarray, geometry: Geometry | None = None, key: str | None = None) -> None:
         """image: float32 (h, w) in [0, 1], the processed slice; geometry: original -> processed.
 
-        Cheap here (letterboxing only): the click model runs the whole network per click.
+        Cheap here: the click model runs the network per click (on a zoomed crop once a mask exists).
         """
         img = np.asarray(image, np.float32)
         if img.ndim != 2:
@@ -60,8 +56,7 @@ class ClickEngine:
         self._geom = geometry or Geometry.identity(img.shape)
         if tuple(self._geom.processed_shape) != img.shape:
             raise ValueError(f"geometry says processed shape {self._geom.processed_shape}, image is {img.shape}")
-        self._lb = Letterbox.fit(img.shape, self.model.input_size)
-        self._img = prepare(self._lb.image(img), getattr(self.model, "input_prep", "raw"))
+        self._img = img  # full resolution: the zoom-in crops from it (click_step.py)
         self._key = key
 
     def predict(self, points: Sequence[Sequence[float]], labels: Sequence[int], box: Sequence[float] | None = None,
@@ -73,8 +68,6 @@ class ClickEngine:
         slice) is fed back as the previous-mask channel. ``multimask`` is
         accepted for the common face; the click model gives one mask.
         """
-        import torch
-
         if self._img is None:
             raise NoImageError(self.name)
         t0 = time.perf_counter()
@@ -90,28 +83,22 @@ class ClickEngine:
                 labs.append(1)
         if not pts:
             raise ValueError("add a point or a box first")
-        geom, lb = self._geom, self._lb
-        mp = lb.points(geom.to_processed(np.asarray(pts, np.float64))) if pts else np.zeros((0, 2))
-        maps = click_maps(self._img.shape, mp, labs, self.model.click_radius)
-        prev = np.zeros_like(self._img)
+        geom = self._geom
+        proc = self._img
+        pp = geom.to_processed(np.asarray(pts, np.float64))
+        prev = None
         if previous is not None and previous.mask.shape == tuple(geom.original_shape):
-            pm = geom.map_to_processed(previous.mask.astype(np.float32), order=1)
-            prev = lb.image(pm)
-            prev = (prev >= 0.5).astype(np.float32)
-        x = np.concatenate([self._img[None], maps, prev[None]])[None]
-        p = next(self.model.parameters())
-        with torch.inference_mode():
-            prob = torch.sigmoid(self.model(torch.from_numpy(x).to(p.device, p.dtype))).float().cpu().numpy()[0, 0]
-        mask = keep_components_touching(prob >= self.model.threshold, mp, labs)
+            prev = geom.map_to_processed(previous.mask.astype(np.float32), order=1) >= 0.5
+        x, frame = click_input(self.model, proc, pp, labs, prev)
+        prob_m = run_batch(self.model, [x])[0]
+        prob_p, mask_p = click_output(self.model, prob_m, frame, labs, proc.shape)
         if box is not None:
-            bp = lb.points(geom.to_processed(np.array([[box[0], box[1]], [box[2], box[3]]])))
-            inside = np.zeros_like(mask)
+            bp = geom.to_processed(np.array([[box[0], box[1]], [box[2], box[3]]]))
+            inside = np.zeros_like(mask_p)
             xa, ya = np.floor(bp.min(0)).astype(int)
             xb, yb = np.ceil(bp.max(0)).astype(int)
             inside[max(ya, 0):yb + 1, max(xa, 0):xb + 1] = True
-            mask &= inside
-        mask_p = lb.unmap(mask.astype(np.uint8), order=0) > 0
-        prob_p = lb.unmap(prob, order=1)
+            mask_p &= inside
         return SegResult(geom.map_to_original(mask_p, fill=False), self.name, time.perf_counter() - t0,
                          prob=geom.map_to_original(prob_p, fill=0.0, order=1), candidates=(), scores=(),
                          extra={"n_points": len(pts), "box": list(box) if box else None})

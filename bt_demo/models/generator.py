@@ -125,3 +125,26 @@ class GeneratorEngine:
                     progress(i + 1, steps)
         img = ((x[0, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy().astype(np.float32)
         return Synthetic(img, m, int(seed), steps, time.perf_counter() - t0)
+
+    def generate_batch(self, masks: list[np.ndarray | None], seeds: list[int], steps: int = 25) -> np.ndarray:
+        """float32 (N, S, S) in [0, 1]: one synthetic slice per mask, each from its own seed (as ``generate``
+        would draw it: DDIM with eta 0 is deterministic given the starting noise), sampled together."""
+        steps = int(steps)
+        if not 1 <= steps <= 200:
+            raise ValueError(f"steps must be 1 to 200, got {steps}")
+        if len(masks) != len(seeds):
+            raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds")
+        if not masks:
+            return np.zeros((0, self.size, self.size), np.float32)
+        p = next(self.model.parameters())
+        cond = torch.from_numpy(np.stack([mask_to_model(m, self.size) for m in masks]).astype(np.float32))[:, None]
+        x = torch.cat([torch.randn((1, 1, self.size, self.size), generator=torch.Generator().manual_seed(int(s)))
+                       for s in seeds])
+        cond, x = cond.to(p.device, p.dtype), x.to(p.device, p.dtype)
+        sched = self.model.scheduler()
+        sched.set_timesteps(steps)
+        with torch.inference_mode():
+            for t in sched.timesteps:
+                eps = self.model(x, cond, t.reshape(1).expand(len(x)).to(p.device))
+                x = sched.step(eps, t, x).prev_sample
+        return ((x[:, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy().astype(np.float32)

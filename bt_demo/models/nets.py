@@ -55,6 +55,7 @@ class SegNet(nn.Module, PyTorchModelHubMixin, library_name="bt_demo", tags=["med
         encoder_weights: str | None = None,
         decoder_attention_type: str | None = None,
         input_prep: str = "raw",
+        zoom_in: bool = False,
     ):
         super().__init__()
         import segmentation_models_pytorch as smp
@@ -72,6 +73,7 @@ class SegNet(nn.Module, PyTorchModelHubMixin, library_name="bt_demo", tags=["med
         if input_prep not in PREPS:
             raise ValueError(f"input_prep must be one of {PREPS}, got {input_prep!r}")
         self.input_prep = input_prep  # numpy mapping applied by the engines before forward (input_prep.py)
+        self.zoom_in = bool(zoom_in)  # click models: crop around the mask after the first click (click_step.py)
         extra = {"decoder_attention_type": decoder_attention_type} if decoder_attention_type else {}
         self.net = smp.create_model(
             arch,

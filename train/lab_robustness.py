@@ -1,0 +1,97 @@
+"""`python -m train lab-robustness`: how much the automatic mask moves when a user ticks a lab step.
+
+For every configuration of the preprocessing lab a clinician can reach in one move — no step, the default
+pipeline, each step alone with its default parameters, and the combination that failed in the field
+(skull stripping + CLAHE) — the U-Net runs exactly as in the app (``run_pipeline`` -> ``UNetEngine.segment``
+with the pipeline's geometry, the card's threshold and clean-up) on every slice of the validation patients,
+and the per-patient Dice against the expert masks is compared with the raw slice's. The bound the app
+promises (issue 13): no configuration changes the mean per-patient Dice by more than 0.03.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+BOUND = 0.03
+
+
+def configurations() -> dict[str, list[tuple[str, dict]]]:
+    from bt_demo import preprocess
+
+    out = {"none (raw slice)": [], "default pipeline": preprocess.default_pipeline()}
+    for name in preprocess.STEPS:
+        out[f"{name} alone"] = [(name, preprocess.validate_params(name, None))]
+    out["skull_strip + clahe"] = [(n, preprocess.validate_params(n, None)) for n in ("skull_strip", "clahe")]
+    return out
+
+
+def measure(engine, images_u8: np.ndarray, masks: np.ndarray, patients: np.ndarray, configs=None) -> dict:
+    """{config: {"patient_dice_mean", "change", "per_patient", "seconds"}} with change = mean - raw mean."""
+    from bt_demo.preprocess import run_pipeline
+    from train.seg_eval import seg_metrics
+
+    configs = configs or configurations()
+    out = {}
+    for label, steps in configs.items():
+        t0 = time.perf_counter()
+        preds = np.zeros(masks.shape, bool)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i, im in enumerate(images_u8):
+                p = run_pipeline(im.astype(np.float32) / 255.0, steps)
+                preds[i] = engine.segment(p.image, p.geometry).mask
+        m = seg_metrics(preds, masks, patients)
+        out[label] = {"patient_dice_mean": m["patient_dice_mean"], "fp_rate_tumour_free": m["fp_rate_tumour_free"],
+                      "slice_dice_tumour_mean": m["slice_dice_tumour_mean"], "per_patient": m["per_patient"],
+                      "seconds": round(time.perf_counter() - t0, 1)}
+    base = out["none (raw slice)"]["patient_dice_mean"]
+    for v in out.values():
+        v["change"] = v["patient_dice_mean"] - base
+    return out
+
+
+def main(argv=None) -> int:
+    from train import lgg
+    from train.segmentation import LGG_DEFAULT
+
+    p = argparse.ArgumentParser(prog="python -m train lab-robustness", description=__doc__)
+    p.add_argument("--weights", default="weights/unet")
+    p.add_argument("--data", default=str(LGG_DEFAULT))
+    p.add_argument("--split", default="val", choices=["val", "test"], help="patients of the weights' card split")
+    p.add_argument("--out", default=None, help="JSON to write (default: bench/results/lab_robustness_<name>.json)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from bt_demo.models.unet import UNetEngine
+
+    eng = UNetEngine.load(args.weights)
+    if isinstance(eng, str):
+        raise SystemExit(eng)
+    card = json.loads((Path(args.weights) / "card.json").read_text())
+    pats = card["split"][f"{args.split}_patients"]
+    data = lgg.load_lgg(args.data, patients=pats)
+    res = measure(eng, data.images, data.masks, data.patients)
+    worst = max(abs(v["change"]) for v in res.values())
+    doc = {"weights": args.weights, "split": args.split, "patients": pats, "n_slices": len(data),
+           "bound": BOUND, "worst_abs_change": worst, "within_bound": worst <= BOUND, "configs": res,
+           "command": "python -m train lab-robustness " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+    out = Path(args.out or f"bench/results/lab_robustness_{Path(args.weights).name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    for k, v in res.items():
+        print(f"{k:24s} per-patient Dice {v['patient_dice_mean']:.4f}  change {v['change']:+.4f}  "
+              f"FP {v['fp_rate_tumour_free']:.3f}  ({v['seconds']} s)")
+    print(f"worst |change| {worst:.4f} (bound {BOUND}) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
