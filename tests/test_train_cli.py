@@ -228,7 +228,7 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
     out, run = tmp_path / "diffusion", tmp_path / "run"
     assert main(["diffusion", "--data", str(lgg_root), "--out", str(out), "--run-dir", str(run), "--size", "32",
                  "--channels", "8,16", "--no-attention", "--epochs", "2", "--steps-per-epoch", "2",
-                 "--batch-size", "4", "--n-val", "1", "--sample-steps", "2", "--threads", "1"]) == 0
+                 "--batch-size", "4", "--n-val", "1", "--n-test", "1", "--sample-steps", "2", "--threads", "1"]) == 0
     for f in ("config.json", "model.safetensors", "card.json", "card.md", "samples.png"):
         assert (out / f).exists(), f
     card = json.loads((out / "card.json").read_text())
@@ -246,3 +246,37 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
     assert 0 <= a.image.min() and a.image.max() <= 1 and a.mask.sum() > 0
     with pytest.raises(ValueError, match="steps must be 1 to 200"):
         eng.generate(None, steps=0)
+    # sampled together, each slice is the one its seed gives alone
+    batch = eng.generate_batch([mask, None], [3, 4], steps=3)
+    assert np.allclose(batch[0], a.image, atol=1e-4) and batch.shape == (2, 32, 32)
+    # the generator learnt only the U-Net split's training patients: its held-back ones are the U-Net's val + test
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val"]) == 2 and set(split["val"]).isdisjoint(split["train"])
+
+    # the augmentation experiment's plumbing: a pool of synthetic pairs, mixed into a U-Net study row
+    pool = tmp_path / "pool.npz"
+    assert main(["synthetic-pool", "--weights", str(out), "--data", str(lgg_root), "--n", "6", "--steps", "2",
+                 "--out", str(pool)]) == 0
+    z = np.load(pool)
+    assert z["images"].shape == (6, 64, 64) and z["images"].dtype == np.uint8 and z["masks"].shape == (6, 64, 64)
+    row = tmp_path / "row"
+    assert main(["segmentation", "--study", "--data", str(lgg_root), "--run-dir", str(row), *TINY, "--input-size", "48",
+                 "--train-size", "48", "--synthetic-pool", str(pool), "--synthetic-share", "0.5", "--split-seed", "0"]) == 0
+    res = json.loads((row / "results.json").read_text())
+    assert 0 <= res["val"]["patient_dice_mean"] <= 1 and "synthetic pool: 6 pairs" in (row / "train.log").read_text()
+
+    # realism (KID in our own networks' features, with the real-vs-real floor) and mask adherence
+    from tests.tiny_models import make_classifier, make_seg
+
+    unet = make_seg(tmp_path / "unet", input_size=64)
+    clf = make_classifier(tmp_path / "classifier")
+    res_json = tmp_path / "gen_eval.json"
+    assert main(["generator-eval", "--weights", str(out), "--unet", str(unet), "--classifier", str(clf),
+                 "--data", str(lgg_root), "--steps", "2", "--n-empty", "2", "--out", str(res_json)]) == 0
+    ev = json.loads(res_json.read_text())
+    for feats in ("U-Net encoder", "classifier presence net"):
+        k = ev["realism_kid"][feats]
+        assert len(k["kid_real_vs_real_floor"]) == 2 and len(k["kid_synthetic_vs_real"]) == 2
+    ad = ev["mask_adherence"]
+    assert 0 <= ad["unet_dice_vs_condition_synthetic"] <= 1 and 0 <= ad["unet_fp_rate_empty_mask_synthetic"] <= 1
+    assert res_json.with_suffix(".png").exists()

@@ -1,4 +1,4 @@
-"""python -m train {segmentation,segmentation-study,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion} ... (each has --help)."""
+"""python -m train {segmentation,segmentation-study,lab-robustness,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval} ... (each has --help)."""
 
 import sys
 
@@ -12,6 +12,8 @@ COMMANDS = {
     "segmentation-study": "train.seg_study",
     "lab-robustness": "train.lab_robustness",
     "diffusion": "train.diffusion",
+    "synthetic-pool": "train.synthetic_pool",
+    "generator-eval": "train.generator_eval",
     "evaluate": "train.evaluate",
 }
 

@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     device = common.pick_device(args.device)
     run = common.Run(args.run_dir, vars(args) | {"argv": sys.argv}, args.resume)
     data = lgg.load_lgg(args.data)
-    split = lgg.patient_split(data.patients, data.has_tumour, args.n_val, args.n_test, seed=args.seed)
+    split = lgg.patient_split(data.patients, data.has_tumour, args.n_val, args.n_test,
+                              seed=args.seed if args.split_seed is None else args.split_seed)
     (run.dir / "split.json").write_text(json.dumps(split, indent=1))
     tr, va = data.subset(split["train"]), data.subset(split["val"])
     tr = lgg.LggSet(tr.images[tr.has_tumour], tr.masks[tr.has_tumour], tr.patients[tr.has_tumour],

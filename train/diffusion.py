@@ -164,7 +164,7 @@ def main(argv=None) -> int:
             opt.step()
             if ema is not None:
                 ema.step(model.parameters())
-            losses.append(float(loss))
+            losses.append(loss.item())
             seen += len(ids)
         dt = time.perf_counter() - t0
         train_s += dt

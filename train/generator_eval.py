@@ -49,8 +49,12 @@ def kid(features: torch.nn.Module, real: np.ndarray, other: np.ndarray, subset_s
     """(mean, std) of KID between two float32 (N, S, S) image sets in [0, 1]."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    m = KernelInceptionDistance(feature=features, subsets=subsets,
-                                subset_size=min(subset_size, len(real), len(other)), normalize=True)
+    import warnings
+
+    with warnings.catch_warnings():  # "features kept in memory": a few hundred vectors here
+        warnings.simplefilter("ignore", UserWarning)
+        m = KernelInceptionDistance(feature=features, subsets=subsets,
+                                    subset_size=min(subset_size, len(real), len(other)), normalize=True)
     for arr, is_real in ((real, True), (other, False)):
         for i in range(0, len(arr), 32):
             m.update(torch.from_numpy(arr[i:i + 32])[:, None], real=is_real)

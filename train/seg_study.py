@@ -88,6 +88,20 @@ def write_row(model, run, args, val_set, result, device) -> dict:
     return res
 
 
+def augmentation_rows(pool: str, steps: int, epochs: int, shares=(0.0, 0.25, 0.5), seeds=(0, 1),
+                      base=("--arch", "Unet", "--encoder", ENCODERS["mobilenetv3"], "--input-prep", "raw")):
+    """Issue 15's experiment: the same U-Net with 0 / 25 / 50 % synthetic pairs per batch, two seeds each
+    (same patients: --split-seed 0)."""
+    out = []
+    for share in shares:
+        for seed in seeds:
+            name = f"aug_synthetic{int(share * 100)}_seed{seed}_{steps * epochs * 16}img"
+            out.append((name, [*COMMON, *base, "--steps-per-epoch", str(steps), "--epochs", str(epochs),
+                               "--batch-size", "16", "--seed", str(seed), "--split-seed", "0",
+                               *(["--synthetic-pool", pool, "--synthetic-share", str(share)] if share else [])]))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train segmentation-study", description=__doc__)
     p.add_argument("--root", default="runs/study_seg")
@@ -100,7 +114,14 @@ def main(argv=None) -> int:
                    help="more decoder:encoder pairs (both inputs; ResNet-18 rows exceed the 10 MB weights limit)")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--only", nargs="*", default=None, help="run only rows whose name contains one of these")
+    p.add_argument("--augmentation-pool", default=None,
+                   help="instead of the study: the synthetic-augmentation experiment with this pool (issue 15)")
+    p.add_argument("--base", default="--arch Unet --encoder tu-mobilenetv3_large_100 --input-prep raw",
+                   help="with --augmentation-pool: the U-Net configuration (the study's winner)")
     args = p.parse_args(argv)
+    if args.augmentation_pool:
+        todo = augmentation_rows(args.augmentation_pool, args.steps_per_epoch, args.epochs, base=tuple(args.base.split()))
+        return run_rows(todo, Path(args.root), args.jobs)
     todo = rows(args.steps_per_epoch, args.epochs, args.decoders, args.encoders, args.preps)
     for pair in args.extra:
         dec, enc = pair.split(":")

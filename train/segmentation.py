@@ -43,6 +43,10 @@ def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
                    help="seconds of training in all (sets --steps-per-epoch from a timed probe; studies)")
     p.add_argument("--schedule", default="cosine", choices=["cosine", "two_stage"],
                    help="two_stage (seed 002): cosine over the first 2/3 of the steps, then fine-tune at lr/10")
+    p.add_argument("--synthetic-pool", default=None,
+                   help="an .npz of synthetic (slice, mask) pairs from `python -m train synthetic-pool` (issue 15)")
+    p.add_argument("--synthetic-share", type=float, default=0.0,
+                   help="share of each batch drawn from --synthetic-pool instead of the real training slices")
     p.add_argument("--study", action="store_true",
                    help="a study row: write results.json on the validation patients; no card, no export, no test")
     p.add_argument("--encoder", default="tu-mobilenetv3_large_100")
@@ -57,6 +61,8 @@ def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
     p.add_argument("--n-val", type=int, default=10, help="validation patients (checkpoint and post-processing choice)")
     p.add_argument("--n-test", type=int, default=10, help="test patients (reported once in the card)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the patient split (default: --seed); keep it fixed to repeat a run with other --seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
@@ -89,7 +95,8 @@ def seg_loss():
 
 def load_split(args) -> tuple[lgg.LggSet, dict]:
     data = lgg.load_lgg(args.data)
-    split = lgg.patient_split(data.patients, data.has_tumour, args.n_val, args.n_test, seed=args.seed)
+    split = lgg.patient_split(data.patients, data.has_tumour, args.n_val, args.n_test,
+                              seed=args.seed if args.split_seed is None else args.split_seed)
     return data, split
 
 
@@ -145,12 +152,24 @@ def main(argv=None) -> int:
     all_idx = np.arange(len(train_set))
     imgs_f = train_set.images
 
+    pool = None
+    if args.synthetic_share > 0:
+        if not args.synthetic_pool:
+            raise SystemExit("--synthetic-share needs --synthetic-pool")
+        pool = np.load(args.synthetic_pool)
+        pool = (pool["images"], pool["masks"])
+        run.log.info(f"synthetic pool: {len(pool[0])} pairs, {args.synthetic_share:.0%} of every batch")
+
     def make_batch(rng):
         xs, ys = [], []
         for _ in range(args.batch_size):
-            i = int(rng.choice(tumour_idx)) if (len(tumour_idx) and rng.random() < 0.6) else int(rng.choice(all_idx))
-            x, m = augment_pair(imgs_f[i].astype(np.float32) / 255.0, train_set.masks[i], rng, args.crop or None,
-                                lab_p=args.lab_p)
+            if pool is not None and rng.random() < args.synthetic_share:
+                j = int(rng.integers(len(pool[0])))
+                src, src_m = pool[0][j], pool[1][j]
+            else:
+                i = int(rng.choice(tumour_idx)) if (len(tumour_idx) and rng.random() < 0.6) else int(rng.choice(all_idx))
+                src, src_m = imgs_f[i], train_set.masks[i]
+            x, m = augment_pair(src.astype(np.float32) / 255.0, src_m, rng, args.crop or None, lab_p=args.lab_p)
             if args.train_size:
                 x, m = resize_pair(x, m, args.train_size)
             xs.append(prepare(x, args.input_prep))
