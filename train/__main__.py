@@ -1,4 +1,4 @@
-"""python -m train {segmentation,segmentation-study,lab-robustness,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval} ... (each has --help)."""
+"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval} ... (each has --help)."""
 
 import sys
 
@@ -11,6 +11,7 @@ COMMANDS = {
     "report": "train.report",
     "segmentation-study": "train.seg_study",
     "lab-robustness": "train.lab_robustness",
+    "failures": "train.failures",
     "diffusion": "train.diffusion",
     "synthetic-pool": "train.synthetic_pool",
     "generator-eval": "train.generator_eval",

@@ -198,12 +198,192 @@ def volume_rule(bench_json: Path) -> list[str]:
     return lines
 
 
+def _short_encoder(e: str) -> str:
+    return {"tu-mobilenetv3_large_100": "MobileNetV3-L", "efficientnet-b0": "EfficientNet-B0",
+            "resnet18": "ResNet-18"}.get(e, e)
+
+
+def _decoder_name(r: dict) -> str:
+    name = {"Unet": "U-Net", "UnetPlusPlus": "U-Net++", "MAnet": "MA-Net (attention)"}.get(r["arch"], r["arch"])
+    return name + (" + scSE attention" if r.get("decoder_attention") == "scse" else "")
+
+
+def seg_study(root: Path, fig_dir: Path) -> list[str]:
+    rows = [r for r in _rows(root) if not r["_name"].startswith("aug_") and "val" in r]
+    if not rows:
+        return ["## Segmentation architecture study", "",
+                f"No runs under `{root}` yet (`python -m train segmentation-study`).", ""]
+    rows.sort(key=lambda r: -r["val"]["patient_dice_mean"])
+    imgs = sorted({r["images_seen"] for r in rows})
+    lines = ["## Segmentation architecture study (automatic U-Net; seeds 001, 002, 004)", "",
+             "Every row: trained **from scratch** on the same 65 LGG training patients and validated on the same 10 "
+             "validation patients (the split of the shipped U-Net card; its 10 test patients are not used here), whole "
+             "slices at 160² (the app's letterbox), Dice + BCE loss, the app's preprocessing-lab steps as random "
+             f"augmentation (25 % of slices), for the same budget of **{', '.join(f'{i:,}' for i in imgs)} training "
+             "images** (batches of 16) per row: a fixed image budget, because CPU time on this shared 2-core machine "
+             "is too noisy to split fairly (each row's training speed is beside it). Threshold 0.5, no "
+             "post-processing. **Every row was cut short by the CPU budget**: none trained to convergence (the "
+             "shipped U-Net saw about 34,000 images), so the table ranks early learning. Input *median + CLAHE*: "
+             "seed 002's 3 × 3 median then CLAHE on the model input (stored in the weights' config, applied by the "
+             "app's engine). Weights above 10 MB (fp16) cannot ship.", "",
+             "| decoder | encoder | input | schedule | per-patient Dice mean | median | worst patient | slice Dice "
+             "(tumour slices) | FP rate (tumour-free slices) | params (M) | fp16 MB | CPU ms at 256² | train img/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v = r["val"]
+        lines.append(f"| {_decoder_name(r)} | {_short_encoder(r['encoder'])} | {r['input_prep'].replace('_', ' + ')} | "
+                     f"{r['schedule'].replace('_', '-')} | **{_fmt(v['patient_dice_mean'])}** | "
+                     f"{_fmt(v['patient_dice_median'])} | {_fmt(v['patient_dice_worst'])} | "
+                     f"{_fmt(v['slice_dice_tumour_mean'])} | {_fmt(v['fp_rate_tumour_free'])} | {r['params'] / 1e6:.1f} | "
+                     f"{r['size_mb_fp16']:.1f} | {r['cpu_ms_256']:.0f} | {r['train_images_per_s']:.1f} |")
+    ok = [r for r in rows if r["size_mb_fp16"] <= 10]
+    best = ok[0] if ok else rows[0]
+    pairs = {}
+    for r in rows:
+        if r["schedule"] == "cosine":
+            pairs.setdefault((r["arch"], r.get("decoder_attention"), r["encoder"]), {})[r["input_prep"]] = r["val"]["patient_dice_mean"]
+    prep = [f"{_short_encoder(k[2])} {_decoder_name({'arch': k[0], 'decoder_attention': k[1]})}: "
+            f"{v['median_clahe'] - v['raw']:+.3f}" for k, v in pairs.items() if {"raw", "median_clahe"} <= set(v)]
+    lines += ["", f"**Winner under this budget (among weights ≤ 10 MB): {_decoder_name(best)} with "
+              f"{_short_encoder(best['encoder'])}, {best['input_prep'].replace('_', ' + ')} input** (per-patient Dice "
+              f"{best['val']['patient_dice_mean']:.3f}, worst patient {best['val']['patient_dice_worst']:.3f}). "
+              "Median + CLAHE input minus raw input, same network: " + ("; ".join(prep) or "–") + ".",
+              "", "Commands (one per row, in the order above):", "", "```"]
+    lines += [r["command"] for r in rows] + ["```", ""]
+    png = _seg_figure(rows, fig_dir / "segmentation_study.png")
+    lines += [f"![Per-patient Dice of every row (box plots) and validation curves]({png})", ""]
+    return lines
+
+
+def _seg_figure(rows: list[dict], out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels = [f"{_decoder_name(r)}\n{_short_encoder(r['encoder'])}, {r['input_prep'].replace('_', '+')}"
+              + (" (2-stage)" if r["schedule"] != "cosine" else "") for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(max(11, 1.0 * len(rows) + 5), 4.6), gridspec_kw={"width_ratios": [3, 1.3]})
+    ax[0].boxplot([list(r["val"]["per_patient"].values()) for r in rows])
+    ax[0].set_xticks(range(1, len(rows) + 1), labels, rotation=60, ha="right", fontsize=6)
+    ax[0].set_ylim(0, 1); ax[0].set_ylabel("per-patient Dice (10 validation patients)")
+    ax[0].set_title("same image budget per row, from scratch", fontsize=9)
+    for r, lab in zip(rows, labels):
+        h = r.get("history") or []
+        ax[1].plot([x["epoch"] for x in h], [x.get("patient_dice_mean", np.nan) for x in h], marker="o", ms=3,
+                   label=lab.replace("\n", " "))
+    ax[1].set_xlabel("epoch"); ax[1].set_ylabel("validation per-patient Dice"); ax[1].set_title("training curves", fontsize=9)
+    ax[1].legend(fontsize=5)
+    fig.tight_layout(); fig.savefig(out, dpi=80); plt.close(fig)
+    return str(out.relative_to(out.parents[1]))
+
+
+def lab_robustness(paths: list[tuple[str, Path]]) -> list[str]:
+    """The U-Net's Dice change under each preprocessing-lab configuration (python -m train lab-robustness)."""
+    docs = [(label, json.loads(p.read_text())) for label, p in paths if p.exists()]
+    if not docs:
+        return []
+    configs = list(docs[0][1]["configs"])
+    lines = ["## Preprocessing lab: does the automatic mask hold when a step is ticked?", "",
+             f"The U-Net exactly as the app runs it (the lab's pipeline, then the engine with its threshold and "
+             f"clean-up, mapped back through any crop) on every slice of the {docs[0][1]['split']} patients; change = "
+             f"mean per-patient Dice minus the raw slice's. Bound: {docs[0][1]['bound']}.", "",
+             "| configuration | " + " | ".join(f"{lab}: Dice (change)" for lab, _ in docs) + " |",
+             "|---|" + "---|" * len(docs)]
+    for c in configs:
+        cells = []
+        for _, d in docs:
+            v = d["configs"].get(c)
+            cells.append("–" if v is None else f"{v['patient_dice_mean']:.3f} ({v['change']:+.3f})")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += ["", "Worst |change|: " + "; ".join(f"{lab} {d['worst_abs_change']:.3f} "
+                                               f"({'within' if d['within_bound'] else 'OUTSIDE'} the bound)" for lab, d in docs),
+              "", "```"] + [d["command"] for _, d in docs] + ["```", ""]
+    return lines
+
+
+def augmentation(root: Path) -> list[str]:
+    rows = [r for r in _rows(root, "aug_") if "val" in r]
+    if not rows:
+        return []
+    by = {}
+    for r in rows:
+        share = int(r["_name"].split("_")[1].replace("synthetic", ""))
+        by.setdefault(share, []).append(r)
+    lines = ["## Does synthetic data help? (issue 15's experiment)", "",
+             f"The same U-Net (the study's configuration) trained on the same 65 patients for the same "
+             f"{rows[0]['images_seen']:,} images, with 0 %, 25 % or 50 % of every batch drawn from a pool of synthetic "
+             "(slice, mask) pairs (`python -m train synthetic-pool`: masks of the training patients, randomly "
+             "flipped/rotated/shifted, slices drawn by the shipped generator); two seeds each; validated on the same "
+             "10 validation patients.", "",
+             "| synthetic share | per-patient Dice, seed by seed | mean | spread (max - min) | slice Dice (tumour) | FP rate |",
+             "|---|---|---|---|---|---|"]
+    for share in sorted(by):
+        rs = sorted(by[share], key=lambda r: r["_name"])
+        d = [r["val"]["patient_dice_mean"] for r in rs]
+        lines.append(f"| {share} % | {' / '.join(f'{x:.3f}' for x in d)} | **{np.mean(d):.3f}** | {max(d) - min(d):.3f} | "
+                     f"{np.mean([r['val']['slice_dice_tumour_mean'] for r in rs]):.3f} | "
+                     f"{np.mean([r['val']['fp_rate_tumour_free'] for r in rs]):.3f} |")
+    lines += ["", "```"] + [r["command"] for r in sorted(rows, key=lambda r: r["_name"])] + ["```", ""]
+    return lines
+
+
+def generator(weights: Path, eval_json: Path, fig_dir: Path) -> list[str]:
+    card_p = weights / "card.json"
+    if not card_p.exists():
+        return []
+    card = json.loads(card_p.read_text())
+    tr = card["training"]
+    lines = ["## Synthetic slices: the mask-conditioned DDIM generator (`weights/diffusion`)", "",
+             f"{card['model']}; trained on the LGG FLAIR slices of the U-Net's {len(card['split']['train'])} training "
+             f"patients only, for {tr['train_seconds'] / 3600:.1f} h on one CPU thread ({tr['images_seen']:,} images); "
+             f"validation loss {card['metrics']['val_loss']:.4f} on its held-back patients. Every output is SYNTHETIC.",
+             "", "```", tr["command"], "```", ""]
+    for pth in card.get("plots", []):
+        src = Path(pth)
+        if src.exists() and src.suffix == ".png":
+            (fig_dir / f"diffusion_{src.name}").write_bytes(src.read_bytes())
+            lines += [f"![{src.stem}](studies/diffusion_{src.name})", ""]
+    if eval_json.exists():
+        ev = json.loads(eval_json.read_text())
+        lines += [f"**Realism** (KID ×10³ in our own networks' feature space; {ev['n_real_a']} real slices of half the "
+                  f"held-back patients against {ev['n_real_b']} real slices of the other half — the floor — and against "
+                  f"{ev['n_synthetic']} synthetic slices drawn for the second half's masks; all at the generator's "
+                  f"{ev['size']}² resolution, {ev['steps']} DDIM steps):", "",
+                  "| feature space | KID real vs real (floor) | KID synthetic vs real | ratio |", "|---|---|---|---|"]
+        for name, k in ev["realism_kid"].items():
+            ratio = "–" if k["ratio_to_floor"] is None else f"{k['ratio_to_floor']:.1f}×"
+            lines.append(f"| {name} | {1e3 * k['kid_real_vs_real_floor'][0]:.2f} ± {1e3 * k['kid_real_vs_real_floor'][1]:.2f} | "
+                         f"{1e3 * k['kid_synthetic_vs_real'][0]:.2f} ± {1e3 * k['kid_synthetic_vs_real'][1]:.2f} | {ratio} |")
+        a = ev["mask_adherence"]
+        lines += ["", f"**Mask adherence** (the shipped U-Net on the synthetic slices, {a['n_tumour_masks']} tumour masks): "
+                  f"Dice against the conditioning mask **{a['unet_dice_vs_condition_synthetic']:.3f}** (on the real "
+                  f"slices of the same masks, same resolution: {a['unet_dice_real_same_masks']:.3f}); the U-Net finds a "
+                  f"tumour on {100 * a['unet_detects_tumour_share_synthetic']:.0f} % of them; slices generated with an "
+                  f"empty mask get a U-Net false positive {100 * a['unet_fp_rate_empty_mask_synthetic']:.0f} % of the time "
+                  f"(real tumour-free slices: {100 * a['unet_fp_rate_real_tumour_free']:.0f} %). Generation: "
+                  f"{ev['generation_seconds_per_slice_batched']:.2f} s per slice in batches of 16.", "",
+                  "```", ev["command"], "```", ""]
+        png = eval_json.with_suffix(".png")
+        if png.exists():
+            (fig_dir / "generator_eval.png").write_bytes(png.read_bytes())
+            lines += ["![Real held-back slices (top) and synthetic slices drawn for the same masks (bottom)]"
+                      "(studies/generator_eval.png)", ""]
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train report", description=__doc__)
     p.add_argument("--out", default="docs/studies.md")
     p.add_argument("--classifier-study", default="runs/study_classifier")
     p.add_argument("--weights", default="weights")
     p.add_argument("--volume-bench", default="bench/results/volume.json")
+    p.add_argument("--seg-study", default="runs/study_seg")
+    p.add_argument("--lab-robustness", nargs="*", default=["U-Net before issue 13=bench/results/lab_robustness_unet_before_issue13.json",
+                                                            "shipped U-Net=bench/results/lab_robustness_unet.json"],
+                   help="LABEL=JSON pairs from `python -m train lab-robustness`")
+    p.add_argument("--generator-eval", default="bench/results/generator_eval.json")
     args = p.parse_args(argv)
     out = Path(args.out)
     fig_dir = out.parent / "studies"
@@ -214,6 +394,10 @@ def main(argv=None) -> int:
              "`results.json`; rerun the commands listed to reproduce a row. Research demo — not for diagnosis.", ""]
     lines += classifier_shipped(Path(args.weights) / "classifier", fig_dir)
     lines += classifier_study(Path(args.classifier_study), fig_dir)
+    lines += seg_study(Path(args.seg_study), fig_dir)
+    lines += lab_robustness([(lab, Path(pth)) for lab, _, pth in (a.partition("=") for a in args.lab_robustness)])
+    lines += generator(Path(args.weights) / "diffusion", Path(args.generator_eval), fig_dir)
+    lines += augmentation(Path(args.seg_study))
     lines += volume_rule(Path(args.volume_bench))
     out.write_text(portable("\n".join(lines)) + "\n")
     print(f"wrote {out}")

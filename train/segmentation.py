@@ -43,6 +43,9 @@ def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
                    help="seconds of training in all (sets --steps-per-epoch from a timed probe; studies)")
     p.add_argument("--schedule", default="cosine", choices=["cosine", "two_stage"],
                    help="two_stage (seed 002): cosine over the first 2/3 of the steps, then fine-tune at lr/10")
+    p.add_argument("--small-lesion-boost", type=float, default=0.0,
+                   help="draw tumour slices whose lesion is under 400 px this many times more often (+1); the "
+                        "failure analysis (python -m train failures) found small lesions the weakest")
     p.add_argument("--synthetic-pool", default=None,
                    help="an .npz of synthetic (slice, mask) pairs from `python -m train synthetic-pool` (issue 15)")
     p.add_argument("--synthetic-share", type=float, default=0.0,
@@ -149,6 +152,9 @@ def main(argv=None) -> int:
     run.log.info(f"train {len(train_set.patient_ids)} patients / {len(train_set)} slices, "
                  f"val {len(val_set.patient_ids)} / {len(val_set)}, test {len(split['test'])} patients")
     tumour_idx = np.nonzero(train_set.has_tumour)[0]
+    areas = train_set.masks[tumour_idx].reshape(len(tumour_idx), -1).sum(1)
+    tumour_p = 1.0 + args.small_lesion_boost * (areas < 400)
+    tumour_p = tumour_p / tumour_p.sum() if len(tumour_p) else None
     all_idx = np.arange(len(train_set))
     imgs_f = train_set.images
 
@@ -167,7 +173,8 @@ def main(argv=None) -> int:
                 j = int(rng.integers(len(pool[0])))
                 src, src_m = pool[0][j], pool[1][j]
             else:
-                i = int(rng.choice(tumour_idx)) if (len(tumour_idx) and rng.random() < 0.6) else int(rng.choice(all_idx))
+                i = int(rng.choice(tumour_idx, p=tumour_p)) if (len(tumour_idx) and rng.random() < 0.6) \
+                    else int(rng.choice(all_idx))
                 src, src_m = imgs_f[i], train_set.masks[i]
             x, m = augment_pair(src.astype(np.float32) / 255.0, src_m, rng, args.crop or None, lab_p=args.lab_p)
             if args.train_size:

@@ -34,7 +34,7 @@ class EngineStatus:
 class Engines:
     """Process-wide engine registry.
 
-    weights_dir: folder with unet/, clicks/, classifier/ (None: $BT_WEIGHTS_DIR or <repo>/weights).
+    weights_dir: folder with unet/, clicks/, classifier/, diffusion/ (None: $BT_WEIGHTS_DIR or <repo>/weights).
     sam_model: hub id or folder for SAM/SAM 2 (None: $BT_SAM_MODEL or bt_demo.models.sam.DEFAULT_SAM_ID);
     "none" disables SAM.
     """
@@ -110,6 +110,15 @@ class Engines:
         from bt_demo.models.classifier import ClassifierEngine
 
         return ClassifierEngine.load(self._path("classifier"), self.device)
+
+    def _gen_loader(self):
+        from bt_demo.models.generator import GeneratorEngine
+
+        return GeneratorEngine.load(self._path("diffusion"), self.device)
+
+    def generator(self, wait: bool = True):
+        """GeneratorEngine (the synthetic-slice generator) or a str reason; loaded on first use."""
+        return self._get("generator", self._gen_loader, wait=wait)
 
     def unet_threshold(self) -> float:
         """The U-Net's probability threshold from its config.json (0.5 when there is none), without loading it."""
