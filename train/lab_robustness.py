@@ -66,16 +66,23 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="val", choices=["val", "test"], help="patients of the weights' card split")
     p.add_argument("--out", default=None, help="JSON to write (default: bench/results/lab_robustness_<name>.json)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--card", action="store_true",
+                   help="also write the summary into the weights' card.json (metrics.lab_robustness; the app shows it)")
+    p.add_argument("--from-json", default=None, help="with --card: take the measurement from this JSON instead of running")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     from bt_demo.models.unet import UNetEngine
 
+    card_p = Path(args.weights) / "card.json"
+    card = json.loads(card_p.read_text())
+    if args.from_json:
+        write_card_summary(card_p, json.loads(Path(args.from_json).read_text()))
+        return 0
     eng = UNetEngine.load(args.weights)
     if isinstance(eng, str):
         raise SystemExit(eng)
-    card = json.loads((Path(args.weights) / "card.json").read_text())
     pats = card["split"][f"{args.split}_patients"]
     data = lgg.load_lgg(args.data, patients=pats)
     res = measure(eng, data.images, data.masks, data.patients)
@@ -90,7 +97,21 @@ def main(argv=None) -> int:
         print(f"{k:24s} per-patient Dice {v['patient_dice_mean']:.4f}  change {v['change']:+.4f}  "
               f"FP {v['fp_rate_tumour_free']:.3f}  ({v['seconds']} s)")
     print(f"worst |change| {worst:.4f} (bound {BOUND}) -> {out}")
+    if args.card:
+        write_card_summary(card_p, doc)
     return 0
+
+
+def write_card_summary(card_p: Path, doc: dict) -> None:
+    """metrics.lab_robustness of a card: the worst change, where, and every configuration's change."""
+    card = json.loads(card_p.read_text())
+    worst_cfg = max(doc["configs"], key=lambda k: abs(doc["configs"][k]["change"]))
+    card.setdefault("metrics", {})["lab_robustness"] = {
+        "split": doc["split"], "n_patients": len(doc["patients"]), "bound": doc["bound"],
+        "worst_abs_change": round(doc["worst_abs_change"], 4), "worst_configuration": worst_cfg,
+        "change_by_configuration": {k: round(v["change"], 4) for k, v in doc["configs"].items()},
+        "command": doc["command"]}
+    card_p.write_text(json.dumps(card, indent=1))
 
 
 if __name__ == "__main__":

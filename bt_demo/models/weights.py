@@ -110,6 +110,25 @@ def clear_cache() -> None:
         _cache.clear()
 
 
+def input_line(card: dict) -> str:
+    """Which input a segmentation or click model sees: the lab's output, its own mapping, how robust it is."""
+    cfg = card.get("config") or {}
+    line = "Input: the slice after the preprocessing steps ticked below"
+    if cfg.get("input_prep") == "median_clahe":
+        line += ", then its own 3×3 median + CLAHE"
+    if cfg.get("zoom_in"):
+        line += "; after the first click it looks at a zoomed crop around the mask"
+    lab = (card.get("metrics") or {}).get("lab_robustness")
+    if lab and lab["worst_abs_change"] <= lab["bound"]:
+        line += (f"; its Dice moves by at most {lab['worst_abs_change']:.3f} whatever step is ticked "
+                 f"({lab['n_patients']} validation patients)")
+    elif lab:
+        line += (f"; careful: its Dice falls by up to {lab['worst_abs_change']:.2f} when "
+                 f"'{lab['worst_configuration']}' is ticked ({lab['n_patients']} validation patients): untick the "
+                 "steps to read its mask")
+    return line + "."
+
+
 def card_summary(model_id: str | os.PathLike) -> str:
     """One sentence of the held-out numbers in ``card.json`` beside local weights ('' when there is none).
 
@@ -124,10 +143,13 @@ def card_summary(model_id: str | os.PathLike) -> str:
         m, task = card["metrics"], card["task"]
         if task == "segmentation":
             return (f"Measured on {m['n_patients']} held-out patients: mean per-patient Dice {m['patient_dice_mean']:.3f}, "
-                    f"tumour-free slices with a false positive {100 * m['fp_rate_tumour_free']:.0f}%.")
+                    f"tumour-free slices with a false positive {100 * m['fp_rate_tumour_free']:.0f}%. " + input_line(card))
         if task == "clicks":
-            return (f"Measured on {m['n_tumour_slices']} held-out tumour slices: Dice {m['dice_after_1_clicks']:.3f} "
-                    f"after 1 click, {m['dice_after_3_clicks']:.3f} after 3.")
+            line = (f"Measured on {m['n_tumour_slices']} held-out tumour slices: Dice {m['dice_after_1_clicks']:.3f} "
+                    f"after 1 click, {m['dice_after_3_clicks']:.3f} after 3")
+            if "dice_after_10_clicks" in m:
+                line += f", {m['dice_after_10_clicks']:.3f} after 10"
+            return line + ". " + input_line(card)
         if task == "generation":
             return (f"A generator of SYNTHETIC slices (validation noise-prediction loss {m['val_loss']:.4f} on "
                     f"held-out patients); its realism is measured in docs/studies.md.")
