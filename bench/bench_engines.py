@@ -62,6 +62,26 @@ def _engines(weights_dir: str | None):
     return u, c, k, source
 
 
+def _generator_rows(weights_dir: str | None, repeats: int) -> list[dict]:
+    """The synthetic-slice generator: one slice at the app's default 25 DDIM steps (and 50), at the shipped
+    model's size; the same channels at 128² with random weights (the cost of a larger generator)."""
+    from bt_demo.models.generator import GeneratorEngine, MaskConditionedDiffusion
+
+    gen = GeneratorEngine.load(str(Path(weights_dir) / "diffusion")) if weights_dir else "no dir"
+    label = "shipped"
+    if isinstance(gen, str):
+        gen, label = GeneratorEngine(MaskConditionedDiffusion(sample_size=64).eval()), "random init"
+    mask = np.zeros((256, 256), bool)
+    mask[100:150, 90:160] = True
+    rows = [{"item": f"synthetic slice, {steps} DDIM steps", "size": gen.size, "weights": label,
+             **time_it(lambda: gen.generate(mask, seed=0, steps=steps), repeats)} for steps in (25, 50)]
+    cfg = dict(gen.model._hub_mixin_config) if hasattr(gen.model, "_hub_mixin_config") else {}
+    big = GeneratorEngine(MaskConditionedDiffusion(**(cfg | {"sample_size": 128})).eval())
+    rows.append({"item": "synthetic slice, 25 DDIM steps (same network at 128²)", "size": 128, "weights": "random init",
+                 **time_it(lambda: big.generate(mask, seed=0, steps=25), repeats)})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=20)
@@ -102,6 +122,7 @@ def main(argv=None) -> int:
         rows.append({"item": "random walker, 1 click", "size": size, **time_it(lambda: rw.predict([(cx, cy)], [1]), max(5, args.repeats // 2))})
     for r in rows:
         r["weights"] = source.get({"U": "unet", "c": "classifier"}.get(r["item"][0], "clicks"), "shipped") if not r["item"].startswith("random") else "-"
+    rows += _generator_rows(args.weights_dir, max(3, args.repeats // 5))
     print(markdown(rows, ["item", "size", "median_ms", "p95_ms", "weights"]))
     out = write("engines", rows, {"weights_source": source}, args.json)
     print(f"\nwritten {out}")

@@ -102,6 +102,27 @@ def augmentation_rows(pool: str, steps: int, epochs: int, shares=(0.0, 0.25, 0.5
     return out
 
 
+def remeasure_latency(root: Path, threads: int = 1) -> None:
+    """CPU ms at 256² of every finished row again, one after the other on an otherwise idle machine (the
+    rows' own figures were taken while other runs shared the CPU). Latency does not depend on the weights,
+    so each row's architecture is rebuilt from its args."""
+    import types
+
+    from train.segmentation import build_model
+
+    torch.set_num_threads(threads)
+    for res_p in sorted(root.glob("*/results.json")):
+        res = json.loads(res_p.read_text())
+        a = json.loads((res_p.parent / "args.json").read_text())
+        args = types.SimpleNamespace(**{**a, "init_from": None, "pretrained": False})
+        model = build_model(args, 1, "segmentation").eval()
+        res["cpu_ms_256_during_training"] = res.get("cpu_ms_256_during_training", res["cpu_ms_256"])
+        res["cpu_ms_256"] = engine_ms(model, n=20)
+        res["cpu_ms_256_note"] = f"re-measured alone, {threads} thread(s)"
+        res_p.write_text(json.dumps(res, indent=1))
+        print(f"{res_p.parent.name}: {res['cpu_ms_256']} ms")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train segmentation-study", description=__doc__)
     p.add_argument("--root", default="runs/study_seg")
@@ -118,7 +139,12 @@ def main(argv=None) -> int:
                    help="instead of the study: the synthetic-augmentation experiment with this pool (issue 15)")
     p.add_argument("--base", default="--arch Unet --encoder tu-mobilenetv3_large_100 --input-prep raw",
                    help="with --augmentation-pool: the U-Net configuration (the study's winner)")
+    p.add_argument("--remeasure-latency", action="store_true",
+                   help="instead of training: CPU ms at 256² of every finished row, measured alone")
     args = p.parse_args(argv)
+    if args.remeasure_latency:
+        remeasure_latency(Path(args.root))
+        return 0
     if args.augmentation_pool:
         todo = augmentation_rows(args.augmentation_pool, args.steps_per_epoch, args.epochs, base=tuple(args.base.split()))
         return run_rows(todo, Path(args.root), args.jobs)
