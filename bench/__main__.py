@@ -12,7 +12,10 @@ Suites (default: all but ``sam``, which downloads nothing but takes ~8 min):
             one-image round trip (the framework's floor) in the same run
   corpus    the bad-input corpus through the upload handler (cases passed)
   crash     SIGKILL during correction-store saves (records written / partial / lost)
-  load      gradio_client load test against a real server, 1 and 8 sessions
+  load      gradio_client load test against a real server, 1, 8 and 12 sessions (12 for 60 s)
+  soak      300 upload -> click -> export cycles of one session: server memory and scratch/cache size
+  hostile   the hostile files of the bad-input corpus through the real server while a victim session clicks
+  domain    the image-content brain check: false notices on real slices (../shared/data), hits on decoys
   sam       SAM / SAM 2 image-encoder time per architecture and cached-click time
   summary   only rewrite bench/results/SUMMARY.md from the JSON already there
 
@@ -32,7 +35,8 @@ from pathlib import Path
 
 from bench.common import RESULTS, machine
 
-SUITES = ["core", "engines", "studies", "ui", "startup", "browser", "corpus", "crash", "load", "volume", "sam"]
+SUITES = ["core", "engines", "studies", "ui", "startup", "browser", "corpus", "crash", "load", "soak", "hostile",
+          "domain", "volume", "sam"]
 
 
 def _weights(wdir: str | None) -> str | None:
@@ -53,8 +57,12 @@ def _calls(name: str, quick: bool, wdir: str | None) -> list[tuple[str, list[str
         "startup": [("bench.bench_startup", ["--runs", "1" if quick else "3"] + w)],
         "corpus": [("bench.bench_corpus", [])],
         "crash": [("bench.crash_store", ["--kills", "30" if quick else "300", "--json", str(RESULTS / "crash_store.json")])],
-        "load": [("bench.load_test", ["--sessions", str(n), "--seconds", "10" if quick else "30",
-                                      "--out", str(RESULTS / f"load_test_{n}sessions.json")] + w) for n in (1, 8)],
+        "load": [("bench.load_test", ["--sessions", str(n), "--seconds", "10" if quick else str(s),
+                                      "--out", str(RESULTS / f"load_test_{n}sessions.json")] + w)
+                 for n, s in ((1, 30), (8, 30), (12, 60))],
+        "soak": [("bench.soak_hostile", ["soak", "--cycles", "40" if quick else "300"] + w)],
+        "hostile": [("bench.soak_hostile", ["hostile"] + w)],
+        "domain": [("bench.bench_domain", ["--per-source", "200" if quick else "1000"])],
         "browser": [("bench.bench_browser", ["--clicks", "6" if quick else "12"] + w)],
         "volume": [("bench.bench_volume", (["--weights-dir", wdir] if wdir else []) + (["--part", "speed"] if quick else []))],
         "sam": [("bench.bench_sam", ["--repeats", "1" if quick else "3"])],
@@ -63,6 +71,14 @@ def _calls(name: str, quick: bool, wdir: str | None) -> list[tuple[str, list[str
 
 def _ms(v) -> str:
     return "" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _merged(dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def _load(name: str) -> dict | None:
@@ -111,6 +127,8 @@ def summary() -> str:
                 "| measured | median ms | max ms | n |", "|---|---|---|---|"]
         out += [f"| {r['item']}" + (f" ({r['times_floor']}× the floor)" if "times_floor" in r else "") + " | "
                 f"{_ms(r['median_ms'])} | {_ms(r['max_ms'])} | {r['n']} |" for r in d["rows"]]
+        if d.get("note"):
+            out += ["", d["note"]]
         out.append("")
     d = _load("sam_cpu")
     if d:
@@ -121,12 +139,14 @@ def summary() -> str:
         pr = d["predict"]
         out += ["", f"{pr['name']}: a click with the embedding cached takes {_ms(pr['predict_ms_median'])} ms median "
                 f"({_ms(pr['predict_ms_p95'])} p95); the first click on a new image {_ms(pr['first_click_ms'])} ms.", ""]
-    rows = [r for n in (1, 8) if (d := _load(f"load_test_{n}sessions")) for r in d["rows"]]
+    rows = [r for n in (1, 8, 12) if (d := _load(f"load_test_{n}sessions")) for r in d["rows"]]
     if rows:
         out += ["## Concurrent sessions (gradio_client against a real server)", "",
-                "| sessions | clicks/s | p50 click | p95 click | errors | crosstalk | weights |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {r['sessions']} | {r['throughput_clicks_per_s']} | {_ms(r['click_p50_ms'])} | {_ms(r['click_p95_ms'])} | "
+                "| sessions | seconds | clicks/s | p50 click | p95 click | errors | crosstalk | weights |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['sessions']} | {r['seconds']:g} | {r['throughput_clicks_per_s']} | {_ms(r['click_p50_ms'])} | {_ms(r['click_p95_ms'])} | "
                 f"{r['errors']} | {r['crosstalk']} | {r.get('weights', '')} |" for r in rows]
+        out += [f"\n{r['sessions']} sessions: {r['note']}" for r in rows if r.get("note")]
         out.append("")
     d = _load("volume")
     if d and (d.get("speed") or d.get("lgg_summary")):
@@ -148,11 +168,40 @@ def summary() -> str:
                        f"({ls.get('propagated_dice_3d_mean_without_gate', float('nan')):.3f} without it).")
         out.append("")
     d, c = _load("corpus"), _load("crash_store")
-    if d or c:
+    dom = _load("domain_check")
+    if dom:
+        real = [r for r in dom["rows"] if r["item"].startswith("real")]
+        fake = [r for r in dom["rows"] if r["item"].startswith("synthetic") and "phantom" not in r["item"]]
+        out += ["## Image-content brain check (`python -m bench.bench_domain`)", "",
+                "| pictures | n | with a notice |", "|---|---|---|"]
+        out += [f"| {r['item']} | {r['n']} | {r['notices']} ({100 * r['rate']:.1f} %) |" for r in dom["rows"]]
+        out += ["", f"Real slices: {sum(r['notices'] for r in real)} notices on {sum(r['n'] for r in real)} "
+                f"(reasons: " + "; ".join(f"{k} {v}" for k, v in _merged(r.get("reasons", {}) for r in real).items())
+                + "). "
+                f"Decoys: {sum(r['notices'] for r in fake)} of {sum(r['n'] for r in fake)}.", ""]
+    if d or c or _load("hostile") or _load("soak"):
         out += ["## Reliability", ""]
         if d:
             out.append(f"- Bad-input corpus through the upload handler: {d['passed']}/{d['total']} cases behaved as required "
                        "(clear message or loaded; the next good upload worked).")
+        if (h := _load("hostile")):
+            r = h["rows"][0]
+            out.append(f"- Hostile files through the real server ({r['files']} files of the corpus's items 2, 3 and 9 "
+                       f"and a {r['cases'][-1]['file']} of the largest accepted size, each uploaded and, when it "
+                       f"loads, clicked and exported, while a victim session clicks): slowest request "
+                       f"{r['slowest_request_ms'] / 1000:.1f} s, server memory +{r['rss_mb_rise']:.0f} MB at peak, "
+                       f"victim click p95 {_ms(r['victim_click_p95_ms'])} ms (max {_ms(r['victim_click_max_ms'])}, "
+                       f"{r['victim_clicks']} clicks, {len(r['victim_errors'])} errors).")
+        if (s := _load("soak")):
+            r = s["rows"][0]
+            out.append(f"- Soak, {r['cycles']} upload → click → export cycles of one session: server memory "
+                       f"{r['rss_mb']['growth_after_25']:+.1%} and scratch/cache files "
+                       f"{r['scratch_files']['growth_after_25']:+.1%} ({r['scratch_bytes']['growth_after_25']:+.1%} "
+                       f"bytes) from cycle 25 to the end (RSS {r['rss_mb']['last']:.0f} MB, "
+                       f"{r['scratch_files']['last']} files at the end). The files that grow are Gradio's cache of "
+                       "served files (each export's copies, the views), swept every 10 minutes of files older than "
+                       "15 minutes, so they are bounded by 15 minutes of activity, not flat within a shorter run; "
+                       "the session's own folder keeps only its latest export.")
         if c:
             out.append(f"- Correction store under SIGKILL: {c['kills']} writers killed, {c['written']} saves returned, "
                        f"{c['readable']} records readable, {c['partial']} partial, {c['lost']} lost.")

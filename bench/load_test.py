@@ -12,7 +12,7 @@ position), then clicks positive points on its lesion in a cycle of
 
 Crosstalk check (valid with random tiny weights too, where masks are not
 meaningful): before the timed run every session's cycle is played once alone
-(one session at a time, after all of them uploaded) and the "Prompted mask" overlay and the prompted
+(one session at a time, after all of them uploaded) and the clickable image (slice, mask, points) and the prompted
 mask's area are recorded for each click of the cycle. Under load every click's
 answer must match its own session's solo answer for that position (area equal,
 overlay within :data:`OVERLAY_TOLERANCE` of differing pixels) and be closer to
@@ -62,8 +62,8 @@ STARTUP_S = 150
 UPLOAD_LABEL = "Upload an MRI slice"
 CLICK_LABEL = "Click on the tumour"
 CLEAR_TEXT = "Clear points"
-OVERLAY_LABEL = "Prompted mask"
-AREA_LABEL = "Mask areas"
+OVERLAY_LABEL = "Click on the tumour"   # the clickable image (the only picture a click sends back)
+AREA_LABEL = "Prompt status"          # "... mask N px ..." (the Compare tab is drawn when opened)
 
 
 # ---------------------------------------------------------------------------
@@ -77,8 +77,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(workdir: Path, weights_dir: Path | None = None, port: int | None = None,
-                concurrency: int | None = None):
-    """``python app.py --sam-model none`` on a free port (tiny random weights unless ``weights_dir``); yields its URL."""
+                concurrency: int | None = None, info: dict | None = None):
+    """``python app.py --sam-model none`` on a free port (tiny random weights unless ``weights_dir``); yields its URL.
+
+    info: a dict filled with the server's ``pid`` and its ``scratch`` folder (``BT_SCRATCH_DIR``, under which
+    ``<pid>/gradio`` is its Gradio cache), for benchmarks that watch its memory and disk."""
     workdir = Path(workdir)
     if weights_dir is None:
         sys.path.insert(0, str(REPO))
@@ -87,7 +90,7 @@ def running_app(workdir: Path, weights_dir: Path | None = None, port: int | None
         weights_dir = make_weights_dir(workdir / "weights")
     port = port or free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               BT_DEVICE=os.environ.get("BT_DEVICE", "cpu"))
+               BT_DEVICE=os.environ.get("BT_DEVICE", "cpu"), BT_SCRATCH_DIR=str(workdir / "scratch"))
     cmd = [sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port),
            "--weights-dir", str(weights_dir), "--sam-model", "none",
            "--annotations-dir", str(workdir / "corrections")]
@@ -96,6 +99,8 @@ def running_app(workdir: Path, weights_dir: Path | None = None, port: int | None
     log_path = workdir / "app.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if info is not None:
+        info.update(pid=proc.pid, scratch=workdir / "scratch")
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + STARTUP_S
@@ -195,14 +200,11 @@ def _overlay_array(value) -> np.ndarray | None:
 
 
 def _prompt_area(value) -> int | None:
-    """Area (px) of the prompted mask from the "Mask areas" table, or None when it has no row."""
-    if not isinstance(value, dict):
-        return None
-    headers = [str(h) for h in value.get("headers", [])]
-    for row in value.get("data", []):
-        if row and str(row[0]).lower().startswith("prompt"):
-            return int(float(row[headers.index("area (px)")] if "area (px)" in headers else row[1]))
-    return None
+    """Area (px) of the prompted mask from the prompt status line ("mask N px"), or None when it has none."""
+    import re
+
+    m = re.search(r"mask (\d+) px", str(value or ""))
+    return int(m.group(1)) if m else None
 
 
 class SessionDriver:
@@ -233,8 +235,12 @@ class SessionDriver:
         out = self._call(self.ep.click, "positive",
                          event_data={"index": self.display_points[k], "value": None, "selected": True})
         out = dict(zip(self.ep.click_outputs, out if isinstance(out, (list, tuple)) else [out]))
-        return {"area": _prompt_area(out.get(AREA_LABEL)), "overlay": _overlay_array(out.get(OVERLAY_LABEL)),
-                "info": str(out.get("Prompt status", ""))}
+
+        def labelled(prefix):  # labels are matched by their start, as find_endpoints does
+            return next((v for k, v in out.items() if k.startswith(prefix)), None)
+
+        return {"area": _prompt_area(labelled(AREA_LABEL)), "overlay": _overlay_array(labelled(OVERLAY_LABEL)),
+                "info": str(labelled(AREA_LABEL) or "")}
 
     def clear(self) -> None:
         self._call(self.ep.clear)
@@ -358,6 +364,7 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, help="app.py --concurrency for --start (default: the app's)")
     p.add_argument("--side", type=int, default=128, help="phantom side in pixels (default 128)")
     p.add_argument("--out", help="JSON path (default bench/results/load_test.json)")
+    p.add_argument("--note", default="", help="conditions of the run, kept in the JSON and the README table")
     args = p.parse_args(argv)
     if args.sessions < 1 or args.seconds <= 0:
         p.error("--sessions must be >= 1 and --seconds > 0")
@@ -371,6 +378,8 @@ def main(argv=None) -> int:
             with running_app(Path(tmp), Path(args.weights_dir) if args.weights_dir else None,
                              concurrency=args.concurrency) as url:
                 result = run(url, args.sessions, args.seconds, args.side)
+    if args.note:
+        result["note"] = args.note
     result["weights"] = _relative(args.weights_dir) if args.weights_dir else ("tiny random (tests/tiny_models.py)" if not args.port else "as running")
     print(json.dumps(result, indent=1))
     out = write("load_test", [result], path=args.out)

@@ -258,8 +258,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
-def write_bundle(folder: str | Path, mask, spacing, report: dict, affine=None) -> dict[str, Path]:
-    """Write ``mask_<id>.png``, ``mask_<id>.nii.gz`` and ``report_<id>.json`` into ``folder``.
+def write_bundle(folder: str | Path, mask, spacing, report: dict, affine=None, prefix: str = "") -> dict[str, Path]:
+    """Write ``mask_<id>.png``, ``mask_<id>.nii.gz`` and ``report_<id>.json`` into ``folder``
+    (each name after ``prefix``: "SYNTHETIC_" for a generated slice).
 
     ``<id>`` is random (12 hex digits), never taken from an upload; the
     written report gets ``"bundle_id": <id>`` (the files' names follow from it).
@@ -279,7 +280,9 @@ def write_bundle(folder: str | Path, mask, spacing, report: dict, affine=None) -
         raise InputError(f"the mask is {m.shape[0]}x{m.shape[1]} (H x W) but the report describes a "
                          f"{shape[0]}x{shape[1]} slice; export the mask of the slice the report is about")
     rid = secrets.token_hex(6)
-    names = {"png": f"mask_{rid}.png", "nifti": f"mask_{rid}.nii.gz", "report": f"report_{rid}.json"}
+    if prefix and not all(c.isalnum() or c in "_-" for c in prefix):
+        raise InputError(f"a file-name prefix may hold letters, digits, '_' and '-' only, got {prefix!r}")
+    names = {"png": f"{prefix}mask_{rid}.png", "nifti": f"{prefix}mask_{rid}.nii.gz", "report": f"{prefix}report_{rid}.json"}
     rep = to_jsonable(dict(report), "report")
     check_deidentified(rep, "report")
     rep["bundle_id"] = rid

@@ -119,40 +119,43 @@ def intensity_figure(before: np.ndarray, after: np.ndarray | None = None, brain_
     Traces are named "before"/"after" (bars) and "before CDF"/"after CDF" (lines).
     """
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     h = histogram_cdf(before, after, brain_mask, bins)
     bounds = _boundaries(kmeans_centers) if kmeans_centers is not None else []
     win = _window(window) if window is not None else None
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
     width = float(h["edges"][1] - h["edges"][0])
     styles = {"before": ("#999999", "#555555"), "after": ("#56B4E9", "#0072B2")}
+    # built as one dict, not with add_trace/add_vline: plotly's per-call validation took ~0.2 s of every upload
+    traces = []
     for key in ("before", "after"):
         d = h[key]
         if d is None:
             continue
         bar_c, line_c = styles[key]
-        fig.add_trace(go.Bar(x=h["centers"], y=d["counts"], width=width, name=key, marker_color=bar_c,
-                             opacity=0.55), secondary_y=False)
+        traces.append(dict(type="bar", x=h["centers"], y=d["counts"], width=width, name=key, marker_color=bar_c,
+                           opacity=0.55, xaxis="x", yaxis="y"))
         # the CDF as a step through the right bin edges: a constant image gives one clean step
-        fig.add_trace(go.Scatter(x=np.concatenate([[0.0], h["edges"][1:]]), y=np.concatenate([[0.0], d["cdf"]]),
-                                 name=f"{key} CDF", mode="lines", line=dict(color=line_c, shape="hv")),
-                      secondary_y=True)
-    for b in bounds:
-        fig.add_vline(x=b, line_dash="dot", line_color="#CC79A7")
+        traces.append(dict(type="scatter", x=np.concatenate([[0.0], h["edges"][1:]]),
+                           y=np.concatenate([[0.0], d["cdf"]]), name=f"{key} CDF", mode="lines",
+                           line=dict(color=line_c, shape="hv"), xaxis="x", yaxis="y2"))
+
+    def vline(x, dash, color):
+        return dict(type="line", x0=x, x1=x, y0=0, y1=1, xref="x", yref="paper", line=dict(dash=dash, color=color))
+
+    shapes = [vline(b, "dot", "#CC79A7") for b in bounds]
+    notes = []
     if bounds:
-        fig.add_annotation(x=bounds[-1], y=1.0, yref="paper", text="K-Means boundaries", showarrow=False,
-                           xanchor="left", font=dict(color="#CC79A7", size=10))
+        notes.append(dict(x=bounds[-1], y=1.0, yref="paper", text="K-Means boundaries", showarrow=False,
+                          xanchor="left", font=dict(color="#CC79A7", size=10)))
     if win is not None:
         lo, hi = max(0.0, win[0] - win[1] / 2.0), min(1.0, win[0] + win[1] / 2.0)
-        for x in (lo, hi):
-            fig.add_vline(x=x, line_dash="dash", line_color="#E69F00")
-        fig.add_annotation(x=hi, y=0.92, yref="paper", text=f"window {win[1]:.2f} / level {win[0]:.2f}",
-                           showarrow=False, xanchor="right", font=dict(color="#E69F00", size=10))
-    fig.update_layout(barmode="overlay", height=360, margin=dict(l=50, r=50, t=50, b=40),
-                      legend=dict(orientation="h"),
-                      title="intensity histogram and CDF" + (" (brain pixels)" if h["brain_only"] else ""))
-    fig.update_xaxes(title_text="intensity (0..1)", range=[0, 1])
-    fig.update_yaxes(title_text="pixels", secondary_y=False)
-    fig.update_yaxes(title_text="cumulative fraction", range=[0, 1.02], secondary_y=True)
-    return fig
+        shapes += [vline(x, "dash", "#E69F00") for x in (lo, hi)]
+        notes.append(dict(x=hi, y=0.92, yref="paper", text=f"window {win[1]:.2f} / level {win[0]:.2f}",
+                          showarrow=False, xanchor="right", font=dict(color="#E69F00", size=10)))
+    layout = dict(barmode="overlay", height=360, margin=dict(l=50, r=50, t=50, b=40), legend=dict(orientation="h"),
+                  title=dict(text="intensity histogram and CDF" + (" (brain pixels)" if h["brain_only"] else "")),
+                  xaxis=dict(title=dict(text="intensity (0..1)"), range=[0, 1]),
+                  yaxis=dict(title=dict(text="pixels")),
+                  yaxis2=dict(title=dict(text="cumulative fraction"), range=[0, 1.02], overlaying="y", side="right"),
+                  shapes=shapes, annotations=notes)
+    return go.Figure(data=traces, layout=layout)

@@ -495,6 +495,8 @@ def test_export_files_are_valid_and_randomly_named(engines, phantom):
     assert "smith" not in json.dumps(rep)
     s, view2 = H.export(s, "unet")
     assert set(view2["export_files"]).isdisjoint(view["export_files"])
+    # only the latest export stays in the session's folder: exporting all day does not fill the disk
+    assert not any(f.exists() for f in files) and {str(p) for p in Path(s.workdir).iterdir()} == set(view2["export_files"])
     workdir = s.workdir
     s.close()
     assert not Path(workdir).exists()

@@ -34,10 +34,20 @@ def make_classifier(folder: Path, seed: int = 0, **over) -> Path:
     return folder
 
 
+def make_generator(folder: Path, seed: int = 0) -> Path:
+    """A tiny mask-conditioned diffusion generator (32 px, random weights), saved as training saves one."""
+    from bt_demo.models.generator import MaskConditionedDiffusion
+
+    torch.manual_seed(seed)
+    MaskConditionedDiffusion(sample_size=32, block_out_channels=[8, 16], attention=False).save_pretrained(folder)
+    return folder
+
+
 def make_weights_dir(root: Path) -> Path:
-    """root/{unet,clicks,classifier}: a complete tiny weights folder for the app."""
+    """root/{unet,clicks,classifier,diffusion}: a complete tiny weights folder for the app."""
     root.mkdir(parents=True, exist_ok=True)
     make_seg(root / "unet", "segmentation")
     make_seg(root / "clicks", "clicks")
     make_classifier(root / "classifier")
+    make_generator(root / "diffusion")
     return root

@@ -6,4 +6,6 @@ Only this package (and ``app.py``) imports Gradio; ``bt_demo`` below it does not
 * :mod:`bt_demo.ui.handlers`: one function per event, ``(session, ...) -> (session, view)``.
 * :mod:`bt_demo.ui.views`: what each panel shows, computed from a session.
 * :mod:`bt_demo.ui.layout`: ``build_demo(engines, annotations_dir)`` -> ``gr.Blocks``.
+* :mod:`bt_demo.ui.tabs`: only the tab on screen is drawn and sent; hidden tabs are drawn when opened.
+* :mod:`bt_demo.ui.busy`: one heavy request per session at a time (others are told to wait).
 """

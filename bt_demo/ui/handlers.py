@@ -36,7 +36,7 @@ import numpy as np
 from bt_demo import render
 from bt_demo.errors import InputError
 from bt_demo.models.classifier import gradcam_choices
-from bt_demo.ui import views
+from bt_demo.ui import busy, tabs, views
 from bt_demo.ui.views import esc
 from bt_demo.ui.state import PredictorSlot, PromptState, Session
 
@@ -59,19 +59,29 @@ def notify(view: dict, text: str, level: str = "warning") -> None:
         gr.Warning(esc(text))
 
 
-def _handler(what: str):
-    """Lock the session, snapshot it, and turn failures into messages (see the module docstring)."""
+def _handler(what: str, heavy: bool = False):
+    """Lock the session, snapshot it, and turn failures into messages (see the module docstring).
+
+    heavy: the request does real work (an upload, a click, a segmentation, an export); one whose
+    session is still busy with another heavy request is answered with :func:`bt_demo.ui.busy.message`
+    after a short wait instead of taking a worker slot to queue.
+    """
 
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(session, *args, **kwargs):
             if not isinstance(session, Session):
                 session = Session()
-            with session.lock:
+            with busy.turn(session, what, heavy) as my_turn:
+                if not my_turn:
+                    view: dict = {"_busy": True}
+                    notify(view, busy.message(session))
+                    return session, view
                 snap = session.snapshot()
                 try:
                     view = fn(session, *args, **kwargs)
-                    return session, (view if view is not None else {})
+                    # only the tab on screen travels; the others are drawn when opened (ui.tabs)
+                    return session, tabs.hold_back(session, view if view is not None else {})
                 except (InputError, ValueError) as exc:
                     session.restore(snap)
                     view: dict = {}
@@ -194,14 +204,19 @@ def _run_classifier(s: Session, engines) -> str | None:
         return reason
     p = s.processed
     if s.classification is None or s.classification_key != p.key:
-        from bt_demo.models.classifier import domain_notices
-
-        s.classification = clf.classify(p.image, notices=domain_notices(s.slice.metadata))
+        s.classification = clf.classify(p.image, notices=s.notices)
         s.classification_key = p.key
         if s.gradcam_class not in {v for _, v in gradcam_choices(clf.type_names)}:
             s.gradcam_class = None
         _run_gradcam(s, clf)
     return None
+
+
+def _notices(s: Session) -> tuple[str, ...]:
+    """Why the slice is unlike the training data: what its file says, then what its pixels look like."""
+    from bt_demo import domain, looks_like_brain
+
+    return domain.notices(s.slice.metadata) + looks_like_brain.notices(s.unit)
 
 
 def _run_gradcam(s: Session, clf) -> None:
@@ -266,6 +281,7 @@ def _recompute(s: Session, engines, *, new_image: bool) -> dict:
 
     t0 = time.perf_counter()
     s.unit = s.slice.unit(s.window)
+    s.notices = _notices(s)
     s.processed = run_pipeline(s.unit, steps=_pipeline(s))
     s.display_factor = views.display_factor(s.slice.shape)
     if new_image:
@@ -273,26 +289,27 @@ def _recompute(s: Session, engines, *, new_image: bool) -> dict:
     if s.sweep_key != s.processed.key:
         s.sweep, s.sweep_key = None, None
     view: dict = {}
+    # the U-Net and the classifier feed only hidden tabs when Prompts is on screen: they run in the
+    # chained after_new_image (or when such a tab opens), after the visible panels are shown
+    models_now = any(tabs.shown(s, t) for t in MODEL_TABS)
     t1 = time.perf_counter()
-    _run_unet(s, engines, rerun=False)
+    if models_now:
+        _run_unet(s, engines, rerun=False)
     t2 = time.perf_counter()
-    _run_kmeans(s)
+    _run_kmeans(s)  # the histogram marks the cluster boundaries
     t3 = time.perf_counter()
-    _run_classifier(s, engines)
+    if models_now:
+        _run_classifier(s, engines)
     t4 = time.perf_counter()
     ready = _refresh_prompts(s, engines, view, allow_slow=False)
     t5 = time.perf_counter()
     view.update(views.preprocessing_view(s))
-    view.update(views.prompt_view(s))
-    if not ready:
+    tabs.draw(s, view, "prompts")
+    if not ready and tabs.shown(s, "prompts"):
         view["prompt_info"] = "Preparing the prompt engine for this image…"
-    view.update(views.compare_view(s))
-    view.update(views.unet_view(s))
-    view.update(views.kmeans_view(s))
-    view.update(views.sweep_view(s))
-    view.update(views.classifier_view(s))
+    # hidden tabs are drawn when opened
+    tabs.draw(s, view, "compare", "measure", "kmeans", "classifier", "uncertainty", "export")
     view.update(views.intensity_view(s))
-    view.update(views.uncertainty_view(s))
     view["export_files"] = None
     t6 = time.perf_counter()
     view["_timings"] = {"preprocess": t1 - t0, "unet": t2 - t1, "kmeans": t3 - t2, "classifier": t4 - t3,
@@ -300,11 +317,20 @@ def _recompute(s: Session, engines, *, new_image: bool) -> dict:
     return view
 
 
+MODEL_TABS = ("compare", "measure", "uncertainty", "export", "classifier")
+
+
+def _ensure_models(s: Session, engines) -> None:
+    """The U-Net and classifier results for the current image (each cached by the processed image's key)."""
+    if engines is not None and s.loaded:
+        if s.unet_result is None or s.unet_prob_key != s.processed.key:
+            _run_unet(s, engines, rerun=False)
+        _run_classifier(s, engines)
+
+
 def _prompt_and_compare(s: Session, view: dict | None = None) -> dict:
     view = {} if view is None else view
-    view.update(views.prompt_view(s))
-    view.update(views.compare_view(s))
-    return view
+    return tabs.draw(s, view, "prompts", "compare", "measure", "export")
 
 
 # ---------------------------------------------------------------------------
@@ -359,7 +385,7 @@ def _forget_upload(s: Session, path) -> None:
             pass
 
 
-@_handler("reading the file")
+@_handler("reading the file", heavy=True)
 def load_file(s: Session, engines, path) -> dict:
     """A new upload (or example): read it, reset prompts, compute every panel.
 
@@ -382,16 +408,23 @@ def load_file(s: Session, engines, path) -> dict:
         view["upload"] = None  # the upload box must not keep showing the refused file's name
         notify(view, str(exc))
         return view
-    if s.source_path and s.source_path != str(path):
+    view.update(adopt_slice(s, engines, sl, str(path)))
+    return view
+
+
+def adopt_slice(s: Session, engines, sl, path: str | None) -> dict:
+    """Make ``sl`` the session's slice (an upload read from ``path``, or a generated one with None):
+    prompts reset, every panel recomputed."""
+    if s.source_path and s.source_path != path:
         _forget_upload(s, s.source_path)
-    s.slice, s.source_path, s.selectors = sl, str(path), {}
+    s.slice, s.source_path, s.selectors = sl, path, {}
     s.window = tuple(sl.window)
-    view.update(_recompute(s, engines, new_image=True))
+    view = _recompute(s, engines, new_image=True)
     view.update(views.slice_view(s))
     return view
 
 
-@_handler("changing the slice")
+@_handler("changing the slice", heavy=True)
 def select_index(s: Session, engines, page=None, frame=None, slice_=None, volume=None, channel=None) -> dict:
     """Slice/page/frame/volume sliders (1-based, as shown) and the channel choice.
 
@@ -416,7 +449,7 @@ def select_index(s: Session, engines, page=None, frame=None, slice_=None, volume
     return view
 
 
-@_handler("changing the window")
+@_handler("changing the window", heavy=True)
 def set_window(s: Session, engines, center, width) -> dict:
     """Window/level (centre, width in the file's units); prompts are kept and re-answered."""
     _need_slice(s)
@@ -495,7 +528,7 @@ def spec_from_controls(steps, keys: Sequence[tuple], values: Sequence) -> list[t
     return spec
 
 
-@_handler("applying the preprocessing")
+@_handler("applying the preprocessing", heavy=True)
 def set_preprocessing(s: Session, engines, spec: Sequence[tuple[str, dict]]) -> dict:
     """A new pipeline spec (from the step checkboxes and parameter controls); every panel is recomputed.
 
@@ -519,11 +552,14 @@ def set_preprocessing(s: Session, engines, spec: Sequence[tuple[str, dict]]) -> 
 # ---------------------------------------------------------------------------
 # 3. prompts
 # ---------------------------------------------------------------------------
-@_handler("preparing the prompt engine")
+@_handler("preparing the prompt engine", heavy=True)
 def prepare_prompts(s: Session, engines) -> dict:
     """Chained after an upload / preprocessing change: ``set_image`` (slow for SAM), then re-answer the prompts."""
     if not s.loaded:
         return {}
+    _ensure_models(s, engines)
+    if s.slot is not None and s.slot.image_key == s.processed.key and _prompts_fresh(s):
+        return {}  # the first half already answered (every engine but SAM): nothing to redraw
     view: dict = {}
     _refresh_prompts(s, engines, view, allow_slow=True)
     return _prompt_and_compare(s, view)
@@ -534,7 +570,7 @@ def _push(s: Session, new: PromptState) -> None:
     s.prompts = new
 
 
-@_handler("answering the click")
+@_handler("answering the click", heavy=True)
 def click(s: Session, engines, index_xy, mode: str = "positive") -> dict:
     """A click on the prompt image. ``index_xy``: ``SelectData.index`` ``[x, y]`` in displayed pixels.
 
@@ -568,7 +604,7 @@ def click(s: Session, engines, index_xy, mode: str = "positive") -> dict:
     return _prompt_and_compare(s, view)
 
 
-@_handler("setting the box")
+@_handler("setting the box", heavy=True)
 def set_box(s: Session, engines, x0, y0, x1, y1) -> dict:
     """A box typed as numbers (original pixels, corners in any order)."""
     _need_slice(s)
@@ -618,7 +654,7 @@ def clear(s: Session, engines=None) -> dict:
     return _prompt_and_compare(s)
 
 
-@_handler("switching the prompt engine")
+@_handler("switching the prompt engine", heavy=True)
 def switch_engine(s: Session, engines, key: str) -> dict:
     """Use another promptable engine (a key of ``PROMPT_ENGINES``); the current prompts are re-answered.
 
@@ -685,7 +721,7 @@ def set_threshold(s: Session, engines, threshold) -> dict:
     return view
 
 
-@_handler("re-clustering")
+@_handler("re-clustering", heavy=True)
 def set_k(s: Session, k) -> dict:
     """Number of K-Means clusters, 2..12."""
     kk = int(round(float(k)))
@@ -701,7 +737,7 @@ def set_k(s: Session, k) -> dict:
     return view
 
 
-@_handler("scoring K = 2…12")
+@_handler("scoring K = 2…12", heavy=True)
 def run_sweep(s: Session) -> dict:
     """The K-selection curves for this processed slice (1-3 s; cached until the image changes)."""
     from bt_demo import clustering
@@ -808,8 +844,8 @@ def _classifier_record(s: Session) -> dict | None:
             "card": cr.card}
 
 
-@_handler("exporting")
-def export(s: Session, which: str = "prompted") -> dict:
+@_handler("exporting", heavy=True)
+def export(s: Session, which: str = "prompted", engines=None) -> dict:
     """Write the chosen mask (PNG + NIfTI) and a JSON report into this session's temporary folder.
 
     which: a key of :data:`MASK_CHOICES` ("prompted", "unet", "kmeans", "watershed", "chan_vese",
@@ -821,6 +857,7 @@ def export(s: Session, which: str = "prompted") -> dict:
     from bt_demo.measure import measure
 
     _need_slice(s)
+    _ensure_models(s, engines)  # the report carries the U-Net and classifier results
     if which not in MASK_CHOICES:
         raise InputError(f"choose which mask to export: {', '.join(MASK_CHOICES)}")
     s.chosen_mask = which
@@ -842,8 +879,15 @@ def export(s: Session, which: str = "prompted") -> dict:
                                    if s.slice.affine is not None else
                                    "pixel spacing only (the source does not place the slice)" if spacing else
                                    "unknown: the source gives no spacing (written as unknown, not 1 mm)")})
-    paths = bt_export.write_bundle(s.ensure_workdir(), mask, spacing, report, affine=s.slice.affine)
+    from bt_demo.ui.synthetic_panel import report_record
+
+    syn = report_record(s)
+    if syn is not None:  # a generated slice: its files and report say SYNTHETIC
+        report["synthetic"] = syn
+    paths = bt_export.write_bundle(s.ensure_workdir(), mask, spacing, report, affine=s.slice.affine,
+                                   prefix="SYNTHETIC_" if syn is not None else "")
     files = [str(p) for p in paths.values()]
+    _forget_exports(s, keep=files)
     n = int(np.count_nonzero(mask))
     unit = measured["unit"]
     view = {"export_files": files,
@@ -854,6 +898,18 @@ def export(s: Session, which: str = "prompted") -> dict:
             "_report": report}
     view.update(views.measure_view(s))
     return view
+
+
+def _forget_exports(s: Session, keep: list[str]) -> None:
+    """Only the latest export stays in the session's folder (the page shows only it): a session exporting
+    all day must not fill the disk."""
+    for old in getattr(s, "exports", ()):
+        if old not in keep:
+            try:
+                os.remove(old)
+            except OSError:
+                pass
+    s.exports = tuple(keep)
 
 
 def _load_mask_file(path, shape: tuple[int, int]) -> np.ndarray:
@@ -909,9 +965,9 @@ def editor_start(s: Session) -> dict:
     return {"editor": {"background": bg, "layers": [], "composite": None}}
 
 
-@_handler("storing the correction")
+@_handler("storing the correction", heavy=True)
 def accept_correction(s: Session, store_root, source: str = "prompted", mask_file=None, editor_value=None,
-                      note: str = "", max_records: int = 10000) -> dict:
+                      note: str = "", max_records: int = 10000, engines=None) -> dict:
     """Store this slice with the model's (U-Net) mask and the corrected mask, for the next training round.
 
     source: "prompted" (the prompted mask after the clicks), "upload"
@@ -921,6 +977,7 @@ def accept_correction(s: Session, store_root, source: str = "prompted", mask_fil
     refused. A failed save replaces the status with why (never leaves the
     previous "Stored correction" on screen).
     """
+    _ensure_models(s, engines)  # the stored record carries the U-Net's mask
     try:
         return _accept_correction(s, store_root, source, mask_file, editor_value, note, max_records)
     except (InputError, ValueError) as exc:
@@ -933,6 +990,9 @@ def _accept_correction(s: Session, store_root, source, mask_file, editor_value, 
     from bt_demo.annotations import CorrectionStore, note_problem, shared_store
 
     _need_slice(s)
+    if s.slice.source == "synthetic":
+        raise InputError("a SYNTHETIC slice is not stored as a correction: the store feeds the next training round "
+                         "with real slices only (its mask and slice can be exported instead)")
     note = " ".join(str(note or "").split())[:500]
     why = note_problem(note) if note else None
     if why:
@@ -1001,7 +1061,7 @@ def _run_classical(s: Session, names: Sequence[str]) -> list[str]:
     return done
 
 
-@_handler("running the classical segmenters")
+@_handler("running the classical segmenters", heavy=True)
 def update_classical(s: Session) -> dict:
     """Chained after anything that changes the image or the clicks: bring the ticked classical
     segmenters (and a classical mask chosen for Measure/Export) up to date, then redraw the
@@ -1011,8 +1071,31 @@ def update_classical(s: Session) -> dict:
     stale = views.stale_classical(s)
     if not stale:
         return {}
+    if not (tabs.shown(s, "compare") or tabs.shown(s, "measure")):
+        s.stale = s.stale | {"compare", "measure"}  # computed when one of them is opened (show_tab)
+        return {}
     _run_classical(s, stale)
     return views.compare_view(s)
+
+
+def after_new_image(s: Session, engines) -> tuple[Session, dict]:
+    """Chained after an upload or preprocessing change: :func:`prepare_prompts`, then :func:`update_classical`."""
+    s, view = prepare_prompts(s, engines)
+    s, more = update_classical(s)
+    return s, {**view, **more}
+
+
+@_handler("opening the tab")
+def show_tab(s: Session, tab: str, engines=None) -> dict:
+    """A tab was opened: draw its panels if they changed while it was hidden (the models' results and the
+    ticked classical segmenters, which follow the clicks, are brought up to date first)."""
+    if tab in MODEL_TABS:
+        _ensure_models(s, engines)
+    if tab in ("compare", "measure") and tab in s.stale and s.loaded:
+        stale = views.stale_classical(s)
+        if stale:
+            _run_classical(s, stale)
+    return tabs.redraw(s, tab)
 
 
 def classical_param_keys() -> list[tuple[str, str]]:
@@ -1022,7 +1105,7 @@ def classical_param_keys() -> list[tuple[str, str]]:
     return [(name, p.name) for name, entry in CLASSICAL.items() for p in entry.params]
 
 
-@_handler("running the classical segmenters")
+@_handler("running the classical segmenters", heavy=True)
 def set_classical(s: Session, chosen, values: Sequence = ()) -> dict:
     """The "Classical segmenters" choice and their parameter controls.
 
@@ -1091,7 +1174,7 @@ class _AtThreshold:
         return self._engine.probabilities(image)
 
 
-@_handler("computing the uncertainty map")
+@_handler("computing the uncertainty map", heavy=True)
 def run_uncertainty(s: Session, engines, n: int = 8) -> dict:
     """The U-Net's test-time-augmentation uncertainty on this processed slice (on demand: ``n`` passes).
 
@@ -1101,6 +1184,7 @@ def run_uncertainty(s: Session, engines, n: int = 8) -> dict:
     from bt_demo.uncertainty import tta_uncertainty
 
     _need_slice(s)
+    _ensure_models(s, engines)
     unet, reason = _engine_or_reason(engines.unet())
     if unet is None:
         s.unet_reason = reason

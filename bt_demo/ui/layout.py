@@ -12,8 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from bt_demo.ui import handlers as H
+from bt_demo.ui import synthetic_panel as SP
+from bt_demo.ui import tabs as T
 from bt_demo.ui import volume_panel as VP
 from bt_demo.ui import views as V
 from bt_demo.ui.state import Session, delete_session
@@ -90,7 +93,9 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
     with gr.Blocks(title="Brain-tumour MRI lab (research demo)", delete_cache=(600, 900)) as demo:
         # a session is freed when its browser tab closes, or after SESSION_TTL_S without any event
         # (API clients that never open a heartbeat are never "closed")
-        session = gr.State(Session(), delete_callback=delete_session, time_to_live=SESSION_TTL_S)
+        first = Session()
+        first.tab = "prompts"  # the tab a page opens on; hidden tabs are drawn when opened (ui.tabs)
+        session = gr.State(first, delete_callback=delete_session, time_to_live=SESSION_TTL_S)
 
         gr.Markdown("## Brain-tumour MRI lab: segment, compare, classify", label="Title")
         gr.Markdown(NOTICE, label="Notice", elem_classes=["notice"])
@@ -122,8 +127,9 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                     spacing = gr.Number(value=None, label="Pixel spacing (mm), used when the file gives none",
                                         minimum=0, maximum=100, step=0.01)
 
+                # views travel as JPEG: ~2 ms to encode a 512 px view against ~35 ms for PNG (exports stay PNG)
                 before_after = gr.ImageSlider(label="Before / after preprocessing (drag the handle)",
-                                              type="numpy", format="png", max_height=420, interactive=False)
+                                              type="numpy", format="jpeg", max_height=420, interactive=False)
                 pipeline_info = gr.Markdown("", label="Preprocessing summary")
                 with gr.Group():
                     hist_scope = gr.Radio(choices=[(v, k) for k, v in V.HIST_SCOPES.items()], value="brain",
@@ -133,12 +139,12 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
 
             # ---------------- right: what the engines say ---------------------------
             with gr.Column(scale=6, min_width=420):
-                with gr.Tabs(overflow_behavior="wrap"):  # a tab is never hidden behind an unlabelled "..."
+                with gr.Tabs(overflow_behavior="wrap") as tab_row:  # never hidden behind an unlabelled "..."
                     with gr.Tab("Prompts", id="prompts"):
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=3, min_width=300):
                                 prompt_image = gr.Image(label="Click on the tumour (processed slice)", type="numpy",
-                                                        format="png", interactive=False, elem_id="prompt-image",
+                                                        format="jpeg", interactive=False, elem_id="prompt-image",
                                                         buttons=["fullscreen"], height=520)
                                 prompt_info = gr.Markdown("", label="Prompt status")
                             with gr.Column(scale=1, min_width=210):
@@ -161,15 +167,15 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                     box_btn = gr.Button("Apply box", size="sm")
                     with gr.Tab("Compare", id="compare"):
                         with gr.Row():
-                            overlay_unet = gr.Image(label="U-Net (automatic)", type="numpy", format="png",
+                            overlay_unet = gr.Image(label="U-Net (automatic)", type="numpy", format="jpeg",
                                                     interactive=False, buttons=["fullscreen"])
-                            overlay_prompt = gr.Image(label="Prompted mask", type="numpy", format="png",
+                            overlay_prompt = gr.Image(label="Prompted mask", type="numpy", format="jpeg",
                                                       interactive=False, buttons=["fullscreen"])
-                            overlay_kmeans = gr.Image(label="K-Means candidate", type="numpy", format="png",
+                            overlay_kmeans = gr.Image(label="K-Means candidate", type="numpy", format="jpeg",
                                                       interactive=False, buttons=["fullscreen"])
                         with gr.Row():
                             classical_overlays = {
-                                name: gr.Image(label=V.CLASSICAL_TITLES[name], type="numpy", format="png",
+                                name: gr.Image(label=V.CLASSICAL_TITLES[name], type="numpy", format="jpeg",
                                                interactive=False, buttons=["fullscreen"], visible=False)
                                 for name in CLASSICAL}
                         compare_info = gr.HTML("", label="Mask colours", elem_classes=["legend"])
@@ -196,7 +202,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                                      interactive=False, wrap=True)
                         area_table = gr.Dataframe(label="Mask areas", interactive=False)
                         with gr.Row(equal_height=False):
-                            agreement_image = gr.Image(label="Agreement map", type="numpy", format="png",
+                            agreement_image = gr.Image(label="Agreement map", type="numpy", format="jpeg",
                                                        interactive=False, buttons=["fullscreen"], scale=3,
                                                        min_width=240)
                             agreement_legend = gr.HTML("", label="Agreement legend", elem_classes=["legend"],
@@ -207,7 +213,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=1, min_width=300):
                                 measure_image = gr.Image(label="Measurement: contour, box and RANO diameters",
-                                                         type="numpy", format="png", interactive=False,
+                                                         type="numpy", format="jpeg", interactive=False,
                                                          buttons=["fullscreen"], height=460)
                             with gr.Column(scale=1, min_width=260):
                                 measure_table = gr.Markdown("Measurement: upload a slice first.",
@@ -216,7 +222,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=3, min_width=300):
                                 uncertainty_image = gr.Image(label="U-Net uncertainty (TTA spread)", type="numpy",
-                                                             format="png", interactive=False,
+                                                             format="jpeg", interactive=False,
                                                              buttons=["fullscreen"], height=480)
                             with gr.Column(scale=2, min_width=240):
                                 uncertainty_btn = gr.Button("Uncertainty map (TTA)", variant="primary")
@@ -224,7 +230,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                     with gr.Tab("K-Means", id="kmeans"):
                         k_slider = gr.Slider(2, 12, value=4, step=1, label="Number of clusters K")
                         with gr.Row(equal_height=False):
-                            kmeans_image = gr.Image(label="K-Means clusters", type="numpy", format="png",
+                            kmeans_image = gr.Image(label="K-Means clusters", type="numpy", format="jpeg",
                                                     interactive=False, buttons=["fullscreen"])
                             with gr.Column():
                                 kmeans_info = gr.Markdown("", label="K-Means summary")
@@ -240,7 +246,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                 gradcam_class = gr.Dropdown(choices=[], value=None,
                                                             label="Heat map (Grad-CAM) of a head's class")
                             gradcam_image = gr.Image(label="Where the classifier looked (Grad-CAM)", type="numpy",
-                                                     format="png", interactive=False, buttons=["fullscreen"])
+                                                     format="jpeg", interactive=False, buttons=["fullscreen"])
                     with gr.Tab("Export", id="export"):  # short names: every tab fits the row at 1500 px
                         with gr.Row(equal_height=False):
                             with gr.Column():
@@ -294,9 +300,35 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                             with gr.Column(scale=3, min_width=300):
                                 volume_slice = gr.Slider(1, 2, value=1, step=1, label="Volume slice", visible=False)
                                 volume_image = gr.Image(label="Volume slice and its mask", type="numpy",
-                                                        format="png", interactive=False, buttons=["fullscreen"])
+                                                        format="jpeg", interactive=False, buttons=["fullscreen"])
                                 volume_plot = gr.BarPlot(x="slice", y="area (px)", height=220,
                                                          label="Tumour area per slice (drag across it to jump)")
+
+                    with gr.Tab("Synthetic", id="synthetic"):
+                        gr.Markdown("Make a **SYNTHETIC** FLAIR-like slice for a tumour shape (the DDIM generator "
+                                    "trained on the LGG training patients): for teaching and augmentation "
+                                    "experiments, never a patient's image. Everything made here is marked "
+                                    "synthetic.", label="Synthetic slices", elem_classes=["hint"])
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=2, min_width=260):
+                                syn_source = gr.Radio(choices=[(v, k) for k, v in SP.SOURCES.items()], value="none",
+                                                      label="Tumour mask to draw the slice for")
+                                syn_draw = gr.ImageEditor(
+                                    label="Draw a tumour shape (used with 'the mask drawn below')",
+                                    value={"background": np.zeros((SP.LOADED_SIZE, SP.LOADED_SIZE, 3), np.uint8),
+                                           "layers": [], "composite": None},
+                                    type="numpy", image_mode="RGBA", sources=(), height=280,
+                                    brush=gr.Brush(colors=["#ff9900"], color_mode="fixed", default_size=12),
+                                    eraser=gr.Eraser(), layers=gr.LayerOptions(allow_additional_layers=False))
+                                with gr.Row():
+                                    syn_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                                    syn_steps = gr.Slider(5, 100, value=SP.DEFAULT_STEPS, step=1, label="DDIM steps")
+                                syn_btn = gr.Button("Generate a synthetic slice", variant="primary")
+                            with gr.Column(scale=3, min_width=300):
+                                syn_image = gr.Image(label="SYNTHETIC slice (generated, not a patient)", type="numpy",
+                                                     format="png", interactive=False, height=300)
+                                syn_info = gr.Markdown("", label="Synthetic slice summary")
+                                syn_load = gr.Button("Load it into the other panels (marked SYNTHETIC)", size="sm")
 
         # ---------------- below: the preprocessing steps, from the registry -----------
         gr.Markdown("### Preprocessing steps (applied in this order; every panel above follows)",
@@ -378,11 +410,6 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                              outputs=outputs, **kw)
             return trigger(lambda *a: adapt(fn(*a)), inputs=[session] + inputs, outputs=outputs, **kw)
 
-        def then_classical(dep):
-            # the ticked classical segmenters (0.1-0.7 s each) run after the panels are shown; internal
-            return wire(dep.then, H.update_classical, [], compare_out, show_progress="hidden",
-                        api_name="refresh_classical", api_visibility="private")
-
         def adapt_prompts(result):
             s, view = result
             out = {session: s}
@@ -392,11 +419,17 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
             return out
 
         def then_prepare(dep):
-            # SAM's image encoder runs here, after the other panels are shown; then the classical segmenters
-            return then_classical(
-                dep.then(lambda s: adapt_prompts(H.prepare_prompts(s, engines)), inputs=[session],
-                         outputs=[session] + [comp[n] for n in prompt_out + compare_out],
-                         show_progress="hidden", api_name="prepare_prompts", api_visibility="undocumented"))
+            # SAM's image encoder runs here, after the other panels are shown, then the classical segmenters:
+            # one chained event, not two (each is a round trip the next upload or click waits behind)
+            return dep.then(lambda s: adapt_prompts(H.after_new_image(s, engines)), inputs=[session],
+                            outputs=[session] + [comp[n] for n in prompt_out + compare_out],
+                            show_progress="hidden", api_name="prepare_prompts", api_visibility="undocumented")
+
+        # 0. a tab opened: draw its panels if they changed while hidden
+        for tab in tab_row.children:
+            if isinstance(tab, gr.Tab):
+                wire(tab.select, lambda s, _t=tab.id: H.show_tab(s, _t, engines), [], list(T.PANELS.get(tab.id, ())),
+                     show_progress="hidden", api_name=f"show_{tab.id}", api_visibility="private")
 
         # 7. engines: refresh what is loaded when a page opens (models load in the background)
         engines_timer = gr.Timer(2.0, active=True)
@@ -437,15 +470,16 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
         def on_click(s, m, evt: gr.SelectData):
             return adapt_prompts(H.click(s, engines, evt.index, m))
 
-        then_classical(prompt_image.select(on_click, inputs=[session, mode],
-                                           outputs=[session] + [comp[n] for n in prompt_out + compare_out],
-                                           show_progress="hidden", trigger_mode="multiple",  # never drop a click
-                                           api_name="click_point"))
-        then_classical(wire(undo_btn.click, lambda s: H.undo(s, engines), [], prompt_out + compare_out, api_name="undo_point"))
-        then_classical(wire(clear_btn.click, lambda s: H.clear(s, engines), [], prompt_out + compare_out,
-                            api_name="clear_points"))
-        then_classical(wire(box_btn.click, lambda s, a, b, c, d: H.set_box(s, engines, a, b, c, d),
-                            [bx0, by0, bx1, by1], prompt_out + compare_out, api_name="set_box"))
+        # these happen on the Prompts tab: the classical segmenters (which follow the clicks) run when Compare
+        # or Measure is opened (H.show_tab), so no chained event follows a click
+        prompt_image.select(on_click, inputs=[session, mode],
+                            outputs=[session] + [comp[n] for n in prompt_out + compare_out],
+                            show_progress="hidden", trigger_mode="multiple",  # never drop a click
+                            api_name="click_point")
+        wire(undo_btn.click, lambda s: H.undo(s, engines), [], prompt_out + compare_out, api_name="undo_point")
+        wire(clear_btn.click, lambda s: H.clear(s, engines), [], prompt_out + compare_out, api_name="clear_points")
+        wire(box_btn.click, lambda s, a, b, c, d: H.set_box(s, engines, a, b, c, d),
+             [bx0, by0, bx1, by1], prompt_out + compare_out, api_name="set_box")
         wire(engine.input, lambda s, k: H.switch_engine(s, engines, k), [engine], prompt_out + compare_out, api_name="choose_engine")
         wire(candidates.input, H.pick_candidate, [candidates], prompt_out + compare_out, api_name="pick_candidate")
 
@@ -477,10 +511,11 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
          api_name="gradcam")
 
         # 6. export and corrections
-        wire(export_btn.click, H.export, [export_which], ["export_files", "export_info"] + measure_out, api_name="export")
+        wire(export_btn.click, lambda s, w: H.export(s, w, engines), [export_which], ["export_files", "export_info"] + measure_out, api_name="export")
         wire(editor_btn.click, H.editor_start, [], ["editor"], api_visibility="private")
         wire(accept_btn.click,
-             lambda s, src, f, ed, note: H.accept_correction(s, annotations_dir, src, f, ed, note, max_corrections),
+             lambda s, src, f, ed, note: H.accept_correction(s, annotations_dir, src, f, ed, note, max_corrections,
+                                                             engines),
              [corr_source, corr_file, editor, corr_note], ["correction_info"],
              api_name="accept_correction")
 
@@ -509,6 +544,15 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
         volume_plot.select(vol_jump, [session], vol_outputs, api_visibility="private")
         wire(vol_export_btn.click, lambda s: VP.export(s, engines), [], ["volume_files", "volume_export_info"],
              api_name="export_volume")
+        # 8. synthetic slices: generate (progress bar over the DDIM steps), then load like an upload
+        def syn_generate(s, src, drawn, seed, steps, progress=gr.Progress()):
+            s, view = SP.generate(s, engines, src, drawn, seed, steps, progress)
+            return {session: s, **({syn_image: view["synthetic_image"]} if "synthetic_image" in view else {}),
+                    **({syn_info: view["synthetic_info"]} if "synthetic_info" in view else {})}
+        syn_btn.click(syn_generate, [session, syn_source, syn_draw, syn_seed, syn_steps], [session, syn_image, syn_info],
+                      api_name="generate_synthetic", concurrency_id="generator", concurrency_limit=1)
+        then_prepare(wire(syn_load.click, lambda s: SP.load(s, engines), [], slice_out + every_panel,
+                          api_name="load_synthetic"))
     return demo
 
 

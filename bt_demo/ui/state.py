@@ -123,6 +123,7 @@ class Session:
             or a classical name).
         uncertainty: the last TTA uncertainty result (maps in ORIGINAL pixels) or None;
             uncertainty_key: the ``Processed.key`` it was computed on.
+        tab, stale: the tab on screen and the tabs drawn when next opened (see :mod:`bt_demo.ui.tabs`).
         workdir: per-session temporary folder for exports (created on first export,
             removed when the session ends).
     """
@@ -133,7 +134,8 @@ class Session:
                "sweep", "sweep_key", "classification", "classification_key", "classifier_reason",
                "gradcam_class", "gradcam", "opacity", "hist_scope", "classical_on", "classical_params", "classical",
                "chosen_mask", "uncertainty", "uncertainty_key", "workdir", "volume", "volume_key", "volume_masks",
-               "volume_results", "volume_numbers", "volume_which", "volume_k", "volume_gate")
+               "volume_results", "volume_numbers", "volume_which", "volume_k", "volume_gate", "tab", "stale", "notices",
+               "synthetic")
 
     def __init__(self) -> None:
         self.slice: Any = None
@@ -184,6 +186,15 @@ class Session:
         self.volume_which: str = "unet"
         self.volume_k: int = 0
         self.volume_gate: np.ndarray | None = None  # bool (Z, H, W): where propagation may go (U-Net region)
+        # the tab on screen (None: all count as shown) and the tabs whose panels wait to be drawn (ui.tabs)
+        self.tab: str | None = None
+        self.stale: frozenset[str] = frozenset()
+        # why this slice is unlike the training data: the file's fields (domain) and its pixels (looks_like_brain)
+        self.notices: tuple[str, ...] = ()
+        # the last slice the Synthetic tab generated (ui.synthetic_panel): image, mask, seed, steps, ...
+        self.synthetic: dict | None = None
+        self.exports: tuple[str, ...] = ()  # the latest export's files (older ones are removed)
+        self.busy_with: str | None = None  # the heavy request holding the session now (ui.busy)
         self.lock = threading.RLock()
 
     def __repr__(self) -> str:

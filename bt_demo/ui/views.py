@@ -44,7 +44,8 @@ INDEX_AXES = ("page", "frame", "slice", "volume")
 CHANNEL_CHOICES = [("luma (mix of R, G, B)", -1), ("red", 0), ("green", 1), ("blue", 2)]
 
 FORMAT_LABEL = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP", "gif": "GIF", "webp": "WebP",
-                "dicom": "DICOM", "nifti": "NIfTI"}
+                "dicom": "DICOM", "nifti": "NIfTI",
+                "synthetic": "SYNTHETIC slice (made by the generator, not a patient)"}
 
 PROMPT_MODES = {
     "positive": "+ tumour (positive point)",
@@ -171,9 +172,7 @@ def slice_info(s) -> str:
         parts.append("no pixel spacing in the file: areas in px only (type one below for mm²)")
     if sl.metadata.get("spacing_note"):
         parts.append(esc(sl.metadata["spacing_note"]))
-    from bt_demo.domain import notices
-
-    for n in notices(sl.metadata):
+    for n in getattr(s, "notices", ()):  # the file's fields and the picture itself (handlers._notices)
         parts.append(f"⚠ {esc(n)}")
     meta = {k: v for k, v in sl.metadata.items() if k in ("modality", "series_description", "plane", "orientation",
                                                            "field_strength", "slice_thickness", "bits")}
@@ -359,7 +358,8 @@ def _classical_overlays(s, gray, alpha) -> dict:
     return out
 
 
-def compare_view(s) -> dict:
+def compare_view(s, measure: bool = True) -> dict:
+    """The Compare tab's panels (and, with ``measure``, the Measure tab's, which follow the same masks)."""
     gray = display_gray(s)
     masks = current_masks(s)
     alpha = s.opacity
@@ -412,7 +412,8 @@ def compare_view(s) -> dict:
                            + (f"<br>Classical segmenters: {esc('; '.join(timed))}." if timed else "")
                            + (f"<br>Updating: {esc(', '.join(updating))} (classical segmenters run "
                               "after the other panels)…" if updating else ""))
-    out.update(measure_view(s))
+    if measure:
+        out.update(measure_view(s))
     return out
 
 

@@ -98,7 +98,7 @@ def _factor(vol) -> float:
     return display_factor(vol.shape[1:])
 
 
-@_handler("segmenting the volume")
+@_handler("segmenting the volume", heavy=True)
 def segment(s: Session, engines, series_files=None, series_choice=None, progress=None) -> dict:
     """Load the volume (upload or series files), run the U-Net over every slice, show the numbers."""
     from bt_demo.volume.segment import propagation_gate, segment_volume
@@ -122,7 +122,7 @@ def segment(s: Session, engines, series_files=None, series_choice=None, progress
     return _view(s) | {"volume_which": "unet"}
 
 
-@_handler("propagating the mask")
+@_handler("propagating the mask", heavy=True)
 def propagate(s: Session, engines, series_files=None, series_choice=None, progress=None) -> dict:
     """Carry the prompted mask of the slice shown in the Prompts tab up and down the series."""
     from bt_demo.volume.segment import propagate as run
@@ -185,7 +185,7 @@ def jump(s: Session, index) -> dict:
     return _view(s)
 
 
-@_handler("exporting the volume")
+@_handler("exporting the volume", heavy=True)
 def export(s: Session, engines) -> dict:
     """The chosen 3-D mask as NIfTI (source grid), DICOM SEG (DICOM sources) and a JSON report."""
     from bt_demo.export import DISCLAIMER

@@ -306,7 +306,8 @@ def test_classifier_tab_shows_both_heads_and_the_unlike_training_data_notice(app
     with browser_page() as page:
         page.goto(app_url)
         page.get_by_role("tab", name="Prompts").wait_for()
-        for name in ("Prompts", "Compare", "Measure", "Uncertainty", "K-Means", "Classifier", "Export", "Volume"):
+        for name in ("Prompts", "Compare", "Measure", "Uncertainty", "K-Means", "Classifier", "Export", "Volume",
+                     "Synthetic"):
             assert page.get_by_role("tab", name=name).is_visible(), f"tab {name!r} is not visible at 1500 px"
         upload(page, EXAMPLE)
         wait_for_image(page, "Click on the tumour", timeout_s=90)
@@ -367,6 +368,29 @@ def test_volume_segment_propagate_and_export(app_url):
         page.get_by_text(re.compile(r"Exported volume_mask_\w+\.nii\.gz")).first.wait_for(timeout=60_000)
         files = block(page, "Exported volume files").inner_text().replace("\n", "")
         assert re.search(r"volume_mask_\w+\.nii\.gz", files) and re.search(r"volume_report_\w+\.json", files)
+        assert "Traceback" not in page.content()
+
+
+def test_synthetic_slice_is_generated_loaded_into_the_panels_and_marked_everywhere(app_url):
+    """The Synthetic tab: draw nothing (no tumour), generate, load into the other panels, export: the panel,
+    the status line and the exported files all say SYNTHETIC."""
+    with browser_page() as page:
+        page.goto(app_url)
+        page.get_by_role("tab", name="Synthetic").click()
+        page.get_by_role("button", name="Generate a synthetic slice").click()
+        wait_for_image(page, "SYNTHETIC slice (generated, not a patient)", timeout_s=90)
+        page.get_by_text(re.compile(r"SYNTHETIC slice \(\d+ × \d+ px, shown at 256\)")).first.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Load it into the other panels (marked SYNTHETIC)").click()
+        page.get_by_text(re.compile(r"SYNTHETIC slice \(made by the generator, not a patient\), 256 × 256 px")) \
+            .first.wait_for(timeout=90_000)
+        page.get_by_role("tab", name="Prompts").click()
+        wait_for_image(page, "Click on the tumour", timeout_s=60)
+        page.get_by_role("tab", name="Export").click()
+        block(page, "Mask to export (and measure)").get_by_text("U-Net").first.click()
+        page.get_by_role("button", name="Export mask (PNG + NIfTI) and JSON report").click()
+        page.get_by_text(re.compile(r"files ready to download")).first.wait_for(timeout=60_000)
+        files = block(page, "Exported files").inner_text().replace("\n", "")
+        assert re.search(r"SYNTHETIC_mask_\w+\.png", files) and re.search(r"SYNTHETIC_report_\w+\.json", files), files
         assert "Traceback" not in page.content()
 
 

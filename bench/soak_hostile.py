@@ -1,0 +1,236 @@
+"""The real server under a long session (soak) and under hostile files (hostile), through Gradio's own client.
+
+    python -m bench.soak_hostile soak --cycles 300            # upload -> click -> export, one session
+    python -m bench.soak_hostile hostile                      # the hostile corpus while a victim clicks
+
+Both start ``app.py`` (tiny random weights unless ``--weights-dir``; SAM off) with its scratch folder in a
+temporary directory, and watch the server process from outside: its resident memory (``/proc/PID/status``)
+and the bytes and files under its scratch folder (its Gradio cache, the sessions' private folders).
+
+soak: one session repeats upload (a rotation of 5 phantoms) -> positive click -> export. Targets: resident
+memory and cache flat, at most 10 % growth from cycle 25 to the end.
+
+hostile: a victim session clicks on its phantom all the time while another session sends, one by one, the
+files of the issue's items 2, 3 and 9 (from :mod:`bench.bad_inputs`, plus a volume of the largest accepted
+size); after a file that loads, that session also clicks and exports. Targets: no request over 10 s, the
+server's memory at most +1.5 GB over its level before the attack, the victim's clicks at most 2 s.
+
+Writes ``bench/results/soak.json`` / ``bench/results/hostile.json`` with :func:`bench.common.write`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.load_test import CYCLE, REPO, SessionDriver, find_endpoints, make_phantom, running_app
+
+# the bad-input corpus cases of the issue's items 2 (one small file holds the server), 3 (memory) and 9 (crashes)
+HOSTILE = ("strip.png", "long_strip.png", "big_4096.png", "bomb.png", "tiny.dcm", "bomb.nii.gz", "too_big.nii.gz",
+           "constant16.png", "zeros.nii", "spacing250.nii", "pixdim0.nii", "jpegls_garbage.dcm", "nan.nii",
+           "afni_ext.nii")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def disk(folder: Path) -> tuple[int, int]:
+    """(bytes, files) under ``folder``."""
+    n = b = 0
+    for p in Path(folder).rglob("*"):
+        try:
+            if p.is_file():
+                n += 1
+                b += p.stat().st_size
+        except OSError:
+            pass
+    return b, n
+
+
+def _api(config: dict, name: str) -> int:
+    for d in config["dependencies"]:
+        if d.get("api_name") == name:
+            return d["id"]
+    raise LookupError(f"no event with api_name {name!r}")
+
+
+def _pct(v: list[float], q: float) -> float | None:
+    if not v:
+        return None
+    s = sorted(v)
+    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], 1)
+
+
+def _growth(series: list[float], start: int) -> float | None:
+    if len(series) <= start or not series[start]:
+        return None
+    return round(series[-1] / series[start] - 1, 4)
+
+
+def soak(url: str, info: dict, cycles: int, side: int) -> dict:
+    from gradio_client import Client
+
+    probe = Client(url, verbose=False)
+    ep, export_id = find_endpoints(probe.config), _api(probe.config, "export")
+    probe.close()
+    folder = Path(tempfile.mkdtemp(prefix="bt_soak_"))
+    phantoms = [make_phantom(folder, 300 + i, side) for i in range(5)]
+    drivers = [SessionDriver(url, ep, path, pts, side) for path, _m, pts in phantoms[:1]]
+    d = drivers[0]
+    rss, cache, files, times = [], [], [], []
+    for i in range(cycles):
+        path, _m, pts = phantoms[i % len(phantoms)]
+        d.image = path
+        t0 = time.perf_counter()
+        d.upload()
+        d.click(0)
+        d._call(export_id, "prompted")
+        times.append((time.perf_counter() - t0) * 1000)
+        b, n = disk(info["scratch"])
+        rss.append(round(rss_mb(info["pid"]), 1))
+        cache.append(b)
+        files.append(n)
+    d.close()
+    k = min(25, cycles - 1)
+    return {"mode": "soak", "cycles": cycles, "side": side,
+            "rss_mb": {"cycle_1": rss[0], f"cycle_{k + 1}": rss[k], "last": rss[-1], "max": max(rss),
+                       "growth_after_25": _growth(rss, k)},
+            "scratch_bytes": {"cycle_1": cache[0], f"cycle_{k + 1}": cache[k], "last": cache[-1],
+                              "growth_after_25": _growth(cache, k)},
+            "scratch_files": {"cycle_1": files[0], f"cycle_{k + 1}": files[k], "last": files[-1],
+                              "growth_after_25": _growth(files, k)},
+            "cycle_ms": {"p50": round(statistics.median(times), 1), "p95": _pct(times, 0.95)},
+            "rss_series_every_25": rss[::25], "files_series_every_25": files[::25]}
+
+
+def _max_volume(folder: Path) -> Path:
+    """A NIfTI .gz of the largest accepted volume (512 x 512 x 256 int16), mostly background: a small file."""
+    from bench.bad_inputs import _nifti
+
+    vol = np.zeros((512, 512, 256), np.int16)
+    vol[128:384, 128:384, 64:192] = 400
+    path = folder / "max_volume.nii.gz"
+    path.write_bytes(gzip.compress(_nifti(vol), compresslevel=1))
+    return path
+
+
+def hostile(url: str, info: dict, side: int) -> dict:
+    from gradio_client import Client, handle_file
+
+    from bench.bad_inputs import make_corpus
+
+    folder = Path(tempfile.mkdtemp(prefix="bt_hostile_"))
+    cases = {c.name: c for c in make_corpus(folder / "corpus")}
+    files = [(n, cases[n].path, cases[n].expected) for n in HOSTILE if n in cases]
+    files.append(("max_volume.nii.gz", _max_volume(folder), "ok"))
+    probe = Client(url, verbose=False)
+    ep, export_id = find_endpoints(probe.config), _api(probe.config, "export")
+    probe.close()
+    path, _m, pts = make_phantom(folder, 900, side)
+    victim = SessionDriver(url, ep, path, pts, side)
+    victim.upload()
+    attacker = SessionDriver(url, ep, path, pts, side)
+    attacker.upload()
+    time.sleep(1.0)
+    base = rss_mb(info["pid"])
+    peak = [base]
+    stop = threading.Event()
+    victim_ms: list[float] = []
+    victim_errors = []
+
+    def watch():
+        while not stop.is_set():
+            peak.append(rss_mb(info["pid"]))
+            time.sleep(0.1)
+
+    def victim_loop():
+        k = 0
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                victim.click(k % CYCLE)
+                victim_ms.append((time.perf_counter() - t0) * 1000)
+            except Exception as exc:  # noqa: BLE001 - reported
+                victim_errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+            k += 1
+            if k % CYCLE == 0:
+                victim.clear()
+
+    threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=victim_loop, daemon=True)]
+    for t in threads:
+        t.start()
+    rows = []
+    for name, p, expected in files:
+        row = {"file": name, "expected": expected, "bytes": p.stat().st_size}
+        t0 = time.perf_counter()
+        try:
+            attacker._call(ep.upload, handle_file(str(p)))
+            attacker._call(ep.prepare)
+            row["upload_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        except Exception as exc:  # noqa: BLE001 - a refusal is an answer too; recorded
+            row["upload_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+        if expected == "ok":
+            for what, call in (("click", lambda: attacker._call(ep.click, "positive", event_data={
+                    "index": [8, 8], "value": None, "selected": True})),
+                               ("export", lambda: attacker._call(export_id, "prompted"))):
+                t1 = time.perf_counter()
+                try:
+                    call()
+                except Exception as exc:  # noqa: BLE001
+                    row[f"{what}_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+                row[f"{what}_ms"] = round((time.perf_counter() - t1) * 1000, 1)
+        row["rss_mb_after"] = round(rss_mb(info["pid"]), 1)
+        rows.append(row)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    victim.close()
+    attacker.close()
+    slowest = max(max(r.get(k, 0) for k in ("upload_ms", "click_ms", "export_ms")) for r in rows)
+    return {"mode": "hostile", "files": len(rows), "slowest_request_ms": slowest,
+            "rss_mb_before": round(base, 1), "rss_mb_peak": round(max(peak), 1),
+            "rss_mb_rise": round(max(peak) - base, 1),
+            "victim_clicks": len(victim_ms), "victim_click_p50_ms": _pct(victim_ms, 0.5),
+            "victim_click_p95_ms": _pct(victim_ms, 0.95), "victim_click_max_ms": _pct(victim_ms, 1.0),
+            "victim_errors": victim_errors[:5], "cases": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.soak_hostile", description=__doc__.split("\n\n")[0])
+    ap.add_argument("mode", choices=["soak", "hostile"])
+    ap.add_argument("--cycles", type=int, default=300, help="soak: upload -> click -> export cycles")
+    ap.add_argument("--side", type=int, default=128)
+    ap.add_argument("--weights-dir", help="real weights (default: tiny random weights)")
+    ap.add_argument("--out", help="JSON path (default bench/results/<mode>.json)")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from bench.common import write
+
+    info: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bt_soak_app_") as tmp:
+        with running_app(Path(tmp), Path(args.weights_dir) if args.weights_dir else None, info=info) as url:
+            result = soak(url, info, args.cycles, args.side) if args.mode == "soak" else hostile(url, info, args.side)
+    result["weights"] = args.weights_dir or "tiny random (tests/tiny_models.py)"
+    print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1))
+    for r in result.get("cases", []):
+        print(r)
+    print(f"wrote {write(args.mode, [result], path=args.out)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
