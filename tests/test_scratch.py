@@ -111,3 +111,25 @@ def test_sigterm_and_exit_remove_the_servers_files_and_a_start_sweeps_dead_ones(
         else:
             os.environ["BT_SCRATCH_DIR"] = old
     assert str(Path(d).parent) in removed and not Path(d).exists()
+
+
+def test_old_image_views_leave_gradios_cache_and_exports_stay(tmp_path, monkeypatch):
+    """Gradio writes each image it sends into its cache; views older than the sweep age go (so a long session
+    does not fill the disk), a view just sent and any export stay; a replaced export's cached copy goes."""
+    import time
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    old_view = tmp_path / "gradio" / "h1" / "image.jpeg"
+    new_view = tmp_path / "gradio" / "h2" / "image.jpeg"
+    export = tmp_path / "gradio" / "h3" / "mask_abc123.png"
+    old_export = tmp_path / "gradio" / "h4" / "report_def456.json"
+    for f in (old_view, new_view, export, old_export):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+    past = time.time() - 10 * scratch.VIEW_MAX_AGE_S
+    for f in (old_view, export):
+        os.utime(f, (past, past))
+    assert scratch.sweep_views() == 1
+    assert not old_view.exists() and not old_view.parent.exists()
+    assert new_view.exists() and export.exists()
+    assert scratch.forget_cached(["report_def456.json", "../etc"]) == 1 and not old_export.exists()

@@ -903,12 +903,15 @@ def export(s: Session, which: str = "prompted", engines=None) -> dict:
 def _forget_exports(s: Session, keep: list[str]) -> None:
     """Only the latest export stays in the session's folder (the page shows only it): a session exporting
     all day must not fill the disk."""
-    for old in getattr(s, "exports", ()):
-        if old not in keep:
-            try:
-                os.remove(old)
-            except OSError:
-                pass
+    from bt_demo.ui.scratch import forget_cached
+
+    gone = [old for old in getattr(s, "exports", ()) if old not in keep]
+    for old in gone:
+        try:
+            os.remove(old)
+        except OSError:
+            pass
+    forget_cached([os.path.basename(g) for g in gone])  # and the copies Gradio served them from
     s.exports = tuple(keep)
 
 

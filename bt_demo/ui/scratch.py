@@ -18,12 +18,19 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from bt_demo.process import pid_alive
 
 _lock = threading.Lock()
 _installed = False
+
+# Gradio writes every image it sends as <cache>/<content hash>/image.<ext> and keeps it until its own sweep
+# (an hour by default, 15 min here): hundreds of files a day per busy session. It rewrites the file each time
+# it sends it and the browser fetches it at once, so a view older than this is never asked for again.
+VIEW_MAX_AGE_S = 30.0
+VIEW_SWEEP_EVERY_S = 10.0
 
 
 def base() -> Path:
@@ -72,6 +79,51 @@ def in_gradio_cache(path: str | os.PathLike) -> bool:
     return any(p.is_relative_to(r.resolve()) for r in roots)
 
 
+def _remove(f: Path) -> bool:
+    try:
+        f.unlink()
+    except OSError:
+        return False
+    try:
+        f.parent.rmdir()  # the content-hash folder, when it held only this file
+    except OSError:
+        pass
+    return True
+
+
+def sweep_views(max_age_s: float = VIEW_MAX_AGE_S, now: float | None = None) -> int:
+    """Delete the image views in Gradio's cache older than ``max_age_s``; returns how many. Exports and
+    other files keep their own names there and are left to Gradio's sweep."""
+    root = gradio_cache()
+    if not root.is_dir():
+        return 0
+    t = time.time() if now is None else now
+    n = 0
+    for f in root.glob("*/image.*"):
+        try:
+            old = t - f.stat().st_mtime > max_age_s
+        except OSError:
+            continue
+        n += old and _remove(f)
+    return n
+
+
+def forget_cached(names) -> int:
+    """Remove Gradio's cached copies of files with these base names (an export the page no longer offers)."""
+    root = gradio_cache()
+    n = 0
+    for name in names:
+        if name and "/" not in name and root.is_dir():
+            n += sum(_remove(f) for f in root.glob(f"*/{name}"))
+    return n
+
+
+def _sweep_views_forever() -> None:
+    while True:
+        time.sleep(VIEW_SWEEP_EVERY_S)
+        sweep_views()
+
+
 def cleanup() -> None:
     """Remove this process's folder (its sessions' files and, unless the user chose another, Gradio's cache)."""
     shutil.rmtree(base() / str(os.getpid()), ignore_errors=True)
@@ -89,6 +141,7 @@ def install(own_gradio_cache: bool = True) -> None:
     if own_gradio_cache and "GRADIO_TEMP_DIR" not in os.environ:
         os.environ["GRADIO_TEMP_DIR"] = str(process_root() / "gradio")
     atexit.register(cleanup)
+    threading.Thread(target=_sweep_views_forever, name="sweep-views", daemon=True).start()
 
     def on_term(signum, frame):  # run the same cleanup as a normal exit
         cleanup()
