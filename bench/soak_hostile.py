@@ -103,6 +103,7 @@ def soak(url: str, info: dict, cycles: int, side: int) -> dict:
         rss.append(round(rss_mb(info["pid"]), 1))
         cache.append(b)
         files.append(n)
+    kinds = _kinds(Path(info["scratch"]))
     d.close()
     k = min(25, cycles - 1)
     return {"mode": "soak", "cycles": cycles, "side": side,
@@ -113,7 +114,24 @@ def soak(url: str, info: dict, cycles: int, side: int) -> dict:
             "scratch_files": {"cycle_1": files[0], f"cycle_{k + 1}": files[k], "last": files[-1],
                               "growth_after_25": _growth(files, k)},
             "cycle_ms": {"p50": round(statistics.median(times), 1), "p95": _pct(times, 0.95)},
-            "rss_series_every_25": rss[::25], "files_series_every_25": files[::25]}
+            "rss_series_every_25": rss[::25], "files_series_every_25": files[::25],
+            "files_by_kind_at_end": kinds}
+
+
+def _kinds(folder: Path) -> dict[str, int]:
+    """What the scratch folder holds, by file name with ids and hashes blanked (which kind of file piles up)."""
+    import re
+    from collections import Counter
+
+    c = Counter()
+    for p in folder.rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(folder).parts
+            where = "gradio cache" if "gradio" in rel[:2] else "session folders"
+            where += f" (depth {len(rel)})"
+            name = re.sub(r"[0-9a-f]{6,}|\d+", "*", p.name)
+            c[f"{where}: {name}"] += 1
+    return dict(c.most_common())
 
 
 def _max_volume(folder: Path) -> Path:

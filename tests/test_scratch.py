@@ -123,13 +123,14 @@ def test_old_image_views_leave_gradios_cache_and_exports_stay(tmp_path, monkeypa
     new_view = tmp_path / "gradio" / "h2" / "image.jpeg"
     export = tmp_path / "gradio" / "h3" / "mask_abc123.png"
     old_export = tmp_path / "gradio" / "h4" / "report_def456.json"
-    for f in (old_view, new_view, export, old_export):
-        f.parent.mkdir(parents=True)
+    stale_tmp = tmp_path / "gradio" / "tmpab12cd34"  # Gradio's upload parser leaves these behind
+    for f in (old_view, new_view, export, old_export, stale_tmp):
+        f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(b"x")
-    past = time.time() - 10 * scratch.VIEW_MAX_AGE_S
-    for f in (old_view, export):
+    past = time.time() - 10 * scratch.TMP_MAX_AGE_S
+    for f in (old_view, export, stale_tmp):
         os.utime(f, (past, past))
-    assert scratch.sweep_views() == 1
+    assert scratch.sweep_views() == 2 and not stale_tmp.exists()
     assert not old_view.exists() and not old_view.parent.exists()
     assert new_view.exists() and export.exists()
     assert scratch.forget_cached(["report_def456.json", "../etc"]) == 1 and not old_export.exists()

@@ -31,6 +31,9 @@ _installed = False
 # it sends it and the browser fetches it at once, so a view older than this is never asked for again.
 VIEW_MAX_AGE_S = 30.0
 VIEW_SWEEP_EVERY_S = 10.0
+# Gradio's upload parser leaves one empty temp file per upload in the cache's root (``tmp...``); one not
+# written to for this long belongs to no upload in progress
+TMP_MAX_AGE_S = 120.0
 
 
 def base() -> Path:
@@ -92,19 +95,25 @@ def _remove(f: Path) -> bool:
 
 
 def sweep_views(max_age_s: float = VIEW_MAX_AGE_S, now: float | None = None) -> int:
-    """Delete the image views in Gradio's cache older than ``max_age_s``; returns how many. Exports and
-    other files keep their own names there and are left to Gradio's sweep."""
+    """Delete the image views in Gradio's cache older than ``max_age_s`` (and its upload parser's stale empty
+    temp files); returns how many. Exports and uploads keep their own names there and are left to Gradio's
+    sweep (uploads are moved out at once, ``handlers._adopt_upload``)."""
     root = gradio_cache()
     if not root.is_dir():
         return 0
     t = time.time() if now is None else now
     n = 0
-    for f in root.glob("*/image.*"):
-        try:
-            old = t - f.stat().st_mtime > max_age_s
-        except OSError:
-            continue
-        n += old and _remove(f)
+    for pattern, age in (("*/image.*", max_age_s), ("tmp*", max(max_age_s, TMP_MAX_AGE_S))):
+        for f in root.glob(pattern):
+            try:
+                old = f.is_file() and t - f.stat().st_mtime > age
+            except OSError:
+                continue
+            if old and pattern == "tmp*":  # no folder of its own
+                f.unlink(missing_ok=True)
+                n += 1
+            elif old:
+                n += _remove(f)
     return n
 
 
