@@ -215,7 +215,10 @@ class SessionDriver:
 
         from bt_demo.ui.views import display_factor
 
-        self.client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="bt_load_"))
+        # a generous read time-out: on a loaded 2-core machine a first upload can take tens of seconds, which
+        # is a figure to report, not an error of the app
+        self.client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="bt_load_"),
+                             httpx_kwargs={"timeout": 300})
         self.ep, self.image = ep, image
         f = display_factor((side, side))
         self.display_points = [[round((x + 0.5) * f - 0.5), round((y + 0.5) * f - 0.5)] for x, y in points]
