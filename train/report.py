@@ -215,6 +215,9 @@ def seg_study(root: Path, fig_dir: Path) -> list[str]:
                 f"No runs under `{root}` yet (`python -m train segmentation-study`).", ""]
     rows.sort(key=lambda r: -r["val"]["patient_dice_mean"])
     imgs = sorted({r["images_seen"] for r in rows})
+    from train.seg_study import default_rows
+
+    missing = [name for name, _ in default_rows() if name not in {r["_name"] for r in rows}]
     lines = ["## Segmentation architecture study (automatic U-Net; seeds 001, 002, 004)", "",
              "Every row: trained **from scratch** on the same 65 LGG training patients and validated on the same 10 "
              "validation patients (the split of the shipped U-Net card; its 10 test patients are not used here), whole "
@@ -225,7 +228,11 @@ def seg_study(root: Path, fig_dir: Path) -> list[str]:
              "post-processing. **Every row was cut short by the CPU budget**: none trained to convergence (the "
              "shipped U-Net saw about 34,000 images), so the table ranks early learning. Input *median + CLAHE*: "
              "seed 002's 3 × 3 median then CLAHE on the model input (stored in the weights' config, applied by the "
-             "app's engine). Weights above 10 MB (fp16) cannot ship.", "",
+             "app's engine). Weights above 10 MB (fp16) cannot ship. " +
+             ("CPU ms at 256²: the app's engine, one thread, each row measured alone afterwards "
+              "(`--remeasure-latency`)." if all(r.get("cpu_ms_256_note") for r in rows) else
+              "CPU ms at 256²: the app's engine, measured at the end of each row while other runs shared the two "
+              "cores, so noisy (`--remeasure-latency` measures them alone once the study ends)."), "",
              "| decoder | encoder | input | schedule | per-patient Dice mean | median | worst patient | slice Dice "
              "(tumour slices) | FP rate (tumour-free slices) | params (M) | fp16 MB | CPU ms at 256² | train img/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -244,7 +251,11 @@ def seg_study(root: Path, fig_dir: Path) -> list[str]:
             pairs.setdefault((r["arch"], r.get("decoder_attention"), r["encoder"]), {})[r["input_prep"]] = r["val"]["patient_dice_mean"]
     prep = [f"{_short_encoder(k[2])} {_decoder_name({'arch': k[0], 'decoder_attention': k[1]})}: "
             f"{v['median_clahe'] - v['raw']:+.3f}" for k, v in pairs.items() if {"raw", "median_clahe"} <= set(v)]
-    lines += ["", f"**Winner under this budget (among weights ≤ 10 MB): {_decoder_name(best)} with "
+    if missing:
+        lines += ["", f"**Study in progress:** {len(rows)} of {len(rows) + len(missing)} rows finished; still "
+                  f"training (resumable, same command): {', '.join(missing)}. The winner below is provisional."]
+    lines += ["", f"**{'Provisional leader' if missing else 'Winner'} under this budget (among weights ≤ 10 MB): "
+              f"{_decoder_name(best)} with "
               f"{_short_encoder(best['encoder'])}, {best['input_prep'].replace('_', ' + ')} input** (per-patient Dice "
               f"{best['val']['patient_dice_mean']:.3f}, worst patient {best['val']['patient_dice_worst']:.3f}). "
               "Median + CLAHE input minus raw input, same network: " + ("; ".join(prep) or "–") + ".",

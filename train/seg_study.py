@@ -124,7 +124,24 @@ def remeasure_latency(root: Path, threads: int = 1) -> None:
         print(f"{res_p.parent.name}: {res['cpu_ms_256']} ms")
 
 
-def main(argv=None) -> int:
+def default_rows() -> list[tuple[str, list[str]]]:
+    """The rows ``python -m train segmentation-study`` runs with its defaults (the report lists unfinished ones)."""
+    p = _parser()
+    args = p.parse_args([])
+    return _rows_of(args)
+
+
+def _rows_of(args) -> list[tuple[str, list[str]]]:
+    todo = rows(args.steps_per_epoch, args.epochs, args.decoders, args.encoders, args.preps)
+    for pair in args.extra:
+        dec, enc = pair.split(":")
+        todo[-1:-1] = [r for r in rows(args.steps_per_epoch, args.epochs, [dec], [enc], args.preps)[:-1]]
+    if args.only:
+        todo = [r for r in todo if any(o in r[0] for o in args.only)]
+    return todo
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train segmentation-study", description=__doc__)
     p.add_argument("--root", default="runs/study_seg")
     p.add_argument("--steps-per-epoch", type=int, default=50, help="batches of 16 per epoch, every row")
@@ -143,20 +160,18 @@ def main(argv=None) -> int:
                    help="with --augmentation-pool: the U-Net configuration (the study's winner)")
     p.add_argument("--remeasure-latency", action="store_true",
                    help="instead of training: CPU ms at 256² of every finished row, measured alone")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     if args.remeasure_latency:
         remeasure_latency(Path(args.root))
         return 0
     if args.augmentation_pool:
         todo = augmentation_rows(args.augmentation_pool, args.steps_per_epoch, args.epochs, base=tuple(args.base.split()))
         return run_rows(todo, Path(args.root), args.jobs)
-    todo = rows(args.steps_per_epoch, args.epochs, args.decoders, args.encoders, args.preps)
-    for pair in args.extra:
-        dec, enc = pair.split(":")
-        todo[-1:-1] = [r for r in rows(args.steps_per_epoch, args.epochs, [dec], [enc], args.preps)[:-1]]
-    if args.only:
-        todo = [r for r in todo if any(o in r[0] for o in args.only)]
-    return run_rows(todo, Path(args.root), args.jobs)
+    return run_rows(_rows_of(args), Path(args.root), args.jobs)
 
 
 if __name__ == "__main__":
