@@ -198,10 +198,11 @@ def summary() -> str:
                        f"{r['rss_mb']['growth_after_25']:+.1%} and scratch/cache files "
                        f"{r['scratch_files']['growth_after_25']:+.1%} ({r['scratch_bytes']['growth_after_25']:+.1%} "
                        f"bytes) from cycle 25 to the end (RSS {r['rss_mb']['last']:.0f} MB, "
-                       f"{r['scratch_files']['last']} files at the end). The files that grow are Gradio's cache of "
-                       "served files (each export's copies, the views), swept every 10 minutes of files older than "
-                       "15 minutes, so they are bounded by 15 minutes of activity, not flat within a shorter run; "
-                       "the session's own folder keeps only its latest export.")
+                       f"{r['scratch_files']['last']} files at the end; every 25 cycles: "
+                       f"{', '.join(str(v) for v in r.get('files_series_every_25', []))}). Gradio writes every image "
+                       "it sends into its cache: views older than 30 s and the empty temp files its upload parser "
+                       "leaves are swept every 10 s (`bt_demo/ui/scratch.py`), a replaced export's cached copies go "
+                       "with it, and the session's own folder keeps only its latest export.")
         if c:
             out.append(f"- Correction store under SIGKILL: {c['kills']} writers killed, {c['written']} saves returned, "
                        f"{c['readable']} records readable, {c['partial']} partial, {c['lost']} lost.")
