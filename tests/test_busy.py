@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_demo.models.registry import Engines
 from bt_demo.phantom import flair_phantom
 from bt_demo.ui import handlers as H
 from bt_demo.ui.state import Session
-from tests.tiny_models import make_weights_dir
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),
               pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory) -> Engines:
-    return Engines(weights_dir=str(make_weights_dir(tmp_path_factory.mktemp("weights"))), sam_model="none",
-                   device="cpu")
 
 
 def _png(folder, name, seed):
