@@ -135,6 +135,34 @@ def test_clicks_cli(lgg_root, tmp_path):
     assert not isinstance(ClickEngine.load(str(out)), str)
 
 
+def test_init_from_a_plain_unet_warm_starts_an_attention_unet_and_refuses_another_encoder(tmp_path):
+    """--init-from weights of another decoder copies every shared tensor (the shipped U-Net into the study's
+    scSE winner); weights of another encoder are refused instead of silently training from scratch."""
+    import argparse
+
+    import torch
+
+    from bt_demo.models.nets import SegNet
+    from train.segmentation import add_args, build_model
+
+    torch.manual_seed(0)
+    plain = SegNet(input_size=64, decoder_channels=(32, 16, 16, 8, 8))
+    plain.save_pretrained(tmp_path / "plain")
+    p = argparse.ArgumentParser()
+    add_args(p)
+    base = ["--input-size", "64", "--decoder-channels", "32,16,16,8,8", "--init-from", str(tmp_path / "plain")]
+    same = build_model(p.parse_args(base), 1, "segmentation")
+    assert same.net.decoder.blocks[0].attention1.attention.__class__.__name__ == "Identity"
+    scse = build_model(p.parse_args([*base, "--decoder-attention", "scse"]), 1, "segmentation")
+    theirs, mine = plain.state_dict(), scse.state_dict()
+    assert len(mine) > len(theirs)
+    assert all(torch.equal(theirs[k], mine[k]) for k in theirs)  # every encoder/decoder tensor carried over
+    with pytest.raises(SystemExit, match="tensors fit"):
+        build_model(p.parse_args([*base, "--encoder", "resnet18"]), 1, "segmentation")
+    with pytest.raises(SystemExit, match="not 'clicks'"):
+        build_model(p.parse_args(base), 4, "clicks")
+
+
 CLS_TINY = ["--backbone", "small_cnn", "--input-size", "48", "--epochs", "2", "--steps-per-epoch", "2",
             "--batch-size", "8", "--no-progress", "--threads", "1"]
 
