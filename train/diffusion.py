@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     st = torch.load(run.best_ckpt, map_location="cpu", weights_only=False)
     model.load_state_dict(st.get("averaged") or st["model"])
     candidate = run.dir / "candidate"
-    common.export_weights(model, candidate, fp16=False)
+    common.export_weights(model, candidate)  # float16 on disk (<= 10 MB); loaded as float32 on the CPU
     from bt_demo.models.generator import GeneratorEngine
 
     eng = GeneratorEngine(model.float().eval())
