@@ -104,6 +104,7 @@ def test_segmentation_cli_writes_loadable_weights_and_card(lgg_root, tmp_path):
     assert card["task"] == "segmentation"
     assert set(card["split"]["test_patients"]).isdisjoint(card["split"]["train_patients"])
     assert 0 <= card["metrics"]["patient_dice_mean"] <= 1
+    assert 0 <= card["metrics_validation_patients"]["patient_dice_mean"] <= 1  # where the targets are read
     assert "non-commercial" in card["data"]["licence"]
     assert (run / "last.pt").exists() and (run / "metrics.jsonl").exists() and (run / "curves.png").exists()
     # the app's loader reads what training wrote
@@ -129,6 +130,7 @@ def test_clicks_cli(lgg_root, tmp_path):
     card = json.loads((out / "card.json").read_text())
     assert card["task"] == "clicks"
     assert "noc90" in card["metrics"] and 0 <= card["metrics"]["dice_after_1_clicks"] <= 1
+    assert "never_90" in card["metrics_validation_patients"] or "noc90" in card["metrics_validation_patients"]
     from bt_demo.models.clicks import ClickEngine
 
     weights.clear_cache()

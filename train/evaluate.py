@@ -70,6 +70,10 @@ def write_card(weights: Path, card: dict) -> None:
     lines += ["## Data", ""] + [f"- {k}: {v}" for k, v in card["data"].items()] + [""]
     lines += ["## Held-out metrics (reported once)", ""]
     lines += [f"- {k}: {v}" for k, v in card["metrics"].items() if not isinstance(v, (dict, list))] + [""]
+    if card.get("metrics_validation_patients"):
+        lines += ["## Validation patients (checkpoint and post-processing were chosen on them: flattering)", ""]
+        lines += [f"- {k}: {v}" for k, v in card["metrics_validation_patients"].items()
+                  if not isinstance(v, (dict, list))] + [""]
     lines += ["## Floors checked by tests/test_shipped_models.py", ""] + [f"- {k}: {v}" for k, v in card["floors"].items()] + [""]
     tr = card.get("training", {})
     lines += ["## Training", ""] + [f"- {k}: {v}" for k, v in tr.items() if not isinstance(v, (dict, list))] + [""]
@@ -107,13 +111,37 @@ def evaluate_segnet(weights: Path, run_dir: Path, data_root: str, patients: list
             "dice_curve": [float(v) for v in dice.mean(0)]}
 
 
+def measure_only(args, argv: list[str]) -> int:
+    """--json-out: a shipped U-Net or click model on its card's validation or test patients, e.g. before and after
+    a new model replaces it on the same patients."""
+    from train.segmentation import LGG_DEFAULT
+
+    card = json.loads((Path(args.weights) / "card.json").read_text())
+    patients = card["split"][f"{args.split}_patients"]
+    m = evaluate_segnet(Path(args.weights), None, args.data or str(LGG_DEFAULT), patients=patients, device=args.device)
+    out = {"weights": args.weights, "split": args.split, "patients": patients, "card_created": card.get("created"),
+           "command": "python -m train evaluate " + " ".join(argv), "metrics": m}
+    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json_out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))}, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train evaluate", description=__doc__)
     p.add_argument("--weights", required=True, help="weights folder (config.json + model.safetensors)")
-    p.add_argument("--run-dir", required=True, help="the training run folder (split.json, train_info.json, metrics.jsonl)")
+    p.add_argument("--run-dir", default=None,
+                   help="the training run folder (split.json, train_info.json, metrics.jsonl); required to write a card")
+    p.add_argument("--json-out", default=None,
+                   help="U-Net / click model: only measure on the card's --split patients and write this JSON (no card)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="with --json-out: which patients of the card")
     p.add_argument("--data", default=None, help="data root (LGG folder, or the class-folder root for the classifier)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if args.json_out:
+        return measure_only(args, argv if argv is not None else sys.argv[1:])
+    if not args.run_dir:
+        p.error("--run-dir is required to write a card (or give --json-out to only measure)")
     weights, run_dir = Path(args.weights), Path(args.run_dir)
     cfg = json.loads((weights / "config.json").read_text())
     info = json.loads((run_dir / "train_info.json").read_text()) if (run_dir / "train_info.json").exists() else {}
@@ -145,6 +173,9 @@ def main(argv=None) -> int:
                           "train_patients": split["train"], "val_patients": split["val"], "test_patients": split["test"]},
                 "metrics": {"evaluated_on": "test patients", **m}, "floors": floors,
                 "floor_patients": split["test"], "training": info, "plots": plots, "evaluate_command": eval_cmd}
+        if split.get("val"):  # the issue targets are read here (checkpoint and post-processing were chosen on them)
+            card["metrics_validation_patients"] = evaluate_segnet(weights, run_dir, data_root, patients=split["val"],
+                                                                  device=args.device)
     write_card(weights, card)
     print(json.dumps({k: v for k, v in card["metrics"].items() if not isinstance(v, (dict, list))}, indent=1))
     return 0

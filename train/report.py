@@ -384,6 +384,69 @@ def generator(weights: Path, eval_json: Path, fig_dir: Path) -> list[str]:
     return lines
 
 
+def _worst(m: dict | None):
+    return min(m["per_patient"].values()) if m and m.get("per_patient") else None
+
+
+def _cell(x, nd=3, pct=False) -> str:
+    if x is None:
+        return "–"
+    return f"{100 * x:.1f} %" if pct else f"{x:.{nd}f}"
+
+
+def seg_shipped(weights: Path, before_dir: Path) -> list[str]:
+    """Issue 13: the shipped U-Net and click model before and after, on the same validation and test patients."""
+    def load(p: Path):
+        return json.loads(p.read_text()) if p.exists() else None
+
+    u_new, c_new = load(weights / "unet" / "card.json"), load(weights / "clicks" / "card.json")
+    u_old, c_old = load(before_dir / "unet_card_before_issue13.json"), load(before_dir / "clicks_card_before_issue13.json")
+    u_old_val = (load(before_dir / "unet_before_issue13_val.json") or {}).get("metrics")
+    c_old_val = (load(before_dir / "clicks_before_issue13_val.json") or {}).get("metrics")
+    if not (u_new and u_old and c_new and c_old):
+        return []
+    u_same = u_new.get("created") == u_old.get("created")
+    c_same = c_new.get("created") == c_old.get("created")
+    u_new_val = u_new.get("metrics_validation_patients") or (None if not u_same else u_old_val)
+    c_new_val = c_new.get("metrics_validation_patients") or (None if not c_same else c_old_val)
+    lab_old, lab_new = u_old["metrics"].get("lab_robustness"), u_new["metrics"].get("lab_robustness")
+    lines = ["## Shipped U-Net and click model: before and after issue 13", "",
+             f"Same patients before and after: the shipped cards' 10 validation patients (the issue's targets are read "
+             f"there; checkpoints and post-processing were chosen on them) and 10 test patients (reported once). "
+             f"U-Net now: {u_new['model']}{' (unchanged)' if u_same else ''}, trained with "
+             f"`{u_new['training'].get('command', '')}`; click model now: {c_new['model']}"
+             f"{' (unchanged)' if c_same else ''}, trained with `{c_new['training'].get('command', '')}`.", "",
+             "| U-Net | target | before, val | after, val | before, test | after, test |", "|---|---|---|---|---|---|"]
+    rows = [("per-patient Dice, mean", "≥ 0.86", "patient_dice_mean", False),
+            ("per-patient Dice, median", "", "patient_dice_median", False),
+            ("slice Dice (tumour slices)", "", "slice_dice_tumour_mean", False),
+            ("false positives on tumour-free slices", "≤ 3 %", "fp_rate_tumour_free", True)]
+    for label, target, key, pct in rows:
+        vals = [(m or {}).get(key) for m in (u_old_val, u_new_val, u_old["metrics"], u_new["metrics"])]
+        lines.append(f"| {label} | {target} | " + " | ".join(_cell(v, pct=pct) for v in vals) + " |")
+    lines.append("| worst patient | ≥ 0.60 | " + " | ".join(_cell(_worst(m)) for m in (u_old_val, u_new_val, u_old["metrics"],
+                                                                                       u_new["metrics"])) + " |")
+    lines.append(f"| worst Dice change under a lab step (val) | ≤ 0.03 | "
+                 f"{_cell(lab_old and lab_old['worst_abs_change'])} ({lab_old and lab_old['worst_configuration']}) | "
+                 f"{_cell(lab_new and lab_new['worst_abs_change'])} ({lab_new and lab_new['worst_configuration']}) | | |")
+    lines += ["", "| click model (next click at the centre of the largest error, cap 20) | target | before, val | after, val | "
+              "before, test | after, test |", "|---|---|---|---|---|---|"]
+    crow = [(f"Dice after {k} click{'s' if k > 1 else ''}", t, f"dice_after_{k}_clicks", False)
+            for k, t in ((1, "≥ 0.87"), (2, ""), (3, "≥ 0.92"), (5, ""), (10, "≥ 0.95"), (20, ""))]
+    crow += [("NoC@85", "", "noc85", None), ("NoC@90", "≤ 4", "noc90", None),
+             ("never reach 0.85 within 20 clicks", "≤ 3 %", "never_85", True), ("never reach 0.90", "", "never_90", True),
+             ("off-centre first click: Dice lost at 1 click", "≤ 0.03", "off_centre_cost_at_1_click", False)]
+    for label, target, key, pct in crow:
+        vals = [(m or {}).get(key) for m in (c_old_val, c_new_val, c_old["metrics"], c_new["metrics"])]
+        nd = 2 if pct is None else 3
+        lines.append(f"| {label} | {target} | " + " | ".join(_cell(v, nd=nd, pct=bool(pct)) for v in vals) + " |")
+    lines += ["", "Before, val: `python -m train evaluate --weights weights/<unet|clicks> --split val --json-out "
+              "bench/results/<unet|clicks>_before_issue13_val.json` on the weights shipped before issue 13; before, test: "
+              "their cards (the click card then measured up to 10 clicks). After: the new cards (`python -m train "
+              "evaluate`, run at the end of training). CPU latency: `bench/` (README).", ""]
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train report", description=__doc__)
     p.add_argument("--out", default="docs/studies.md")
@@ -406,6 +469,7 @@ def main(argv=None) -> int:
     lines += classifier_shipped(Path(args.weights) / "classifier", fig_dir)
     lines += classifier_study(Path(args.classifier_study), fig_dir)
     lines += seg_study(Path(args.seg_study), fig_dir)
+    lines += seg_shipped(Path(args.weights), Path("bench/results"))
     lines += lab_robustness([(lab, Path(pth)) for lab, _, pth in (a.partition("=") for a in args.lab_robustness)])
     lines += generator(Path(args.weights) / "diffusion", Path(args.generator_eval), fig_dir)
     lines += augmentation(Path(args.seg_study))
