@@ -443,7 +443,15 @@ def seg_shipped(weights: Path, before_dir: Path) -> list[str]:
     lines += ["", "Before, val: `python -m train evaluate --weights weights/<unet|clicks> --split val --json-out "
               "bench/results/<unet|clicks>_before_issue13_val.json` on the weights shipped before issue 13; before, test: "
               "their cards (the click card then measured up to 10 clicks). After: the new cards (`python -m train "
-              "evaluate`, run at the end of training). CPU latency: `bench/` (README).", ""]
+              "evaluate`, run at the end of training).", ""]
+    eng = load(before_dir / "engines.json")
+    if eng:
+        ms = {(r["item"], r["size"]): r["median_ms"] for r in eng["rows"]}
+        u, c = ms.get(("U-Net probabilities + mask", 256)), ms.get(("click model, 1 click", 256))
+        if u and c:
+            lines += [f"CPU latency of the shipped models at 256² (`python -m bench engines`, median of 20, no training "
+                      f"running): U-Net {u:.0f} ms (target ≤ 100), click model one click {c:.0f} ms (target ≤ 120; "
+                      f"zoom-in included).", ""]
     return lines
 
 
