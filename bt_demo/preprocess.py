@@ -78,7 +78,7 @@ from .geometry import Geometry
 
 __all__ = [
     "Param", "Step", "STEPS", "get_step", "validate_params", "default_pipeline", "PipelineSpec",
-    "Processed", "run_pipeline", "pipeline_key", "estimate_brain_mask", "head_mask", "apply_step", "as_unit_float",
+    "Processed", "run_pipeline", "model_steps", "pipeline_key", "estimate_brain_mask", "head_mask", "apply_step", "as_unit_float",
     "as_unit", "crop_brain", "skull_strip", "denoise", "clahe", "musica", "unsharp", "normalize", "musica_levels",
     "max_levels", "noise_sigma",
 ]
@@ -742,6 +742,18 @@ class Processed:
     steps: tuple[tuple[str, dict], ...]
     key: str
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def model_steps(steps: PipelineSpec | None, lab_output: bool = False) -> tuple[tuple[str, dict], ...]:
+    """The steps whose output the learned engines (U-Net, click model, SAM, classifier) are given.
+
+    By default only the geometric ones (the brain crop): each model sees the kind of slice it was trained on,
+    because intensity steps move its answer (skull stripping + CLAHE took the U-Net's Dice from 0.86 to 0.56,
+    ``python -m train lab-robustness``) while the lab's steps still shape the display, K-Means, the histogram
+    and the classical segmenters. ``lab_output=True``: every step (the user asked the models to see the lab).
+    """
+    spec = _validate_spec(steps)
+    return spec if lab_output else tuple((n, p) for n, p in spec if STEPS[n].changes_geometry)
 
 
 def run_pipeline(image: np.ndarray, steps: PipelineSpec | None = None) -> Processed:

@@ -382,3 +382,13 @@ def test_hole_filling_matches_scipy():
         shape = (int(rng.integers(4, 40)), int(rng.integers(4, 40)))
         m = rng.random(shape) < rng.uniform(0.2, 0.8)
         assert np.array_equal(pp._fill_holes(m), ndi.binary_fill_holes(m))
+
+
+def test_models_get_only_the_brain_crop_unless_asked():
+    from bt_demo.preprocess import default_pipeline, model_steps, validate_params
+
+    spec = [("crop_brain", validate_params("crop_brain", None))] + default_pipeline() + \
+        [("clahe", validate_params("clahe", None))]
+    assert [n for n, _ in model_steps(spec)] == ["crop_brain"]
+    assert [n for n, _ in model_steps(spec, lab_output=True)] == ["crop_brain", "clahe", "normalize"]  # registry order
+    assert model_steps([]) == () and model_steps(default_pipeline()) == ()

@@ -77,3 +77,30 @@ def test_classifier_reaches_card_floor():
     assert m_t["ece"] <= fl["type_ece_max"]
     assert m_p["roc_auc"] >= fl["presence_roc_auc"]
     assert m_p["ece"] <= fl["presence_ece_max"]
+
+
+def test_unet_mask_holds_whatever_preprocessing_step_is_ticked():
+    """Issue 13: on real LGG slices (the largest lesion of each of three validation patients), ticking any one
+    lab step, the default pipeline or skull stripping + CLAHE moves the automatic mask's Dice by <= 0.03, the
+    U-Net running as the app runs it by default (the lab's intensity steps do not reach it, the crop does)."""
+    import numpy as np
+
+    from bt_demo.models.unet import UNetEngine
+    from train import lgg
+    from train.lab_robustness import BOUND, configurations, measure
+
+    card = _card("unet")
+    data = lgg.load_lgg(str(DATA / "lgg"), patients=card["split"]["val_patients"])
+    area = data.masks.reshape(len(data), -1).sum(1)
+    picks = []
+    for pid in sorted(set(data.patients.tolist()), key=lambda p: -area[data.patients == p].max())[:3]:
+        k = np.nonzero(data.patients == pid)[0]
+        picks.append(int(k[np.argmax(area[k])]))
+    eng = UNetEngine.load(str(WEIGHTS / "unet"))
+    assert not isinstance(eng, str), eng
+    # each slice counts as its own "patient" here: the mean of three slice Dice scores
+    res = measure(eng, data.images[picks], data.masks[picks], np.array([f"s{i}" for i in range(len(picks))]),
+                  configurations())
+    print({k: round(v["patient_dice_mean"], 3) for k, v in res.items()})
+    moved = {k: round(v["change"], 3) for k, v in res.items() if abs(v["change"]) > BOUND}
+    assert not moved, f"the automatic mask moved by more than {BOUND} Dice under: {moved}"

@@ -128,7 +128,7 @@ def test_upload_png_fills_every_panel(engines, phantom):
     assert abs(sum(view["class_label"].values()) - 1) < 1e-4
     assert "PNG" in view["status"] and "160 × 160" in view["status"]
     assert view["idx_slice"]["visible"] is False
-    assert s.slot.engine_key == "clicks" and s.slot.image_key == s.processed.key
+    assert s.slot.engine_key == "clicks" and s.slot.image_key == s.model_input.key
 
 
 def test_upload_dicom_uses_its_spacing(engines, examples):
@@ -225,6 +225,33 @@ def test_step_toggle_and_param_change(engines, phantom):
     assert messages(view) and s.pipeline == before
 
 
+def test_lab_steps_reach_the_models_only_when_asked(engines, phantom):
+    """Issue 13: ticking skull stripping + CLAHE changes the display and K-Means but not the U-Net's mask, the
+    click model's answer or the classifier, which see the slice they were trained on; the checkbox 'Feed the
+    lab's output to the models' gives them the processed slice, and the export says which input they saw."""
+    from bt_demo.preprocess import validate_params
+
+    path, _, (cx, cy) = phantom
+    s = loaded(engines, path)
+    s, _ = H.click(s, engines, to_display(s, (cx, cy)), "positive")
+    s, _ = H.set_preprocessing(s, engines, [])
+    raw = (s.unet_prob.copy(), s.prompts.result.mask.copy(), s.classification)
+    lab = [(n, validate_params(n, None)) for n in ("skull_strip", "clahe")]
+    s, view = H.set_preprocessing(s, engines, lab)
+    assert s.model_input is not s.processed and s.model_input.steps == ()
+    assert not np.array_equal(s.processed.image, s.model_input.image)  # the display did change
+    assert np.array_equal(s.unet_prob, raw[0]) and np.array_equal(s.prompts.result.mask, raw[1])
+    assert s.classification is raw[2]  # cached: its input did not change
+    assert "trained on" in view["pipeline_info"]
+    s, view = H.set_models_see_lab(s, engines, True)
+    assert s.model_input is s.processed and s.unet_prob_key == s.processed.key
+    assert not np.array_equal(s.unet_prob, raw[0])
+    assert "as you asked" in view["pipeline_info"]
+    assert H._settings_record(s)["models_saw"] == "the preprocessing lab's output"
+    s, _ = H.set_models_see_lab(s, engines, False)
+    assert np.array_equal(s.unet_prob, raw[0]) and "trained on" in H._settings_record(s)["models_saw"]
+
+
 # ---------------------------------------------------------------------------
 # prompts
 # ---------------------------------------------------------------------------
@@ -247,7 +274,8 @@ def test_crop_to_brain_keeps_everything_in_slice_pixels(engines, phantom):
     assert not geo.is_identity and s.processed.image.shape != (SIDE, SIDE)
     # the click stays where it was, and is answered again on the cropped image
     assert s.prompts.points[0] == pytest.approx((cx, cy), abs=0.5)
-    assert s.prompts.result is not None and s.prompts.image_key == s.processed.key
+    assert s.prompts.result is not None and s.prompts.image_key == s.model_input.key
+    assert s.model_input.geometry.crop == geo.crop  # the models get the same crop, without the intensity steps
     for m in (s.unet_result.mask, s.kmeans_mask, s.prompts.result.mask, s.gradcam):
         assert m.shape == (SIDE, SIDE)
     assert view["before_after"][1].shape == (SIDE, SIDE, 3)
@@ -378,7 +406,7 @@ def test_sam_candidates_and_deferred_set_image(weights, phantom):
     assert s.slot.engine_key == "sam" and s.slot.image_key is None
     assert "Preparing" in view["prompt_info"]
     s, view = H.prepare_prompts(s, eng)
-    assert s.slot.image_key == s.processed.key and s.slot.predictor.set_calls == 1
+    assert s.slot.image_key == s.model_input.key and s.slot.predictor.set_calls == 1
     s, view = H.click(s, eng, to_display(s, (cx, cy)), "positive")
     upd = view["candidates"]
     assert upd["visible"] is True and len(upd["choices"]) == 3 and upd["value"] == 1

@@ -303,8 +303,11 @@ def test_uncertainty_with_tiny_unet(engines, phantom, monkeypatch):
     assert len(calls) == 1
     s, view = H.set_threshold(s, engines, 0.95)
     assert "≥ 0.95" in view["uncertainty_info"] and len(calls) == 1
-    # a new preprocessing invalidates it
+    # an intensity step does not reach the U-Net (it sees the slice it was trained on): the map stays
     s, view = H.set_preprocessing(s, engines, [])
+    assert view["uncertainty_image"] is not None
+    # a change of the U-Net's input (the brain crop) invalidates it
+    s, view = H.set_preprocessing(s, engines, [("crop_brain", {"margin": 2})])
     assert view["uncertainty_image"] is None and "Press" in view["uncertainty_info"]
 
 

@@ -113,19 +113,20 @@ def clear_cache() -> None:
 def input_line(card: dict) -> str:
     """Which input a segmentation or click model sees: the lab's output, its own mapping, how robust it is."""
     cfg = card.get("config") or {}
-    line = "Input: the slice after the preprocessing steps ticked below"
+    line = ("Input: the slice as loaded, through the brain crop when ticked (the input it was trained on); "
+            "the lab's other steps reach it only with 'Feed the lab's output to the models' on")
     if cfg.get("input_prep") == "median_clahe":
-        line += ", then its own 3×3 median + CLAHE"
+        line += "; then its own 3×3 median + CLAHE"
     if cfg.get("zoom_in"):
         line += "; after the first click it looks at a zoomed crop around the mask"
-    lab = (card.get("metrics") or {}).get("lab_robustness")
+    lab = (card.get("metrics") or {}).get("lab_robustness_lab_output")
     if lab and lab["worst_abs_change"] <= lab["bound"]:
-        line += (f"; its Dice moves by at most {lab['worst_abs_change']:.3f} whatever step is ticked "
+        line += (f"; fed the lab's output, its Dice moves by at most {lab['worst_abs_change']:.3f} "
                  f"({lab['n_patients']} validation patients)")
     elif lab:
-        line += (f"; careful: its Dice falls by up to {lab['worst_abs_change']:.2f} when "
-                 f"'{lab['worst_configuration']}' is ticked ({lab['n_patients']} validation patients): untick the "
-                 "steps to read its mask")
+        line += (f"; careful with that option: fed the lab's output, its Dice falls by up to "
+                 f"{lab['worst_abs_change']:.2f} under '{lab['worst_configuration']}' ({lab['n_patients']} "
+                 "validation patients)")
     return line + "."
 
 

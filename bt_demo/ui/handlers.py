@@ -168,13 +168,13 @@ def _new_slot(engines, key: str, wait: bool = True) -> PredictorSlot:
 
 
 def _run_unet(s: Session, engines, *, rerun: bool) -> str | None:
-    """U-Net mask in original pixels (probabilities cached per processed image). Returns the reason if unavailable."""
+    """U-Net mask in original pixels (probabilities cached per model input). Returns the reason if unavailable."""
     unet, reason = _engine_or_reason(engines.unet())
     s.unet_reason = reason
     if unet is None:
         s.unet_result, s.unet_prob, s.unet_prob_key = None, None, None
         return reason
-    p = s.processed
+    p = s.model_input
     if rerun or s.unet_prob is None or s.unet_prob_key != p.key:
         s.unet_prob = unet.probabilities(p.image)
         s.unet_prob_key = p.key
@@ -202,7 +202,7 @@ def _run_classifier(s: Session, engines) -> str | None:
     if clf is None:
         s.classification, s.gradcam, s.classification_key = None, None, None
         return reason
-    p = s.processed
+    p = s.model_input
     if s.classification is None or s.classification_key != p.key:
         s.classification = clf.classify(p.image, notices=s.notices)
         s.classification_key = p.key
@@ -222,7 +222,7 @@ def _notices(s: Session) -> tuple[str, ...]:
 def _run_gradcam(s: Session, clf) -> None:
     from bt_demo.models.classifier import parse_gradcam_choice
 
-    p = s.processed
+    p = s.model_input
     head, cls = parse_gradcam_choice(s.gradcam_class)
     heat = clf.gradcam(p.image, head, cls)
     s.gradcam = p.geometry.map_to_original(np.asarray(heat, np.float32), fill=0.0, order=1)
@@ -236,8 +236,8 @@ def _predict(s: Session, prompts: PromptState, view: dict) -> PromptState:
         return replace(prompts, result=None, image_key=None, engine_key=None)
     if prompts.empty():
         return replace(prompts, result=None, image_key=None, engine_key=None)
-    slot.ensure_image(s.processed)
-    previous = s.prompts.result if (s.prompts.image_key == s.processed.key
+    slot.ensure_image(s.model_input)
+    previous = s.prompts.result if (s.prompts.image_key == s.model_input.key
                                     and s.prompts.engine_key == slot.engine_key) else None
     try:
         res = slot.predictor.predict([list(p) for p in prompts.points], list(prompts.labels), box=prompts.box,
@@ -245,14 +245,14 @@ def _predict(s: Session, prompts: PromptState, view: dict) -> PromptState:
     except ValueError as exc:  # e.g. only negative points so far: keep the prompts, no mask yet
         notify(view, str(exc), level="info")
         return replace(prompts, result=None, image_key=None, engine_key=None)
-    return replace(prompts, result=res, image_key=s.processed.key, engine_key=slot.engine_key)
+    return replace(prompts, result=res, image_key=s.model_input.key, engine_key=slot.engine_key)
 
 
 def _prompts_fresh(s: Session) -> bool:
     pr = s.prompts
     if pr.empty():
         return pr.result is None
-    return (pr.result is not None and s.slot is not None and pr.image_key == s.processed.key
+    return (pr.result is not None and s.slot is not None and pr.image_key == s.model_input.key
             and pr.engine_key == s.slot.engine_key)
 
 
@@ -265,14 +265,22 @@ def _refresh_prompts(s: Session, engines, view: dict, *, allow_slow: bool) -> bo
     Returns True when the prompt panel is up to date.
     """
     slot = _ensure_slot(s, engines)
-    if not allow_slow and slot.engine_key == "sam" and slot.image_key != s.processed.key:
-        if s.prompts.result is not None and s.prompts.image_key != s.processed.key:
+    if not allow_slow and slot.engine_key == "sam" and slot.image_key != s.model_input.key:
+        if s.prompts.result is not None and s.prompts.image_key != s.model_input.key:
             s.prompts = replace(s.prompts, result=None, image_key=None, engine_key=None)
         return False
-    slot.ensure_image(s.processed)
+    slot.ensure_image(s.model_input)
     if not _prompts_fresh(s):
         s.prompts = _predict(s, s.prompts, view)
     return True
+
+
+def _model_input(s: Session):
+    """What the learned engines get: the slice through the brain crop only, or the lab's output on request."""
+    from bt_demo.preprocess import model_steps, run_pipeline
+
+    spec = model_steps(s.processed.steps, lab_output=s.models_see_lab)
+    return s.processed if spec == s.processed.steps else run_pipeline(s.unit, steps=spec)
 
 
 def _recompute(s: Session, engines, *, new_image: bool) -> dict:
@@ -283,6 +291,7 @@ def _recompute(s: Session, engines, *, new_image: bool) -> dict:
     s.unit = s.slice.unit(s.window)
     s.notices = _notices(s)
     s.processed = run_pipeline(s.unit, steps=_pipeline(s))
+    s.model_input = _model_input(s)
     s.display_factor = views.display_factor(s.slice.shape)
     if new_image:
         s.prompts, s.history, s.box_anchor = PromptState(), (), None
@@ -323,7 +332,7 @@ MODEL_TABS = ("compare", "measure", "uncertainty", "export", "classifier")
 def _ensure_models(s: Session, engines) -> None:
     """The U-Net and classifier results for the current image (each cached by the processed image's key)."""
     if engines is not None and s.loaded:
-        if s.unet_result is None or s.unet_prob_key != s.processed.key:
+        if s.unet_result is None or s.unet_prob_key != s.model_input.key:
             _run_unet(s, engines, rerun=False)
         _run_classifier(s, engines)
 
@@ -549,6 +558,16 @@ def set_preprocessing(s: Session, engines, spec: Sequence[tuple[str, dict]]) -> 
     return _recompute(s, engines, new_image=False)
 
 
+@_handler("changing what the models see", heavy=True)
+def set_models_see_lab(s: Session, engines, on: bool) -> dict:
+    """Feed the lab's output to the U-Net, the prompt engine and the classifier (on) or the slice they were
+    trained on, through the brain crop only (off, the default); every panel is recomputed."""
+    s.models_see_lab = bool(on)
+    if not s.loaded:
+        return {}
+    return _recompute(s, engines, new_image=False)
+
+
 # ---------------------------------------------------------------------------
 # 3. prompts
 # ---------------------------------------------------------------------------
@@ -558,7 +577,7 @@ def prepare_prompts(s: Session, engines) -> dict:
     if not s.loaded:
         return {}
     _ensure_models(s, engines)
-    if s.slot is not None and s.slot.image_key == s.processed.key and _prompts_fresh(s):
+    if s.slot is not None and s.slot.image_key == s.model_input.key and _prompts_fresh(s):
         return {}  # the first half already answered (every engine but SAM): nothing to redraw
     view: dict = {}
     _refresh_prompts(s, engines, view, allow_slow=True)
@@ -674,7 +693,7 @@ def switch_engine(s: Session, engines, key: str) -> dict:
     s.slot = slot
     if not s.loaded:
         return views.prompt_view_engine(s)
-    slot.ensure_image(s.processed)
+    slot.ensure_image(s.model_input)
     s.prompts = _predict(s, s.prompts, view)
     return _prompt_and_compare(s, view)
 
@@ -762,7 +781,7 @@ def show_gradcam(s: Session, engines, class_name) -> dict:
     choices = gradcam_choices(clf.type_names)
     if class_name and class_name not in {v for _, v in choices}:
         raise InputError(f"unknown heat map {class_name!r}; choose one of {', '.join(v for _, v in choices)}")
-    if s.classification is None or s.classification_key != s.processed.key:
+    if s.classification is None or s.classification_key != s.model_input.key:
         _run_classifier(s, engines)
     s.gradcam_class = class_name or None
     _run_gradcam(s, clf)
@@ -801,7 +820,9 @@ def _settings_record(s: Session) -> dict:
     return {"window_center_width": [float(v) for v in s.window] if s.window else None,
             "preprocessing": [{"step": n, "params": dict(p)} for n, p in (s.pipeline or [])],
             "unet_threshold": s.unet_threshold, "kmeans_k": int(s.kmeans_k),
-            "geometry": s.processed.geometry.to_dict() if s.processed is not None else None}
+            "geometry": s.processed.geometry.to_dict() if s.processed is not None else None,
+            "models_saw": "the preprocessing lab's output" if s.models_see_lab
+            else "the slice as loaded (through the brain crop when ticked): the input they were trained on"}
 
 
 def _scalar_facts(extra: dict) -> dict:
@@ -1194,7 +1215,7 @@ def run_uncertainty(s: Session, engines, n: int = 8) -> dict:
         view = views.uncertainty_view(s)
         notify(view, f"The uncertainty map needs the U-Net, which is unavailable: {reason}")
         return view
-    p = s.processed
+    p = s.model_input
     if s.uncertainty is None or s.uncertainty_key != p.key:
         thr = s.unet_threshold if s.unet_threshold is not None else unet.threshold
         u = tta_uncertainty(_AtThreshold(unet, thr), p.image, n=int(n))

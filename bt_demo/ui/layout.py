@@ -351,6 +351,14 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                         controls.append(_param_control(p, value))
                 for _ in range(per_row - len(names[start:start + per_row])):
                     gr.Column(min_width=220)  # keep the grid aligned
+        # measured (train lab-robustness): intensity steps move the models' answers, so by default the
+        # models see the slice they were trained on and the lab feeds the display and the classical tools
+        models_see_lab = gr.Checkbox(
+            value=False, label="Feed the lab's output to the models",
+            info="Off (default): the U-Net, the prompt engine and the classifier see the slice as loaded (through "
+                 "the brain crop when ticked), the input they were trained on; the steps above shape the display, "
+                 "K-Means, the histogram and the classical segmenters. On: the models see the processed slice "
+                 "(the U-Net's Dice can fall, see its line).")
 
         # ------------------------------------------------------------------
         # wiring
@@ -465,6 +473,9 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
             trig = ctl.input  # user changes only (dragging, typing, ticking); never our own updates
             then_prepare(wire(trig, on_pipeline, controls, every_panel, trigger_mode="always_last",
                               api_visibility="private"))
+
+        then_prepare(wire(models_see_lab.input, lambda s, on: H.set_models_see_lab(s, engines, on), [models_see_lab],
+                          every_panel, api_visibility="private"))
 
         # 3. prompts
         def on_click(s, m, evt: gr.SelectData):

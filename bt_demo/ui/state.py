@@ -103,6 +103,10 @@ class Session:
         pipeline: the preprocessing spec, ``[(step name, params), ...]``; None until first
             needed, then ``bt_demo.preprocess.default_pipeline()``.
         processed: ``bt_demo.preprocess.Processed`` of ``unit`` (processed pixels).
+        model_input: the ``Processed`` the learned engines get: ``unit`` through
+            ``bt_demo.preprocess.model_steps`` (the brain crop only, unless ``models_see_lab``);
+            the same object as ``processed`` when the two specs agree.
+        models_see_lab: the user asked the models to see the lab's output (default False).
         slot: this session's :class:`PredictorSlot`.
         prompts: current :class:`PromptState`; history: the states before each
             prompt action (for "undo"); box_anchor: first corner of a box being clicked.
@@ -129,6 +133,7 @@ class Session:
     """
 
     _FIELDS = ("slice", "source_path", "selectors", "window", "spacing_mm", "unit", "pipeline", "processed",
+               "model_input", "models_see_lab",
                "slot", "prompts", "history", "box_anchor", "display_factor", "unet_prob", "unet_prob_key",
                "unet_threshold", "unet_result", "unet_reason", "kmeans_k", "kmeans", "kmeans_key", "kmeans_mask",
                "sweep", "sweep_key", "classification", "classification_key", "classifier_reason",
@@ -146,6 +151,8 @@ class Session:
         self.unit: np.ndarray | None = None
         self.pipeline: list | None = None
         self.processed: Any = None
+        self.model_input: Any = None
+        self.models_see_lab: bool = False
         self.slot: PredictorSlot | None = None
         self.prompts: PromptState = PromptState()
         self.history: tuple[PromptState, ...] = ()

@@ -237,7 +237,13 @@ def preprocessing_view(s) -> dict:
     if names:
         info = f"Applied: {', '.join(esc(n) for n in names)} ({1000 * total:.0f} ms)."
     else:
-        info = "No preprocessing step is on: the engines see the windowed slice."
+        info = "No preprocessing step is on: every engine sees the windowed slice."
+    if getattr(s, "models_see_lab", False):
+        info += " The models (U-Net, prompt engine, classifier) see this output, as you asked."
+    elif any(n != "crop_brain" for n in names):
+        info += (" The models (U-Net, prompt engine, classifier) see the slice as loaded"
+                 f"{' through the brain crop' if not geo.is_identity else ''} — the input they were trained on; "
+                 "these steps feed the display, K-Means, the histogram and the classical segmenters.")
     if not geo.is_identity:
         y0, x0, y1, x1 = geo.crop
         info += (f" Engines see a {geo.processed_shape[1]} × {geo.processed_shape[0]} px image "
@@ -580,7 +586,7 @@ def uncertainty_view(s) -> dict:
                 "uncertainty_info": "Uncertainty map unavailable because the U-Net is unavailable: "
                                     f"{esc(s.unet_reason)}"}
     u = s.uncertainty
-    if u is None or s.processed is None or s.uncertainty_key != s.processed.key:
+    if u is None or s.model_input is None or s.uncertainty_key != s.model_input.key:
         return {"uncertainty_image": None,
                 "uncertainty_info": "Press **Uncertainty map (TTA)** to run the U-Net on 8 flipped, shifted and "
                                     "scaled copies of this slice (a few seconds on a CPU) and see where its "
