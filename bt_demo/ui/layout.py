@@ -331,7 +331,7 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
                                 syn_load = gr.Button("Load it into the other panels (marked SYNTHETIC)", size="sm")
 
         # ---------------- below: the preprocessing steps, from the registry -----------
-        gr.Markdown("### Preprocessing steps (applied in this order; every panel above follows)",
+        gr.Markdown("### Preprocessing steps (applied in this order; the views and classical tools above follow; the models see the slice as loaded unless the last box is ticked)",
                     label="Preprocessing heading")
         controls = []
         per_row = 4
