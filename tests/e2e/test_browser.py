@@ -241,6 +241,11 @@ def test_upload_preprocess_click_compare(app_url):
         assert re.search(r"\b(0(\.\d+)?|1(\.0+)?)\b", text)
         wait_for_image(page, "Prompted mask")
 
+        # the lab's intensity steps reach the models only on request (issue 13), and the page says which input
+        page.get_by_text(re.compile("see the slice as loaded")).first.wait_for()
+        page.get_by_label("Feed the lab's output to the models", exact=True).check()
+        page.get_by_text(re.compile("see this output, as you asked")).first.wait_for()
+
 
 def test_histogram_measurement_classical_and_uncertainty_views(app_url, record_property):
     """The image-study panels: histogram + CDF, the RANO measurement table, a classical segmenter in
