@@ -282,6 +282,15 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
     # the generator learnt only the U-Net split's training patients: its held-back ones are the U-Net's val + test
     split = json.loads((run / "split.json").read_text())
     assert len(split["val"]) == 2 and set(split["val"]).isdisjoint(split["train"])
+    # it predicts the velocity v (the sampler reads that from the config), and a second run warm-starts from the
+    # first one's exported weights (an epsilon model's speckled samples were fixed that way)
+    assert json.loads((out / "config.json").read_text())["prediction_type"] == "v_prediction"
+    run2 = tmp_path / "run2"
+    assert main(["diffusion", "--data", str(lgg_root), "--out", str(tmp_path / "d2"), "--run-dir", str(run2),
+                 "--size", "32", "--channels", "8,16", "--no-attention", "--epochs", "1", "--steps-per-epoch", "1",
+                 "--batch-size", "4", "--n-val", "1", "--n-test", "1", "--sample-steps", "2", "--threads", "1",
+                 "--init-from", str(out)]) == 0
+    assert f"warm start from {out}" in (run2 / "train.log").read_text()
 
     # the augmentation experiment's plumbing: a pool of synthetic pairs, mixed into a U-Net study row
     pool = tmp_path / "pool.npz"

@@ -2,9 +2,13 @@
 
 Data: the LGG FLAIR slices and their expert masks (tumour and tumour-free slices; an empty mask teaches
 "no tumour"), resized to --size, split by patient (validation patients are held back: the validation loss
-picks the checkpoint and they are the real side of the realism measure). Training: the noise-prediction
-(epsilon) objective of DDPM with diffusers' scheduler (``add_noise``), AdamW, left-right flips; sampling in
-the app uses diffusers' ``DDIMScheduler``. Checkpoint every epoch (``--resume``), ``--time-budget`` seconds
+picks the checkpoint and they are the real side of the realism measure). Training: the denoising
+objective with diffusers' scheduler (``add_noise``; the target is the velocity v = ``get_velocity`` by default,
+or the noise with ``--prediction-type epsilon``), AdamW, left-right flips; sampling in the app uses diffusers'
+``DDIMScheduler``. Why v: an epsilon model trained here (28,800 images) predicted x0 well from t <= 500 but
+a speckled x0 from t >= 800 (x0 = (x_t - sqrt(1-a) eps) / sqrt(a) magnifies the noise error ~13x at t=950),
+and its DDIM samples were noise on a grey background. ``--init-from`` warm-starts from another run's
+checkpoint or an exported folder (same architecture). Checkpoint every epoch (``--resume``), ``--time-budget`` seconds
 of training at most. Exports ``<run>/candidate`` and, when its validation loss beats the shipped card's,
 ``--out`` (default ``weights/diffusion``) with a card and a grid of samples beside real slices.
 """
@@ -36,8 +40,15 @@ def to_model(images_u8: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
+def target(model, sched, x0, noise, t):
+    """What the network learns to predict: the velocity v or the noise, per the model's prediction_type."""
+    return sched.get_velocity(x0, noise, t) if model.prediction_type == "v_prediction" else noise
+
+
+@torch.no_grad()
 def val_loss(model, sched, x, m, seed: int = 0, batch: int = 32) -> float:
-    """Mean epsilon MSE on fixed timesteps and noise (comparable across epochs and runs)."""
+    """Mean MSE of the prediction on fixed timesteps and noise (comparable across epochs and runs of one
+    prediction type)."""
     model.eval()
     g = torch.Generator().manual_seed(seed)
     losses = []
@@ -46,7 +57,7 @@ def val_loss(model, sched, x, m, seed: int = 0, batch: int = 32) -> float:
         t = torch.randint(0, sched.config.num_train_timesteps, (len(xb),), generator=g)
         noise = torch.randn(xb.shape, generator=g)
         pred = model(sched.add_noise(xb, noise, t), mb, t)
-        losses.append(float(torch.nn.functional.mse_loss(pred, noise)) * len(xb))
+        losses.append(float(torch.nn.functional.mse_loss(pred, target(model, sched, xb, noise, t))) * len(xb))
     return float(np.sum(losses) / max(1, len(x)))
 
 
@@ -75,6 +86,18 @@ def sample_grid(engine, real_imgs: np.ndarray, real_masks: np.ndarray, out: Path
     return out
 
 
+def _init_state(path: str) -> dict:
+    """State dict to warm-start from: a training checkpoint (its EMA-averaged weights when it has them) or an
+    exported weights folder (model.safetensors, float16 on disk)."""
+    p = Path(path)
+    if p.is_dir():
+        from safetensors.torch import load_file
+
+        return {k: v.float() for k, v in load_file(p / "model.safetensors").items()}
+    st = torch.load(p, map_location="cpu", weights_only=False)
+    return st.get("averaged") or st["model"]
+
+
 def main(argv=None) -> int:
     from train.segmentation import LGG_DEFAULT
 
@@ -87,6 +110,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64, help="side of the generated slices (64 or 128)")
     p.add_argument("--channels", default="32,64,128,128", help="block_out_channels of the diffusers UNet2DModel")
     p.add_argument("--no-attention", action="store_true")
+    p.add_argument("--prediction-type", default="v_prediction", choices=["v_prediction", "epsilon"])
+    p.add_argument("--init-from", default="", help="warm start: a run's .pt checkpoint (its averaged weights) or "
+                                                   "an exported weights folder, of the same architecture")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--steps-per-epoch", type=int, default=200)
     p.add_argument("--time-budget", type=float, default=0, help="stop after this many seconds of training")
@@ -124,7 +150,10 @@ def main(argv=None) -> int:
     from bt_demo.models.generator import MaskConditionedDiffusion
 
     model = MaskConditionedDiffusion(sample_size=args.size, block_out_channels=[int(c) for c in args.channels.split(",")],
-                                     attention=not args.no_attention)
+                                     attention=not args.no_attention, prediction_type=args.prediction_type)
+    if args.init_from and not (args.resume and run.last_ckpt.exists()):
+        model.load_state_dict(_init_state(args.init_from))
+        run.log.info(f"warm start from {args.init_from}")
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler(num_train_timesteps=model.num_train_timesteps, beta_schedule=model.beta_schedule)
@@ -157,7 +186,8 @@ def main(argv=None) -> int:
             xb[flip], mb[flip] = xb[flip].flip(-1), mb[flip].flip(-1)
             t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, len(ids))).long()
             noise = torch.randn_like(xb)
-            loss = torch.nn.functional.mse_loss(model(sched.add_noise(xb, noise, t), mb, t), noise)
+            loss = torch.nn.functional.mse_loss(model(sched.add_noise(xb, noise, t), mb, t),
+                                                target(model, sched, xb, noise, t))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

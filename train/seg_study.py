@@ -170,6 +170,8 @@ def main(argv=None) -> int:
         return 0
     if args.augmentation_pool:
         todo = augmentation_rows(args.augmentation_pool, args.steps_per_epoch, args.epochs, base=tuple(args.base.split()))
+        if args.only:  # e.g. the 0 % rows, which need no pool, while the generator still trains
+            todo = [r for r in todo if any(o in r[0] for o in args.only)]
         return run_rows(todo, Path(args.root), args.jobs)
     return run_rows(_rows_of(args), Path(args.root), args.jobs)
 
