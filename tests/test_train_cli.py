@@ -291,6 +291,8 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
                  "--batch-size", "4", "--n-val", "1", "--n-test", "1", "--sample-steps", "2", "--threads", "1",
                  "--init-from", str(out)]) == 0
     assert f"warm start from {out}" in (run2 / "train.log").read_text()
+    warm = json.loads((tmp_path / "d2" / "card.json").read_text())["training"]["warm_start"]
+    assert warm["init_from"] == str(out) and warm["images_seen"] == 16  # the card says where it started
 
     # the augmentation experiment's plumbing: a pool of synthetic pairs, mixed into a U-Net study row
     pool = tmp_path / "pool.npz"

@@ -86,6 +86,22 @@ def sample_grid(engine, real_imgs: np.ndarray, real_masks: np.ndarray, out: Path
     return out
 
 
+def _init_info(path: str) -> dict:
+    """What a warm start came from, for the card: the path, and a checkpoint's training so far."""
+    if not path:
+        return {}
+    p = Path(path)
+    if p.is_dir():
+        card = p / "card.json"
+        tr = json.loads(card.read_text()).get("training", {}) if card.exists() else {}
+        return {"init_from": path, **{k: tr[k] for k in ("images_seen", "train_seconds", "command") if k in tr}}
+    st = torch.load(p, map_location="cpu", weights_only=False)
+    args_p = p.parent / "args.json"
+    a = json.loads(args_p.read_text()) if args_p.exists() else {}
+    return {"init_from": path, "images_seen": st.get("images_seen"), "train_seconds": round(st.get("train_seconds", 0), 1),
+            "epochs": st.get("epoch", -1) + 1, "prediction_type": a.get("prediction_type", "epsilon")}
+
+
 def _init_state(path: str) -> dict:
     """State dict to warm-start from: a training checkpoint (its EMA-averaged weights when it has them) or an
     exported weights folder (model.safetensors, float16 on disk)."""
@@ -151,8 +167,10 @@ def main(argv=None) -> int:
 
     model = MaskConditionedDiffusion(sample_size=args.size, block_out_channels=[int(c) for c in args.channels.split(",")],
                                      attention=not args.no_attention, prediction_type=args.prediction_type)
+    warm = {}  # what the weights started from, kept in every checkpoint and written into the card
     if args.init_from and not (args.resume and run.last_ckpt.exists()):
         model.load_state_dict(_init_state(args.init_from))
+        warm = _init_info(args.init_from)
         run.log.info(f"warm start from {args.init_from}")
     from diffusers import DDPMScheduler
 
@@ -171,6 +189,8 @@ def main(argv=None) -> int:
         if ema is not None and st.get("ema"):
             ema.load_state_dict(st["ema"])
         start, best, train_s, seen = st["epoch"] + 1, st["best"], st["train_seconds"], st["images_seen"]
+        # (a run resumed with --init-from, made before checkpoints kept it, records it from the flag)
+        warm = st.get("warm_start") or _init_info(args.init_from)
         rng = np.random.default_rng([args.seed, start])
         run.log.info(f"resumed at epoch {start}, best val loss {best:.5f}")
     for epoch in range(start, args.epochs):
@@ -211,7 +231,7 @@ def main(argv=None) -> int:
         run.log.info(f"epoch {epoch + 1}/{args.epochs} loss {np.mean(losses):.5f} val {v:.5f} (best {best:.5f}) {dt:.0f}s")
         run.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
                   "train_seconds": train_s, "images_seen": seen, "averaged": averaged,
-                  "ema": ema.state_dict() if ema is not None else None}, best=improved)
+                  "ema": ema.state_dict() if ema is not None else None, "warm_start": warm}, best=improved)
     st = torch.load(run.best_ckpt, map_location="cpu", weights_only=False)
     model.load_state_dict(st.get("averaged") or st["model"])
     candidate = run.dir / "candidate"
@@ -233,6 +253,9 @@ def main(argv=None) -> int:
                         "note": NOT_FOR_DIAGNOSIS + " Every output is SYNTHETIC."},
             "floors": {}, "training": {"command": "python -m train " + " ".join(argv if argv is not None else sys.argv[1:]),
                                        "train_seconds": round(train_s, 1), "images_seen": seen,
+                                       "threads": args.threads or torch.get_num_threads(),
+                                       "prediction_type": args.prediction_type,
+                                       "warm_start": warm,
                                        "machine": common.machine_info()},
             "plots": _plots(run.dir, None, "val_loss") + [str(grid)],
             "evaluate_command": "python -m train diffusion ... (the card is written by training)"}
