@@ -99,7 +99,8 @@ def _init_info(path: str) -> dict:
     args_p = p.parent / "args.json"
     a = json.loads(args_p.read_text()) if args_p.exists() else {}
     return {"init_from": path, "images_seen": st.get("images_seen"), "train_seconds": round(st.get("train_seconds", 0), 1),
-            "epochs": st.get("epoch", -1) + 1, "prediction_type": a.get("prediction_type", "epsilon")}
+            "epochs": st.get("epoch", -1) + 1, "prediction_type": a.get("prediction_type", "epsilon"),
+            **{k: a[k] for k in ("size", "batch_size", "steps_per_epoch", "lr", "channels") if k in a}}
 
 
 def _init_state(path: str) -> dict:

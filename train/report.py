@@ -364,8 +364,14 @@ def generator(weights: Path, eval_json: Path, fig_dir: Path) -> list[str]:
                   "noised held-back slice was good up to t = 500 but speckled from t = 800 (x0 = (x_t - sqrt(1-a) eps) / "
                   "sqrt(a) magnifies the noise error about 13× at t = 950), and its DDIM samples were noise on a grey "
                   "background. Predicting the velocity v keeps that estimate well conditioned; one epoch of v training "
-                  "from those weights gave brain-like samples with black backgrounds.", ""]
-    lines += ["```", tr["command"], "```", ""]
+                  "from those weights gave brain-like samples with black backgrounds. The two commands, in order "
+                  "(the first with its epoch count; the second resumes to the epoch shipped):", "",
+                  "```", f"python -m train diffusion --prediction-type {warm.get('prediction_type', 'epsilon')} --size "
+                  f"{warm.get('size', '?')} --batch-size {warm.get('batch_size', '?')} --steps-per-epoch "
+                  f"{warm.get('steps_per_epoch', '?')} --lr {warm.get('lr', '?')} --epochs {warm.get('epochs', '?')} "
+                  f"--run-dir {Path(warm['init_from']).parent}", tr["command"], "```", ""]
+    else:
+        lines += ["```", tr["command"], "```", ""]
     for pth in card.get("plots", []):
         src = Path(pth)
         if src.exists() and src.suffix == ".png":
