@@ -68,8 +68,14 @@ def sample_grid(engine, real_imgs: np.ndarray, real_masks: np.ndarray, out: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    idx = np.linspace(0, len(real_imgs) - 1, n).astype(int)
-    fig, ax = plt.subplots(2, n, figsize=(1.8 * n, 3.9))
+    # mostly tumour masks (what the generator is for), the last two columns empty masks ("no tumour")
+    has = real_masks.reshape(len(real_masks), -1).any(1)
+    tum, empty = np.nonzero(has)[0], np.nonzero(~has)[0]
+    n_t = min(len(tum), n - min(2, len(empty)))
+    idx = np.r_[tum[np.linspace(0, len(tum) - 1, n_t).astype(int)] if n_t else [],
+                empty[np.linspace(0, len(empty) - 1, n - n_t).astype(int)] if n - n_t else []].astype(int)
+    n = len(idx)
+    fig, ax = plt.subplots(2, n, figsize=(1.8 * n, 3.9), squeeze=False)
     for j, i in enumerate(idx):
         s = engine.generate(real_masks[i], seed=j, steps=steps)
         for row, img in ((0, real_imgs[i] / 255.0), (1, s.image)):
@@ -78,7 +84,7 @@ def sample_grid(engine, real_imgs: np.ndarray, real_masks: np.ndarray, out: Path
                 ax[row, j].contour(real_masks[i], levels=[0.5], colors="orange", linewidths=0.6)
             ax[row, j].axis("off")
     ax[0, 0].set_title("real (held-out)", fontsize=8, loc="left")
-    ax[1, 0].set_title("SYNTHETIC, same mask", fontsize=8, loc="left")
+    ax[1, 0].set_title("SYNTHETIC, same mask (orange)", fontsize=8, loc="left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
@@ -252,7 +258,7 @@ def main(argv=None) -> int:
             "metrics": {"evaluated_on": "held-out LGG patients", "val_loss": best, "n_val_slices": int(va.sum()),
                         "seconds_per_sample_at_sample_steps": round(gen_s, 2), "sample_steps": args.sample_steps,
                         "note": NOT_FOR_DIAGNOSIS + " Every output is SYNTHETIC."},
-            "floors": {}, "training": {"command": "python -m train " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "floors": {}, "training": {"command": "python -m train diffusion " + " ".join(argv if argv is not None else sys.argv[1:]),
                                        "train_seconds": round(train_s, 1), "images_seen": seen,
                                        "threads": args.threads or torch.get_num_threads(),
                                        "prediction_type": args.prediction_type,
