@@ -313,11 +313,19 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
     clf = make_classifier(tmp_path / "classifier")
     res_json = tmp_path / "gen_eval.json"
     assert main(["generator-eval", "--weights", str(out), "--unet", str(unet), "--classifier", str(clf),
-                 "--data", str(lgg_root), "--steps", "2", "--n-empty", "2", "--out", str(res_json)]) == 0
+                 "--data", str(lgg_root), "--steps", "2", "--n-empty", "2", "--out", str(res_json),
+                 "--cache", str(tmp_path / "syn.npz")]) == 0
     ev = json.loads(res_json.read_text())
-    for feats in ("U-Net encoder", "classifier presence net"):
+    for feats in ("U-Net encoder", "U-Net encoder, all stages", "classifier presence net"):
         k = ev["realism_kid"][feats]
         assert len(k["kid_real_vs_real_floor"]) == 2 and len(k["kid_synthetic_vs_real"]) == 2
+        assert "c2st_synthetic_vs_real" in k  # (one patient a side here: no patient-split test, and it says so)
+    # a second evaluation of the same weights reuses the generated slices
+    cached = np.load(tmp_path / "syn.npz")["syn"]
+    assert main(["generator-eval", "--weights", str(out), "--unet", str(unet), "--classifier", str(clf),
+                 "--data", str(lgg_root), "--steps", "2", "--n-empty", "2", "--out", str(res_json),
+                 "--cache", str(tmp_path / "syn.npz")]) == 0
+    assert json.loads(res_json.read_text())["n_synthetic"] == len(cached)
     ad = ev["mask_adherence"]
     assert 0 <= ad["unet_dice_vs_condition_synthetic"] <= 1 and 0 <= ad["unet_fp_rate_empty_mask_synthetic"] <= 1
     assert res_json.with_suffix(".png").exists()

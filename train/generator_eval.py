@@ -9,6 +9,13 @@ the generator's resolution, split by patient into halves A and B; KID(real B, re
 two real samples differ by), KID(synthetic, real A) the measure, the synthetic slices drawn for the masks
 of half B (same tumour sizes and places as the real half they replace).
 
+KID's estimate is noisy on a few hundred slices, and an "average brain" can sit close to the real mean. So
+realism is also measured by a classifier two-sample test (C2ST): a logistic regression on the same features
+tries to tell synthetic from real, cross-validated by patient (a synthetic slice belongs to the patient
+whose mask drew it). 0.5 = indistinguishable; the floor is the same test between the two real halves
+(different patients). A third feature space, every U-Net encoder stage averaged and concatenated, keeps
+the fine texture the deepest stage averages away.
+
 Mask adherence: the shipped U-Net segments every synthetic slice; its Dice against the conditioning mask,
 beside the same U-Net's Dice on the real slices of those masks (what a perfect generator would reach),
 and its false-positive rate on slices generated with an empty mask ("no tumour").
@@ -40,9 +47,36 @@ class _Features(torch.nn.Module):
         with torch.inference_mode():
             if self.kind == "unet":
                 f = self.net.net.encoder(standardize(x))[-1]
+            elif self.kind == "unet_all":  # every stage (skip the input itself), averaged over space
+                return torch.cat([g.float().mean(dim=(2, 3)) for g in self.net.net.encoder(standardize(x))[1:]], 1)
             else:
                 f = self.net.features(x)
         return f.float().mean(dim=(2, 3))
+
+
+def features(f: torch.nn.Module, imgs: np.ndarray) -> np.ndarray:
+    return np.concatenate([f(torch.from_numpy(imgs[i:i + 32])[:, None]).numpy() for i in range(0, len(imgs), 32)])
+
+
+def c2st(fa: np.ndarray, fb: np.ndarray, groups_a: np.ndarray, groups_b: np.ndarray, folds: int = 5) -> dict:
+    """Classifier two-sample test: accuracy of telling set a from set b, logistic regression on standardised
+    features, folds split by patient (no patient in both training and test), balanced accuracy so unequal
+    set sizes do not count. ~0.5: the features cannot tell them apart."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n_pat = min(len(set(groups_a)), len(set(groups_b)))
+    if n_pat < 2:
+        return {"accuracy": None, "why": "fewer than 2 patients on a side"}
+    x = np.concatenate([fa, fb])
+    y = np.r_[np.zeros(len(fa)), np.ones(len(fb))]
+    g = np.r_[np.asarray(groups_a, str), np.char.add("b:", np.asarray(groups_b, str))]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    acc = cross_val_score(clf, x, y, groups=g, scoring="balanced_accuracy",
+                          cv=StratifiedGroupKFold(n_splits=min(folds, n_pat), shuffle=True, random_state=0))
+    return {"accuracy": float(acc.mean()), "std_over_folds": float(acc.std()), "folds": int(len(acc))}
 
 
 def kid(features: torch.nn.Module, real: np.ndarray, other: np.ndarray, subset_size: int = 50, subsets: int = 100):
@@ -77,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-empty", type=int, default=64, help="slices generated with an empty mask (false positives)")
     p.add_argument("--out", default="bench/results/generator_eval.json")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cache", default="",
+                   help="keep the generated slices in this .npz and reuse them for the same weights, steps and masks")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,11 +140,23 @@ def main(argv=None) -> int:
     in_a = np.isin(data.patients, half_a)
     real_a, real_b = at_generator_res(data.images[in_a]), at_generator_res(data.images[~in_a])
     masks_b = data.masks[~in_a]
+    pats_a, pats_b = data.patients[in_a], data.patients[~in_a]
     t0 = time.perf_counter()
-    syn = np.concatenate([gen.generate_batch(list(masks_b[i:i + 16]), list(range(i, min(i + 16, len(masks_b)))),
-                                             steps=args.steps) for i in range(0, len(masks_b), 16)])
-    gen_s = time.perf_counter() - t0
-    feats = {"U-Net encoder": _Features(unet.model.float().eval(), "unet", unet.model.input_size)}
+    cache = Path(args.cache) if args.cache else None
+    key = f"{Path(args.weights).resolve()}|{(Path(args.weights) / 'model.safetensors').stat().st_mtime}|{args.steps}|{len(masks_b)}"
+    if cache and cache.exists() and str(np.load(cache)["key"]) == key:
+        z = np.load(cache)  # the same weights, steps and masks: the slices DDIM (eta 0) would draw again
+        syn, empty, gen_s = z["syn"], z["empty"], float(z["gen_s"])
+    else:
+        syn = np.concatenate([gen.generate_batch(list(masks_b[i:i + 16]), list(range(i, min(i + 16, len(masks_b)))),
+                                                 steps=args.steps) for i in range(0, len(masks_b), 16)])
+        gen_s = time.perf_counter() - t0
+        empty = gen.generate_batch([None] * args.n_empty, list(range(10_000, 10_000 + args.n_empty)), steps=args.steps)
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(cache, syn=syn, empty=empty, gen_s=gen_s, key=key)
+    feats = {"U-Net encoder": _Features(unet.model.float().eval(), "unet", unet.model.input_size),
+             "U-Net encoder, all stages": _Features(unet.model.float().eval(), "unet_all", unet.model.input_size)}
     clf = ClassifierEngine.load(args.classifier)
     if not isinstance(clf, str):
         pres = clf.model.presence.float().eval()
@@ -117,8 +165,11 @@ def main(argv=None) -> int:
     for name, f in feats.items():
         floor = kid(f, real_a, real_b)
         meas = kid(f, real_a, syn)
+        fa, fb, fs = features(f, real_a), features(f, real_b), features(f, syn)
         realism[name] = {"kid_real_vs_real_floor": floor, "kid_synthetic_vs_real": meas,
-                         "ratio_to_floor": meas[0] / floor[0] if floor[0] > 0 else None}
+                         "ratio_to_floor": meas[0] / floor[0] if floor[0] > 0 else None,
+                         "c2st_real_vs_real_floor": c2st(fa, fb, pats_a, pats_b),
+                         "c2st_synthetic_vs_real": c2st(fa, fs, pats_a, pats_b)}
 
     # mask adherence through the shipped U-Net, at the slice size the U-Net was trained on
     full = data.images.shape[1]
@@ -133,7 +184,6 @@ def main(argv=None) -> int:
                  "unet_dice_vs_condition_synthetic": float(np.mean([_dice(pred_syn[i], masks_b[i]) for i in np.nonzero(tum)[0]])),
                  "unet_dice_real_same_masks": float(np.mean([_dice(pred_real[i], masks_b[i]) for i in np.nonzero(tum)[0]])),
                  "unet_detects_tumour_share_synthetic": float(pred_syn[tum].reshape(int(tum.sum()), -1).any(1).mean())}
-    empty = gen.generate_batch([None] * args.n_empty, list(range(10_000, 10_000 + args.n_empty)), steps=args.steps)
     adherence["unet_fp_rate_empty_mask_synthetic"] = float(unet_masks(empty).reshape(args.n_empty, -1).any(1).mean())
     adherence["unet_fp_rate_real_tumour_free"] = float(pred_real[~tum].reshape(int((~tum).sum()), -1).any(1).mean())
     doc = {"weights": args.weights, "steps": args.steps, "size": s, "real_patients_a": half_a,
