@@ -261,6 +261,8 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
                  "--batch-size", "4", "--n-val", "1", "--n-test", "1", "--sample-steps", "2", "--threads", "1"]) == 0
     for f in ("config.json", "model.safetensors", "card.json", "card.md", "samples.png"):
         assert (out / f).exists(), f
+    # the grid beside real (patient) slices stays in the run folder, never beside the weights
+    assert (run / "samples_vs_real.png").exists() and not (out / "samples_vs_real.png").exists()
     card = json.loads((out / "card.json").read_text())
     assert card["task"] == "generation" and card["metrics"]["val_loss"] > 0 and "SYNTHETIC" in card["metrics"]["note"]
     weights.clear_cache()
@@ -313,7 +315,7 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
     clf = make_classifier(tmp_path / "classifier")
     res_json = tmp_path / "gen_eval.json"
     assert main(["generator-eval", "--weights", str(out), "--unet", str(unet), "--classifier", str(clf),
-                 "--data", str(lgg_root), "--steps", "2", "--n-empty", "2", "--out", str(res_json),
+                 "--data", str(lgg_root), "--steps", "2", "--n-empty", "2", "--out", str(res_json), "--grid", str(tmp_path / "grid.png"),
                  "--cache", str(tmp_path / "syn.npz")]) == 0
     ev = json.loads(res_json.read_text())
     for feats in ("U-Net encoder", "U-Net encoder, all stages", "classifier presence net"):
@@ -323,9 +325,9 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
     # a second evaluation of the same weights reuses the generated slices
     cached = np.load(tmp_path / "syn.npz")["syn"]
     assert main(["generator-eval", "--weights", str(out), "--unet", str(unet), "--classifier", str(clf),
-                 "--data", str(lgg_root), "--steps", "2", "--n-empty", "2", "--out", str(res_json),
+                 "--data", str(lgg_root), "--steps", "2", "--n-empty", "2", "--out", str(res_json), "--grid", str(tmp_path / "grid.png"),
                  "--cache", str(tmp_path / "syn.npz")]) == 0
     assert json.loads(res_json.read_text())["n_synthetic"] == len(cached)
     ad = ev["mask_adherence"]
     assert 0 <= ad["unet_dice_vs_condition_synthetic"] <= 1 and 0 <= ad["unet_fp_rate_empty_mask_synthetic"] <= 1
-    assert res_json.with_suffix(".png").exists()
+    assert (tmp_path / "grid.png").exists()

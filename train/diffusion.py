@@ -10,7 +10,9 @@ a speckled x0 from t >= 800 (x0 = (x_t - sqrt(1-a) eps) / sqrt(a) magnifies the 
 and its DDIM samples were noise on a grey background. ``--init-from`` warm-starts from another run's
 checkpoint or an exported folder (same architecture). Checkpoint every epoch (``--resume``), ``--time-budget`` seconds
 of training at most. Exports ``<run>/candidate`` and, when its validation loss beats the shipped card's,
-``--out`` (default ``weights/diffusion``) with a card and a grid of samples beside real slices.
+``--out`` (default ``weights/diffusion``) with a card and a grid of synthetic samples drawn for the project
+phantom's lesion masks (no patient data in the repository; the grid beside real held-back slices stays in
+the run folder: samples_vs_real.png).
 """
 
 from __future__ import annotations
@@ -61,35 +63,55 @@ def val_loss(model, sched, x, m, seed: int = 0, batch: int = 32) -> float:
     return float(np.sum(losses) / max(1, len(x)))
 
 
-def sample_grid(engine, real_imgs: np.ndarray, real_masks: np.ndarray, out: Path, n: int = 6, steps: int = 25) -> Path:
-    """PNG: top row real validation slices (mask outlined), bottom row synthetic slices drawn for the same masks."""
+def _grid(engine, tops: np.ndarray, masks: np.ndarray, out: Path, top_title: str, steps: int) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # mostly tumour masks (what the generator is for), the last two columns empty masks ("no tumour")
-    has = real_masks.reshape(len(real_masks), -1).any(1)
-    tum, empty = np.nonzero(has)[0], np.nonzero(~has)[0]
-    n_t = min(len(tum), n - min(2, len(empty)))
-    idx = np.r_[tum[np.linspace(0, len(tum) - 1, n_t).astype(int)] if n_t else [],
-                empty[np.linspace(0, len(empty) - 1, n - n_t).astype(int)] if n - n_t else []].astype(int)
-    n = len(idx)
+    n = len(masks)
     fig, ax = plt.subplots(2, n, figsize=(1.8 * n, 3.9), squeeze=False)
-    for j, i in enumerate(idx):
-        s = engine.generate(real_masks[i], seed=j, steps=steps)
-        for row, img in ((0, real_imgs[i] / 255.0), (1, s.image)):
+    for j in range(n):
+        s = engine.generate(masks[j], seed=j, steps=steps)
+        for row, img, m in ((0, tops[j], masks[j]), (1, s.image, s.mask)):  # s.mask: at the generator's size
             ax[row, j].imshow(img, cmap="gray", vmin=0, vmax=1)
-            if real_masks[i].any():
-                ax[row, j].contour(real_masks[i], levels=[0.5], colors="orange", linewidths=0.6)
+            if m.any():
+                ax[row, j].contour(m, levels=[0.5], colors="orange", linewidths=0.6)
             ax[row, j].axis("off")
-    ax[0, 0].set_title("real (held-out)", fontsize=8, loc="left")
-    ax[1, 0].set_title("SYNTHETIC, same mask (orange)", fontsize=8, loc="left")
+    ax[0, 0].set_title(top_title, fontsize=8, loc="left")
+    ax[1, 0].set_title("SYNTHETIC, for the mask above (orange)", fontsize=8, loc="left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def sample_grid(engine, out: Path, n: int = 6, steps: int = 25) -> Path:
+    """PNG that ships with the weights: synthetic slices drawn for the lesion masks of the project's own
+    phantom (bt_demo.phantom; top row), the last two for an empty mask. No patient image or expert mask goes
+    into the repository, so the side-by-side with real slices stays in the run folder (``sample_grid_vs_real``)."""
+    from bt_demo.phantom import flair_phantom
+
+    size = 256
+    tops, masks = [], []
+    for j in range(n):
+        img, m = flair_phantom((size, size), seed=j, lesion=j < n - 2, lesion_kind="cystic" if j % 3 == 2 else "solid")
+        tops.append(img)
+        masks.append(m)
+    return _grid(engine, np.stack(tops), np.stack(masks), out, "project phantom (not a patient)", steps)
+
+
+def sample_grid_vs_real(engine, real_imgs: np.ndarray, real_masks: np.ndarray, out: Path, n: int = 6,
+                        steps: int = 25) -> Path:
+    """PNG for the run folder only: held-back real slices (top) and synthetic slices for their masks;
+    mostly tumour masks, the last two columns empty ones."""
+    has = real_masks.reshape(len(real_masks), -1).any(1)
+    tum, empty = np.nonzero(has)[0], np.nonzero(~has)[0]
+    n_t = min(len(tum), n - min(2, len(empty)))
+    idx = np.r_[tum[np.linspace(0, len(tum) - 1, n_t).astype(int)] if n_t else [],
+                empty[np.linspace(0, len(empty) - 1, n - n_t).astype(int)] if n - n_t else []].astype(int)
+    return _grid(engine, real_imgs[idx] / 255.0, real_masks[idx], out, "real (held-out)", steps)
 
 
 def _init_info(path: str) -> dict:
@@ -247,8 +269,9 @@ def main(argv=None) -> int:
 
     eng = GeneratorEngine(model.float().eval())
     t0 = time.perf_counter()
-    grid = sample_grid(eng, imgs[va], masks[va], run.dir / "samples.png", steps=args.sample_steps)
+    grid = sample_grid(eng, run.dir / "samples.png", steps=args.sample_steps)
     gen_s = (time.perf_counter() - t0) / 6
+    sample_grid_vs_real(eng, imgs[va], masks[va], run.dir / "samples_vs_real.png", steps=args.sample_steps)
     from train.evaluate import LGG_DATA, NOT_FOR_DIAGNOSIS, _plots, write_card
 
     card = {"model": f"bt_demo mask-conditioned DDIM generator ({args.size}², channels {args.channels})",
@@ -265,7 +288,8 @@ def main(argv=None) -> int:
                                        "warm_start": warm,
                                        "machine": common.machine_info()},
             "plots": _plots(run.dir, None, "val_loss") + [str(grid)],
-            "evaluate_command": "python -m train diffusion ... (the card is written by training)"}
+            "evaluate_command": "python -m train generator-eval --cache runs/generator_eval_synthetic.npz  "
+                                "# realism (KID, C2ST) and mask adherence"}
     write_card(candidate, card)
     for f in card["plots"]:
         src = Path(f)

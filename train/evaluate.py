@@ -74,9 +74,12 @@ def write_card(weights: Path, card: dict) -> None:
         lines += ["## Validation patients (checkpoint and post-processing were chosen on them: flattering)", ""]
         lines += [f"- {k}: {v}" for k, v in card["metrics_validation_patients"].items()
                   if not isinstance(v, (dict, list))] + [""]
-    lines += ["## Floors checked by tests/test_shipped_models.py", ""] + [f"- {k}: {v}" for k, v in card["floors"].items()] + [""]
+    lines += ["## Floors checked by tests/test_shipped_models.py", ""] + (
+        [f"- {k}: {v}" for k, v in card["floors"].items()] or ["- none for this task"]) + [""]
     tr = card.get("training", {})
-    lines += ["## Training", ""] + [f"- {k}: {v}" for k, v in tr.items() if not isinstance(v, (dict, list))] + [""]
+    lines += ["## Training", ""] + [f"- {k}: {v}" for k, v in tr.items() if not isinstance(v, (dict, list))]
+    lines += [f"- {k}: " + ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in tr.items()
+              if isinstance(v, dict) and v and k != "machine"] + [""]
     lines += ["## Reproduce", "", "```", card.get("training", {}).get("command", ""), card["evaluate_command"], "```", ""]
     (weights / "card.md").write_text("\n".join(lines))
 

@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-empty", type=int, default=64, help="slices generated with an empty mask (false positives)")
     p.add_argument("--out", default="bench/results/generator_eval.json")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--grid", default="runs/generator_eval_vs_real.png",
+                   help="PNG of real held-back slices beside synthetic ones (patient data: keep it out of git)")
     p.add_argument("--cache", default="",
                    help="keep the generated slices in this .npz and reuse them for the same weights, steps and masks")
     args = p.parse_args(argv)
@@ -194,7 +196,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
-    _grid(syn, real_b, masks_b, out.with_suffix(".png"))
+    _grid(syn, real_b, masks_b, Path(args.grid))  # real slices: kept out of the repository (runs/ is ignored)
     print(json.dumps({k: doc[k] for k in ("realism_kid", "mask_adherence")}, indent=1))
     return 0
 
