@@ -152,8 +152,11 @@ def card_summary(model_id: str | os.PathLike) -> str:
                 line += f", {m['dice_after_10_clicks']:.3f} after 10"
             return line + ". " + input_line(card)
         if task == "generation":
-            return (f"A generator of SYNTHETIC slices (validation noise-prediction loss {m['val_loss']:.4f} on "
-                    f"held-out patients); its realism is measured in docs/studies.md.")
+            size = (card.get("config") or {}).get("sample_size")
+            n_pat = len((card.get("split") or {}).get("train") or [])
+            return (f"A generator of SYNTHETIC {f'{size}² ' if size else ''}FLAIR-like slices"
+                    f"{f', trained on {n_pat} LGG patients' if n_pat else ''} (validation loss {m['val_loss']:.4f} on "
+                    "held-out patients); how real they look is measured in docs/studies.md.")
         if task == "classification":
             pr, ty = m["presence"], m["type"]
             line = (f"Presence: ROC AUC {pr['roc_auc']:.2f} on {pr['n_patients']} held-out LGG patients (FLAIR), "
