@@ -114,33 +114,27 @@ def sample_grid_vs_real(engine, real_imgs: np.ndarray, real_masks: np.ndarray, o
     return _grid(engine, real_imgs[idx] / 255.0, real_masks[idx], out, "real (held-out)", steps)
 
 
-def _init_info(path: str) -> dict:
-    """What a warm start came from, for the card: the path, and a checkpoint's training so far."""
+def _warm_start(path: str) -> tuple[dict | None, dict]:
+    """(state dict, info) of a warm start, the file read once. state: a training checkpoint's EMA-averaged
+    weights (else its weights) or an exported folder's model.safetensors (float16 on disk) as float32; info,
+    for the card: the path and what that run had done (images, seconds, epochs, its flags)."""
     if not path:
-        return {}
-    p = Path(path)
-    if p.is_dir():
-        card = p / "card.json"
-        tr = json.loads(card.read_text()).get("training", {}) if card.exists() else {}
-        return {"init_from": path, **{k: tr[k] for k in ("images_seen", "train_seconds", "command") if k in tr}}
-    st = torch.load(p, map_location="cpu", weights_only=False)
-    args_p = p.parent / "args.json"
-    a = json.loads(args_p.read_text()) if args_p.exists() else {}
-    return {"init_from": path, "images_seen": st.get("images_seen"), "train_seconds": round(st.get("train_seconds", 0), 1),
-            "epochs": st.get("epoch", -1) + 1, "prediction_type": a.get("prediction_type", "epsilon"),
-            **{k: a[k] for k in ("size", "batch_size", "steps_per_epoch", "lr", "channels") if k in a}}
-
-
-def _init_state(path: str) -> dict:
-    """State dict to warm-start from: a training checkpoint (its EMA-averaged weights when it has them) or an
-    exported weights folder (model.safetensors, float16 on disk)."""
+        return None, {}
     p = Path(path)
     if p.is_dir():
         from safetensors.torch import load_file
 
-        return {k: v.float() for k, v in load_file(p / "model.safetensors").items()}
+        card = p / "card.json"
+        tr = json.loads(card.read_text()).get("training", {}) if card.exists() else {}
+        return ({k: v.float() for k, v in load_file(p / "model.safetensors").items()},
+                {"init_from": path, **{k: tr[k] for k in ("images_seen", "train_seconds", "command") if k in tr}})
     st = torch.load(p, map_location="cpu", weights_only=False)
-    return st.get("averaged") or st["model"]
+    args_p = p.parent / "args.json"
+    a = json.loads(args_p.read_text()) if args_p.exists() else {}
+    return (st.get("averaged") or st["model"],
+            {"init_from": path, "images_seen": st.get("images_seen"), "train_seconds": round(st.get("train_seconds", 0), 1),
+             "epochs": st.get("epoch", -1) + 1, "prediction_type": a.get("prediction_type", "epsilon"),
+             **{k: a[k] for k in ("size", "batch_size", "steps_per_epoch", "lr", "channels") if k in a}})
 
 
 def main(argv=None) -> int:
@@ -198,8 +192,8 @@ def main(argv=None) -> int:
                                      attention=not args.no_attention, prediction_type=args.prediction_type)
     warm = {}  # what the weights started from, kept in every checkpoint and written into the card
     if args.init_from and not (args.resume and run.last_ckpt.exists()):
-        model.load_state_dict(_init_state(args.init_from))
-        warm = _init_info(args.init_from)
+        state, warm = _warm_start(args.init_from)
+        model.load_state_dict(state)
         run.log.info(f"warm start from {args.init_from}")
     from diffusers import DDPMScheduler
 
@@ -219,7 +213,7 @@ def main(argv=None) -> int:
             ema.load_state_dict(st["ema"])
         start, best, train_s, seen = st["epoch"] + 1, st["best"], st["train_seconds"], st["images_seen"]
         # (a run resumed with --init-from, made before checkpoints kept it, records it from the flag)
-        warm = st.get("warm_start") or _init_info(args.init_from)
+        warm = st.get("warm_start") or _warm_start(args.init_from)[1]
         rng = np.random.default_rng([args.seed, start])
         run.log.info(f"resumed at epoch {start}, best val loss {best:.5f}")
     for epoch in range(start, args.epochs):

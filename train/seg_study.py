@@ -136,9 +136,12 @@ def _rows_of(args) -> list[tuple[str, list[str]]]:
     for pair in args.extra:
         dec, enc = pair.split(":")
         todo[-1:-1] = [r for r in rows(args.steps_per_epoch, args.epochs, [dec], [enc], args.preps)[:-1]]
-    if args.only:
-        todo = [r for r in todo if any(o in r[0] for o in args.only)]
-    return todo
+    return _only(todo, args.only)
+
+
+def _only(todo: list[tuple[str, list[str]]], only: list[str] | None) -> list[tuple[str, list[str]]]:
+    """The rows whose name contains one of ``only`` (all when None)."""
+    return [r for r in todo if any(o in r[0] for o in only)] if only else todo
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -170,9 +173,8 @@ def main(argv=None) -> int:
         return 0
     if args.augmentation_pool:
         todo = augmentation_rows(args.augmentation_pool, args.steps_per_epoch, args.epochs, base=tuple(args.base.split()))
-        if args.only:  # e.g. the 0 % rows, which need no pool, while the generator still trains
-            todo = [r for r in todo if any(o in r[0] for o in args.only)]
-        return run_rows(todo, Path(args.root), args.jobs)
+        # --only: e.g. the 0 % rows, which need no pool, while the generator still trains
+        return run_rows(_only(todo, args.only), Path(args.root), args.jobs)
     return run_rows(_rows_of(args), Path(args.root), args.jobs)
 
 
