@@ -293,6 +293,13 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
                  "--batch-size", "4", "--n-val", "1", "--n-test", "1", "--sample-steps", "2", "--threads", "1",
                  "--init-from", str(out)]) == 0
     assert f"warm start from {out}" in (run2 / "train.log").read_text()
+    # the one-step x0 check, on an export and on a training checkpoint
+    x0 = tmp_path / "x0.json"
+    assert main(["diffusion-x0", str(out), str(run / "best.pt"), "--data", str(lgg_root), "--n", "2",
+                 "--out", str(x0)]) == 0
+    res = json.loads(x0.read_text())["results"]
+    assert set(res[str(out)]["x0_mse_by_t"]) == {"20", "100", "300", "500", "800", "950"}
+    assert res[str(run / "best.pt")]["prediction_type"] == "v_prediction"
     warm = json.loads((tmp_path / "d2" / "card.json").read_text())["training"]["warm_start"]
     assert warm["init_from"] == str(out) and warm["images_seen"] == 16  # the card says where it started
 

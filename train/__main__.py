@@ -15,6 +15,7 @@ COMMANDS = {
     "diffusion": "train.diffusion",
     "synthetic-pool": "train.synthetic_pool",
     "generator-eval": "train.generator_eval",
+    "diffusion-x0": "train.diffusion_x0",
     "evaluate": "train.evaluate",
 }
 

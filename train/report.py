@@ -372,6 +372,18 @@ def generator(weights: Path, eval_json: Path, fig_dir: Path) -> list[str]:
              f"validation loss {card['metrics']['val_loss']:.4f} on its held-back patients. Every output is SYNTHETIC.",
              ""]
     warm = tr.get("warm_start") or {}
+    x0_p = Path("bench/results/diffusion_x0.json")
+    if warm and x0_p.exists():
+        x0 = json.loads(x0_p.read_text())
+        res = x0["results"]
+        ts = list(next(iter(res.values()))["x0_mse_by_t"])
+        lines += ["Why it predicts v, measured: held-back tumour slices noised to step t, the clean slice estimated "
+                  "in one step; MSE (images in [-1, 1]) by t:", "",
+                  "| weights | predicts | " + " | ".join(f"t = {t}" for t in ts) + " |", "|---|---|" + "---|" * len(ts)]
+        for src, r in res.items():
+            lines.append(f"| `{src}` | {_PRED.get(r['prediction_type'])} | "
+                         + " | ".join(f"{r['x0_mse_by_t'][t]:.4f}" for t in ts) + " |")
+        lines += ["", "```", x0["command"], "```", ""]
     if warm:
         lines += [f"It started from the weights of an earlier run (`{warm['init_from']}`: "
                   f"{warm.get('images_seen') or 0:,} images, {(warm.get('train_seconds') or 0) / 3600:.1f} h, predicting "
