@@ -145,7 +145,8 @@ def test_init_from_a_plain_unet_warm_starts_an_attention_unet_and_refuses_anothe
     import torch
 
     from bt_demo.models.nets import SegNet
-    from train.segmentation import add_args, build_model
+    from train.seg_model import build_model
+    from train.segmentation import add_args
 
     torch.manual_seed(0)
     plain = SegNet(input_size=64, decoder_channels=(32, 16, 16, 8, 8))

@@ -26,7 +26,8 @@ from bt_demo.models.click_step import click_input, click_output, run_batch
 from train import common, lgg
 from train.augment import augment_pair
 from train.seg_eval import random_interior_click
-from train.segmentation import add_args, build_model, encoder_freezer, seg_loss
+from train.seg_model import build_model, encoder_freezer, seg_loss
+from train.segmentation import add_args
 
 
 def corrupt_mask(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -102,9 +103,9 @@ def main(argv=None) -> int:
             model.eval()
             for r in range(most):
                 active = [b for b in batch if b["rounds"] > r]
-                inputs, frames = zip(*[click_input(model, b["x"], b["pts"], b["labs"], b["prev"]) for b in active])
+                inputs, frames = zip(*[click_input(model, b["x"], b["pts"], b["labs"], b["prev"]) for b in active], strict=True)
                 probs = run_batch(model, list(inputs))
-                for b, pr, fr in zip(active, probs, frames):
+                for b, pr, fr in zip(active, probs, frames, strict=True):
                     _, pred = click_output(model, pr, fr, b["labs"], b["x"].shape)
                     b["prev"] = pred
                     nc = next_click(pred, b["m"])

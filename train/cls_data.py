@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+from train.lgg import FIGSHARE_DEFAULT, LGG_DEFAULT, SARTAJ_DEFAULT
+
 TYPE_CLASSES = ["glioma", "meningioma", "pituitary"]
 PRESENCE_CLASSES = ["no_tumour", "tumour"]
 CACHE = Path("runs") / "cache"
@@ -76,7 +77,7 @@ def _gray(path: Path) -> np.ndarray:
 
 def figshare(size: int, fit: str, root: Path | None = None) -> Arrays:
     """Type data: y indexes TYPE_CLASSES; groups = fold (1-4); extra = figshare index."""
-    root = Path(root or DATA_ROOT / "figshare")
+    root = Path(root or FIGSHARE_DEFAULT)
 
     def build():
         with open(root / "labels.csv", newline="") as f:
@@ -89,7 +90,7 @@ def figshare(size: int, fit: str, root: Path | None = None) -> Arrays:
 
 def lgg_presence(size: int, fit: str, root: Path | None = None) -> Arrays:
     """Presence data: y = 1 when the expert mask is not empty; groups = patient; extra = mask pixels (256² slice)."""
-    root = Path(root or DATA_ROOT / "lgg")
+    root = Path(root or LGG_DEFAULT)
 
     def build():
         from train import lgg
@@ -97,8 +98,8 @@ def lgg_presence(size: int, fit: str, root: Path | None = None) -> Arrays:
         rows = lgg.find_slices(root)
         imgs, px = [], []
         for _, _, ip, mp in rows:
-            imgs.append(lgg._read_gray(ip, flair=True))
-            px.append(int((lgg._read_gray(mp, flair=False) > 127).sum()))
+            imgs.append(lgg.read_gray(ip, flair=True))
+            px.append(int((lgg.read_gray(mp, flair=False) > 127).sum()))
         px = np.array(px)
         return Arrays(to_inputs(imgs, size, fit), (px > 0).astype(int), np.array([r[0] for r in rows]), px)
     return _cached(f"lgg_{hashlib.sha1(str(root).encode()).hexdigest()[:6]}", size, fit, build)
@@ -106,7 +107,7 @@ def lgg_presence(size: int, fit: str, root: Path | None = None) -> Arrays:
 
 def sartaj_testing(size: int, fit: str, root: Path | None = None) -> Arrays:
     """External check: y indexes ['glioma','meningioma','no_tumour','pituitary']; deduplicated, leaks dropped."""
-    root = Path(root or DATA_ROOT / "classification" / "sartaj_4class")
+    root = Path(root or SARTAJ_DEFAULT)
 
     def build():
         from train.classes import read_class_folder

@@ -114,7 +114,7 @@ def sample_grid_vs_real(engine, real_imgs: np.ndarray, real_masks: np.ndarray, o
     return _grid(engine, real_imgs[idx] / 255.0, real_masks[idx], out, "real (held-out)", steps)
 
 
-def _warm_start(path: str) -> tuple[dict | None, dict]:
+def read_warm_start(path: str) -> tuple[dict | None, dict]:
     """(state dict, info) of a warm start, the file read once. state: a training checkpoint's EMA-averaged
     weights (else its weights) or an exported folder's model.safetensors (float16 on disk) as float32; info,
     for the card: the path and what that run had done (images, seconds, epochs, its flags)."""
@@ -138,7 +138,7 @@ def _warm_start(path: str) -> tuple[dict | None, dict]:
 
 
 def main(argv=None) -> int:
-    from train.segmentation import LGG_DEFAULT
+    from train.lgg import LGG_DEFAULT
 
     p = argparse.ArgumentParser(prog="python -m train diffusion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
                                      attention=not args.no_attention, prediction_type=args.prediction_type)
     warm = {}  # what the weights started from, kept in every checkpoint and written into the card
     if args.init_from and not (args.resume and run.last_ckpt.exists()):
-        state, warm = _warm_start(args.init_from)
+        state, warm = read_warm_start(args.init_from)
         model.load_state_dict(state)
         run.log.info(f"warm start from {args.init_from}")
     from diffusers import DDPMScheduler
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
             ema.load_state_dict(st["ema"])
         start, best, train_s, seen = st["epoch"] + 1, st["best"], st["train_seconds"], st["images_seen"]
         # (a run resumed with --init-from, made before checkpoints kept it, records it from the flag)
-        warm = st.get("warm_start") or _warm_start(args.init_from)[1]
+        warm = st.get("warm_start") or read_warm_start(args.init_from)[1]
         rng = np.random.default_rng([args.seed, start])
         run.log.info(f"resumed at epoch {start}, best val loss {best:.5f}")
     for epoch in range(start, args.epochs):
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     grid = sample_grid(eng, run.dir / "samples.png", steps=args.sample_steps)
     gen_s = (time.perf_counter() - t0) / 6
     sample_grid_vs_real(eng, imgs[va], masks[va], run.dir / "samples_vs_real.png", steps=args.sample_steps)
-    from train.evaluate import LGG_DATA, NOT_FOR_DIAGNOSIS, _plots, write_card
+    from train.evaluate import LGG_DATA, NOT_FOR_DIAGNOSIS, write_card, write_plots
 
     card = {"model": f"bt_demo mask-conditioned DDIM generator ({args.size}², channels {args.channels})",
             "task": "generation", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
                                        "prediction_type": args.prediction_type,
                                        "warm_start": warm,
                                        "machine": common.machine_info()},
-            "plots": _plots(run.dir, None, "val_loss") + [str(grid)],
+            "plots": write_plots(run.dir, None, "val_loss") + [str(grid)],
             "evaluate_command": "python -m train generator-eval --cache runs/generator_eval_synthetic.npz  "
                                 "# realism (KID, C2ST) and mask adherence"}
     write_card(candidate, card)

@@ -23,7 +23,7 @@ TIMESTEPS = (20, 100, 300, 500, 800, 950)
 
 def _model(source: str):
     from bt_demo.models.generator import MaskConditionedDiffusion
-    from train.diffusion import _warm_start
+    from train.diffusion import read_warm_start
 
     p = Path(source)
     if p.is_dir():
@@ -31,7 +31,7 @@ def _model(source: str):
     a = json.loads((p.parent / "args.json").read_text())
     model = MaskConditionedDiffusion(sample_size=a["size"], block_out_channels=[int(c) for c in a["channels"].split(",")],
                                      attention=not a.get("no_attention"), prediction_type=a.get("prediction_type", "epsilon"))
-    model.load_state_dict(_warm_start(source)[0])
+    model.load_state_dict(read_warm_start(source)[0])
     return model.eval(), json.loads((p.parent / "split.json").read_text())["val"]
 
 
@@ -53,7 +53,7 @@ def x0_mse_by_t(model, x: torch.Tensor, m: torch.Tensor, seed: int = 0) -> dict[
 
 
 def main(argv=None) -> int:
-    from train.segmentation import LGG_DEFAULT
+    from train.lgg import LGG_DEFAULT
 
     p = argparse.ArgumentParser(prog="python -m train diffusion-x0", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -32,7 +32,7 @@ def floor(x: float, margin: float = 0.03) -> float:
     return round(max(0.0, x - margin), 3)
 
 
-def _plots(run_dir: Path, per_patient: dict | None, key: str) -> list[str]:
+def write_plots(run_dir: Path, per_patient: dict | None, key: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +117,7 @@ def evaluate_segnet(weights: Path, run_dir: Path, data_root: str, patients: list
 def measure_only(args, argv: list[str]) -> int:
     """--json-out: a shipped U-Net or click model on its card's validation or test patients, e.g. before and after
     a new model replaces it on the same patients."""
-    from train.segmentation import LGG_DEFAULT
+    from train.lgg import LGG_DEFAULT
 
     card = json.loads((Path(args.weights) / "card.json").read_text())
     patients = card["split"][f"{args.split}_patients"]
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
 
         card = evaluate_classifier(weights, run_dir, args.data, info, eval_cmd)
     else:
-        from train.segmentation import LGG_DEFAULT
+        from train.lgg import LGG_DEFAULT
 
         data_root = args.data or str(LGG_DEFAULT)
         split = json.loads((run_dir / "split.json").read_text())
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
             floors = {"dice_after_1_clicks": floor(m["dice_after_1_clicks"]),
                       "dice_after_3_clicks": floor(m["dice_after_3_clicks"])}
             key = "dice_after_3_clicks"
-        plots = _plots(run_dir, m.get("per_patient"), key)
+        plots = write_plots(run_dir, m.get("per_patient"), key)
         card = {"model": f"bt_demo {'U-Net' if task == 'segmentation' else 'click model'} ({cfg.get('encoder_name')})",
                 "task": task, "created": now, "config": cfg, "data": LGG_DATA | {"path": data_root},
                 "split": {"method": "sklearn GroupShuffleSplit by patient (test first, then validation)",

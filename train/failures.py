@@ -54,7 +54,7 @@ def analyse(engine, data) -> dict:
 
 def main(argv=None) -> int:
     from train import lgg
-    from train.segmentation import LGG_DEFAULT
+    from train.lgg import LGG_DEFAULT
 
     p = argparse.ArgumentParser(prog="python -m train failures", description=__doc__)
     p.add_argument("--weights", default="weights/unet")

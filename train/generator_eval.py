@@ -81,9 +81,9 @@ def c2st(fa: np.ndarray, fb: np.ndarray, groups_a: np.ndarray, groups_b: np.ndar
 
 def kid(real: np.ndarray, other: np.ndarray, subset_size: int = 50, subsets: int = 100):
     """(mean, std) of KID between two (N, C) feature sets (from ``features``: extracted once, shared with C2ST)."""
-    from torchmetrics.image.kid import KernelInceptionDistance
-
     import warnings
+
+    from torchmetrics.image.kid import KernelInceptionDistance
 
     with warnings.catch_warnings():  # "features kept in memory": a few hundred vectors here
         warnings.simplefilter("ignore", UserWarning)
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     from bt_demo.models.generator import GeneratorEngine
     from bt_demo.models.unet import UNetEngine
     from train import lgg
-    from train.segmentation import LGG_DEFAULT
+    from train.lgg import LGG_DEFAULT
 
     gen = GeneratorEngine.load(args.weights)
     unet = UNetEngine.load(args.unet)

@@ -66,7 +66,7 @@ def measure(engine, images_u8: np.ndarray, masks: np.ndarray, patients: np.ndarr
 
 def main(argv=None) -> int:
     from train import lgg
-    from train.segmentation import LGG_DEFAULT
+    from train.lgg import LGG_DEFAULT
 
     p = argparse.ArgumentParser(prog="python -m train lab-robustness", description=__doc__)
     p.add_argument("--weights", default="weights/unet")

@@ -1,4 +1,4 @@
-"""Reader for the LGG segmentation layout and its patient-grouped split.
+"""The training data's roots, and the reader for the LGG segmentation layout with its patient-grouped split.
 
 Layout: ``<root>/<patient>/<stem>_<n>.(png|tif)`` with ``<stem>_<n>_mask.(png|tif)``
 beside it. 3-channel stacks (Kaggle's pre-contrast/FLAIR/post-contrast) give
@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+LGG_DEFAULT = DATA_ROOT / "lgg"  # LGG FLAIR slices + expert masks: the U-Net, the click model, the presence head
+FIGSHARE_DEFAULT = DATA_ROOT / "figshare"  # figshare T1-CE slices with the author's folds: the type head
+SARTAJ_DEFAULT = DATA_ROOT / "classification" / "sartaj_4class"  # an external check of the classifier only
 
 _SLICE_RE = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)\.(?P<ext>png|tif|tiff)$", re.IGNORECASE)
 FLAIR_CHANNEL = 1
@@ -46,7 +51,8 @@ class LggSet:
         return self.masks.reshape(len(self.masks), -1).any(axis=1)
 
 
-def _read_gray(path: Path, flair: bool) -> np.ndarray:
+def read_gray(path: Path, flair: bool) -> np.ndarray:
+    """uint8 (H, W) of an LGG file: a 3-channel stack gives its FLAIR channel (or channel 0 for a mask)."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -88,8 +94,8 @@ def load_lgg(root: str | Path, patients: list[str] | None = None, size: int | No
         rows = [r for r in rows if r[0] in wanted]
     imgs, masks, pats, nums = [], [], [], []
     for pat, n, ip, mp in rows:
-        img = _read_gray(ip, flair=True)
-        msk = _read_gray(mp, flair=False) > 127
+        img = read_gray(ip, flair=True)
+        msk = read_gray(mp, flair=False) > 127
         if size is not None and img.shape != (size, size):
             img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
             msk = cv2.resize(msk.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0

@@ -15,8 +15,8 @@ table and plots in ``docs/studies.md``.
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -109,7 +109,7 @@ def remeasure_latency(root: Path, threads: int = 1) -> None:
     so each row's architecture is rebuilt from its args."""
     import types
 
-    from train.segmentation import build_model
+    from train.seg_model import build_model
 
     torch.set_num_threads(threads)
     for res_p in sorted(root.glob("*/results.json")):

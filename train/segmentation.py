@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from train import common, lgg
 from bt_demo.models.input_prep import prepare
+from train import common, lgg
 from train.augment import augment_pair
-
-LGG_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg"
+from train.lgg import LGG_DEFAULT
+from train.seg_model import build_model, encoder_freezer, seg_loss
 
 
 def add_args(p: argparse.ArgumentParser, clicks: bool = False) -> None:
@@ -85,65 +84,11 @@ def resize_pair(x: np.ndarray, m: np.ndarray, size: int) -> tuple[np.ndarray, np
     return lb.image(x), lb.image(m.astype(np.float32)) >= 0.5
 
 
-def seg_loss():
-    import segmentation_models_pytorch as smp
-
-    dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
-    bce = torch.nn.BCEWithLogitsLoss()
-
-    def f(logits, y, x):
-        return dice(logits, y) + bce(logits, y)
-    return f
-
-
 def load_split(args) -> tuple[lgg.LggSet, dict]:
     data = lgg.load_lgg(args.data)
     split = lgg.patient_split(data.patients, data.has_tumour, args.n_val, args.n_test,
                               seed=args.seed if args.split_seed is None else args.split_seed)
     return data, split
-
-
-def build_model(args, in_channels: int, task: str):
-    from bt_demo.models.nets import SegNet
-
-    dec = [int(c) for c in args.decoder_channels.split(",")]
-    model = SegNet(arch=args.arch, encoder_name=args.encoder, decoder_channels=dec, encoder_depth=len(dec),
-                   in_channels=in_channels, task=task, input_size=args.input_size,
-                   encoder_weights="imagenet" if args.pretrained and not args.init_from else None,
-                   decoder_attention_type=args.decoder_attention, input_prep=args.input_prep)
-    if args.init_from:
-        src = SegNet.from_pretrained(args.init_from, strict=True).float().train()
-        if src.task != task:
-            raise SystemExit(f"--init-from {args.init_from} is a {src.task!r} model, not {task!r}")
-        theirs, mine = src.state_dict(), model.state_dict()
-        if theirs.keys() == mine.keys() and all(theirs[k].shape == mine[k].shape for k in mine):
-            for prm in src.parameters():  # the same network: fine-tune it with its own settings
-                prm.requires_grad_(True)
-            return src
-        # another decoder (e.g. scSE attention added): start from every tensor the two networks share
-        copied = copy_matching_tensors(src, model)
-        if copied < 0.8 * len(theirs):
-            raise SystemExit(f"--init-from {args.init_from}: only {copied} of its {len(theirs)} tensors fit "
-                             f"this network; pick weights with the same encoder")
-        print(f"--init-from {args.init_from}: {copied} of {len(theirs)} tensors copied, "
-              f"{len(mine) - copied} new", flush=True)
-    return model
-
-
-def copy_matching_tensors(src, dst) -> int:
-    """Copy every tensor of ``src`` whose name and shape ``dst`` shares; return how many."""
-    theirs = src.state_dict()
-    mine = dst.state_dict()
-    fit = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
-    dst.load_state_dict(fit, strict=False)
-    return len(fit)
-
-
-def encoder_freezer(model):
-    def f(frozen: bool):
-        for p in model.net.encoder.parameters():
-            p.requires_grad = not frozen
-    return f
 
 
 def main(argv=None) -> int:

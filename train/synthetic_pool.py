@@ -20,7 +20,7 @@ import numpy as np
 
 def main(argv=None) -> int:
     from train import lgg
-    from train.segmentation import LGG_DEFAULT
+    from train.lgg import LGG_DEFAULT
 
     p = argparse.ArgumentParser(prog="python -m train synthetic-pool", description=__doc__)
     p.add_argument("--weights", default="weights/diffusion")
