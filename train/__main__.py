@@ -1,4 +1,4 @@
-"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval} ... (each has --help)."""
+"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval,embeddings} ... (each has --help)."""
 
 import sys
 
@@ -17,6 +17,7 @@ COMMANDS = {
     "generator-eval": "train.generator_eval",
     "diffusion-x0": "train.diffusion_x0",
     "evaluate": "train.evaluate",
+    "embeddings": "train.embeddings",
 }
 
 
