@@ -339,3 +339,12 @@ def test_diffusion_cli_trains_end_to_end_and_the_app_generates_synthetic_slices(
     ad = ev["mask_adherence"]
     assert 0 <= ad["unet_dice_vs_condition_synthetic"] <= 1 and 0 <= ad["unet_fp_rate_empty_mask_synthetic"] <= 1
     assert (tmp_path / "grid.png").exists()
+
+
+def test_portable_paths_are_repo_relative_shared_data_is_dotdot_shared_and_anything_else_stays_absolute():
+    from train.common import REPO, portable
+
+    card = {"weights": f"{REPO}/weights/unet", "data": [f"{REPO.parent}/shared/data/lgg"],
+            "init_from": f"{REPO.parent}/elsewhere/run/best.pt", "tmp": "/tmp/pytest-of-root/x"}
+    assert portable(card) == {"weights": "weights/unet", "data": ["../shared/data/lgg"],
+                              "init_from": f"{REPO.parent}/elsewhere/run/best.pt", "tmp": "/tmp/pytest-of-root/x"}

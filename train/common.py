@@ -96,9 +96,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def portable(obj):
-    """``obj`` with this machine's absolute paths made relative to the repository ('../shared/...' for the data)."""
+    """``obj`` with this machine's paths into the repository made relative to it, and those into the shared data
+    folder beside it written '../shared/...' (the way README names the data).
+
+    Any other path (a temporary folder, another disk) stays as it is: relative to the clone's parent it would name
+    nothing a reader of the card can find, and it would change with where the clone lives."""
     if isinstance(obj, str):
-        return obj.replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
+        return obj.replace(str(REPO) + "/", "").replace(str(REPO.parent / "shared") + "/", "../shared/")
     if isinstance(obj, dict):
         return {k: portable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
