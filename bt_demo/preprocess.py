@@ -78,9 +78,9 @@ from .geometry import Geometry
 
 __all__ = [
     "Param", "Step", "STEPS", "get_step", "validate_params", "default_pipeline", "PipelineSpec",
-    "Processed", "run_pipeline", "model_steps", "pipeline_key", "estimate_brain_mask", "head_mask", "apply_step", "as_unit_float",
-    "as_unit", "crop_brain", "skull_strip", "denoise", "clahe", "musica", "unsharp", "normalize", "musica_levels",
-    "max_levels", "noise_sigma",
+    "Processed", "run_pipeline", "model_steps", "pipeline_key", "estimate_brain_mask", "head_mask", "as_unit_float",
+    "crop_brain", "skull_strip", "denoise", "clahe", "musica", "unsharp", "normalize", "musica_levels",
+    "noise_sigma",
 ]
 
 _CONST_EPS = 1e-6  # an image whose max - min is below this is treated as constant
@@ -599,12 +599,6 @@ clahe = STEPS["clahe"].fn
 musica = STEPS["musica"].fn
 unsharp = STEPS["unsharp"].fn
 normalize = STEPS["normalize"].fn
-as_unit = as_unit_float  # short name used elsewhere in the project
-
-
-def max_levels(shape: tuple[int, int]) -> int:
-    """Deepest MUSICA pyramid the shape allows (coarsest level >= 4 px a side)."""
-    return musica_levels(shape, 10**6)
 
 
 def get_step(name: str) -> Step:
@@ -679,11 +673,6 @@ PipelineSpec = Sequence[tuple[str, Mapping]]
 """Ordered ``(step name, params)`` pairs. Steps always run in REGISTRY order
 (crop -> skull strip -> denoise -> CLAHE -> MUSICA -> sharpen -> normalise),
 whatever order they are given in; a step named twice is rejected."""
-
-
-def apply_step(name: str, image: np.ndarray, params: Mapping | None = None):
-    """Run one step with validated params: ``get_step(name).fn(image, **params)``."""
-    return get_step(name).fn(image, **(params or {}))
 
 
 def _validate_spec(steps: PipelineSpec | None) -> tuple[tuple[str, dict], ...]:
