@@ -76,6 +76,13 @@ __all__ = [
     "Slice",
     "load_slice",
     "describe_indices",
+    # the volume loader's building blocks (bt_demo.volume.series)
+    "read_upload",
+    "sniff",
+    "gunzip_bounded",
+    "nifti_header_info",
+    "dicom_functional",
+    "dicom_rescale",
 ]
 
 MAX_PIXELS = 2048 * 2048
@@ -360,7 +367,7 @@ def load_slice(
     """
     sel = _Selection(page=page, frame=frame, slice=slice_index, volume=volume, channel=channel)
     try:
-        raw = _read_input(data)
+        raw = read_upload(data)
         result = _load_bytes(raw, sel, gz=False)
         sel.finish()
         return result
@@ -387,7 +394,7 @@ def _short_reason(e: BaseException) -> str:
     return text
 
 
-def _read_input(data) -> bytes:
+def read_upload(data) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
     elif isinstance(data, (str, os.PathLike)):
@@ -444,7 +451,7 @@ def _too_big_file_message(size: int) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _sniff(raw: bytes) -> str | None:
+def sniff(raw: bytes) -> str | None:
     """Format key from magic bytes, or None. DICOM's "DICM" at 128 wins over
     anything in its preamble (dual-personality DICOM/TIFF files)."""
     if len(raw) >= 132 and raw[128:132] == b"DICM":
@@ -502,11 +509,11 @@ def _looks_like_text(chunk: bytes) -> bool:
 
 
 def _load_bytes(raw: bytes, sel: _Selection, *, gz: bool) -> Slice:
-    kind = _sniff(raw)
+    kind = sniff(raw)
     if kind == "gzip":
         if gz:
             raise InputError("this file is compressed twice (gzip inside gzip); decompress it and upload the image")
-        return _load_bytes(_gunzip(raw), sel, gz=True)
+        return _load_bytes(gunzip_bounded(raw), sel, gz=True)
     if kind in ("png", "jpeg", "bmp", "gif", "webp"):
         with _damaged(_FORMAT_LABEL[kind]):
             s = _load_pillow(raw, kind, sel)
@@ -605,15 +612,15 @@ def _nifti_vox_offset(head: bytes, kind: str) -> int:
         return 0
 
 
-def _gunzip(raw: bytes) -> bytes:
+def gunzip_bounded(raw: bytes) -> bytes:
     g = _Gunzip(raw)
     g.fill(1024)
     head = bytes(g.out)
-    kind = _sniff(head) if head else None
+    kind = sniff(head) if head else None
     if kind in ("nifti1", "nifti2"):
         # the header and its extensions end where the image data starts (vox_offset)
         g.fill(min(_nifti_vox_offset(head, kind), _MAX_FILE_BYTES))
-        hdr_info = _nifti_header_info(bytes(g.out), 1 if kind == "nifti1" else 2)
+        hdr_info = nifti_header_info(bytes(g.out), 1 if kind == "nifti1" else 2)
         # Only as many bytes as the header says the image needs: trailing data is never inflated.
         g.fill(hdr_info.needed_bytes)
         del g.out[hdr_info.needed_bytes:]
@@ -1001,7 +1008,7 @@ def _looks_like_dicom_dataset(ds) -> bool:
         return False
 
 
-def _functional(ds, frame: int, sequence: str, keyword: str):
+def dicom_functional(ds, frame: int, sequence: str, keyword: str):
     """A value from the per-frame, then shared functional groups (enhanced DICOM), then the top level."""
     for groups, i in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         try:
@@ -1034,7 +1041,7 @@ def _first_number(value) -> float | None:
 
 
 def _dicom_spacing(ds, frame: int) -> tuple[float, float] | None:
-    value = _functional(ds, frame, "PixelMeasuresSequence", "PixelSpacing")
+    value = dicom_functional(ds, frame, "PixelMeasuresSequence", "PixelSpacing")
     if value is None:
         value = ds.get("ImagerPixelSpacing")
     try:
@@ -1161,9 +1168,9 @@ def _load_dicom(raw: bytes, sel: _Selection, *, has_preamble: bool) -> Slice:
 
         window = None
         if arr.ndim == 2:
-            px = _dicom_rescale(ds, arr, chosen)
-            wc = _first_number(_functional(ds, chosen, "FrameVOILUTSequence", "WindowCenter"))
-            ww = _first_number(_functional(ds, chosen, "FrameVOILUTSequence", "WindowWidth"))
+            px = dicom_rescale(ds, arr, chosen)
+            wc = _first_number(dicom_functional(ds, chosen, "FrameVOILUTSequence", "WindowCenter"))
+            ww = _first_number(dicom_functional(ds, chosen, "FrameVOILUTSequence", "WindowWidth"))
             if photometric == "MONOCHROME1":
                 mirror = float(np.nanmin(px)) + float(np.nanmax(px)) if px.size else 0.0
                 px = mirror - px
@@ -1190,8 +1197,8 @@ def _dicom_affine(ds, frame: int, spacing) -> np.ndarray | None:
     if spacing is None:
         return None
     try:
-        ipp = _functional(ds, frame, "PlanePositionSequence", "ImagePositionPatient")
-        iop = _functional(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+        ipp = dicom_functional(ds, frame, "PlanePositionSequence", "ImagePositionPatient")
+        iop = dicom_functional(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
         if ipp is None or iop is None:
             return None
         pos = np.array([float(v) for v in ipp], dtype=np.float64)
@@ -1223,14 +1230,14 @@ def _can_decode(ts) -> bool:
         return False
 
 
-def _dicom_rescale(ds, arr: np.ndarray, frame: int) -> np.ndarray:
+def dicom_rescale(ds, arr: np.ndarray, frame: int) -> np.ndarray:
     """Stored values -> modality units (Modality LUT, or slope/intercept incl. enhanced per-frame groups)."""
     if "ModalityLUTSequence" in ds:
         from pydicom.pixels import apply_modality_lut
 
         return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-    slope = _first_number(_functional(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
-    intercept = _first_number(_functional(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
+    slope = _first_number(dicom_functional(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
+    intercept = _first_number(dicom_functional(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
     px = arr.astype(np.float64)
     if slope is not None and slope != 0 and slope != 1:
         px = px * slope
@@ -1264,7 +1271,7 @@ class _SilentLog:
         pass
 
 
-def _nifti_header_info(raw: bytes, version: int) -> _NiftiInfo:
+def nifti_header_info(raw: bytes, version: int) -> _NiftiInfo:
     """Validate a NIfTI header from its bytes; nothing of the image data is touched."""
     import nibabel as nib
 
@@ -1330,7 +1337,7 @@ def _extension_codes(hdr) -> list[tuple[int, object]]:
 def _load_nifti(raw: bytes, version: int, sel: _Selection) -> Slice:
     import nibabel as nib
 
-    info = _nifti_header_info(raw, version)
+    info = nifti_header_info(raw, version)
     if len(raw) < info.needed_bytes:
         raise InputError(f"this NIfTI file is truncated: the header describes {info.needed_bytes:,} bytes "
                          f"but the file has {len(raw):,}. Download or export it again")

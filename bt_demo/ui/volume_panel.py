@@ -21,8 +21,11 @@ from bt_demo.ui.views import esc, fit, to_display
 MASKS = {"unet": "U-Net (every slice)", "propagated": "propagated from a clicked slice"}
 
 
-def _load(s: Session, series_files, series_choice) -> None:
-    """The session's volume: from the DICOM series files when given, else from the current upload."""
+def _load(s: Session, series_files, series_choice, progress=None) -> None:
+    """The session's volume: from the DICOM series files when given, else from the current upload.
+
+    While other sessions' loads hold the server's memory budget (bt_demo.io.memory), the progress bar says
+    that this one is waiting for them."""
     from bt_demo.volume import load_volume
 
     files = [getattr(f, "name", f) for f in (series_files or [])]
@@ -34,7 +37,11 @@ def _load(s: Session, series_files, series_choice) -> None:
                          "series (or a zip of them) into the box above")
     src = files or [s.source_path]
     choice = int(series_choice) if series_choice and int(series_choice) > 0 else None
-    s.volume = load_volume(src, series_index=choice)
+    def waiting(seconds: float, in_use: int) -> None:
+        if progress is not None:
+            progress(None, desc=f"waiting for memory: other volumes are loading ({in_use / 2**20:,.0f} MB in use, "
+                                f"{seconds:.0f} s)")
+    s.volume = load_volume(src, series_index=choice, on_wait=waiting)
     s.volume_key = key
     s.volume_masks, s.volume_results, s.volume_gate = {}, {}, None
     s.volume_k = int(np.argmax(s.volume.data.reshape(len(s.volume.data), -1).mean(1)))
@@ -106,7 +113,7 @@ def segment(s: Session, engines, series_files=None, series_choice=None, progress
     unet, reason = _engine_or_reason(engines.unet())
     if unet is None:
         raise InputError(reason)
-    _load(s, series_files, series_choice)
+    _load(s, series_files, series_choice, progress)
 
     def tick(i, n):
         if progress is not None:
@@ -132,7 +139,7 @@ def propagate(s: Session, engines, series_files=None, series_choice=None, progre
                          "its mask is carried up and down the series")
     if "slice" not in s.slice.index:
         raise InputError("the slice in the Prompts tab is not from a volume; upload a NIfTI volume to propagate")
-    _load(s, None if s.volume_key and s.volume_key[0] == "upload" else series_files, series_choice)
+    _load(s, None if s.volume_key and s.volume_key[0] == "upload" else series_files, series_choice, progress)
     if s.volume_key[0] != "upload" or s.volume_key[1] != s.source_path:
         raise InputError("the clicked slice must come from the same upload as the volume")
     k = int(s.slice.index["slice"][0])

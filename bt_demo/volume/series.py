@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import io
 import math
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bt_demo.errors import InputError
-from bt_demo.imaging import MAX_PIXELS, MAX_VOLUME_VOXELS, MIN_SIDE
+from bt_demo.imaging import MAX_PIXELS, MAX_VOLUME_VOXELS, MIN_SIDE, read_upload
+from bt_demo.io.memory import LOAD_BYTES_PER_VOXEL
+from bt_demo.io.memory import SERVER as SERVER_MEMORY
+from bt_demo.io.upload import Member, Upload, UploadLimits, refuse_nested_archive
 
-MAX_SERIES_FILES = 2048
 SPACING_TOLERANCE = 0.05  # relative difference of slice gaps accepted as equal (rounding in headers)
 
 
@@ -116,64 +117,102 @@ def _from_nifti_image(img, source: str, meta: dict, series: tuple = ()) -> Volum
                   meta | {"stored_axes": "".join(nib.orientations.aff2axcodes(img.affine))}, series)
 
 
-def _nifti_volume(raw: bytes) -> Volume:
+def _nifti_volume(raw: bytes, on_wait=None) -> Volume:
+    """A NIfTI volume: its header gives the budget (shape x datatype) before any voxel is read."""
     import nibabel as nib
 
-    from bt_demo.imaging import _gunzip, _nifti_header_info, _sniff
+    from bt_demo.imaging import gunzip_bounded, nifti_header_info, sniff
 
     if raw[:2] == b"\x1f\x8b":
-        raw = _gunzip(raw)  # bounded: only as far as the header says the data goes
-    kind = _sniff(raw[:1024])
+        raw = gunzip_bounded(raw)  # bounded: only as far as the header says the data goes
+    kind = sniff(raw[:1024])
     if kind not in ("nifti1", "nifti2"):
         raise InputError("this file is not a NIfTI volume")
-    info = _nifti_header_info(raw, 1 if kind == "nifti1" else 2)  # the app's checks: limits, CIFTI, damage
+    info = nifti_header_info(raw, 1 if kind == "nifti1" else 2)  # the app's checks: limits, CIFTI, damage
     _check_voxels(info.shape[:3])
-    klass = nib.Nifti1Image if kind == "nifti1" else nib.Nifti2Image
-    try:
-        img = klass.from_bytes(raw)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"this NIfTI volume cannot be read ({type(e).__name__})") from None
     if info.zero_pixdim:
         raise InputError("this NIfTI gives no voxel size (pixdim 0), so its volume in mL is unknown; "
                          "open it as single slices instead")
-    return _from_nifti_image(img, "nifti", {"format": f"NIfTI-{kind[-1]}"})
+    if len(raw) < info.needed_bytes:
+        raise InputError(f"this NIfTI volume is truncated: its header declares {info.needed_bytes:,} bytes, the file "
+                         f"holds {len(raw):,}; export it again")
+    klass = nib.Nifti1Image if kind == "nifti1" else nib.Nifti2Image
+    voxels = math.prod(info.shape[:3])
+    with SERVER_MEMORY.reserve(voxels * (info.dtype.itemsize + LOAD_BYTES_PER_VOXEL), on_wait=on_wait):
+        try:
+            img = klass.from_bytes(raw)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"this NIfTI volume cannot be read ({type(e).__name__})") from None
+        return _from_nifti_image(img, "nifti", {"format": f"NIfTI-{kind[-1]}"})
 
 
 # ---------------------------------------------------------------------------
-# DICOM series
+# DICOM series: headers first (counted across the whole upload), then the chosen series' pixels
 # ---------------------------------------------------------------------------
-def _read_dicoms(items) -> list:
-    """pydicom datasets from bytes / paths / zip archives (non-DICOM members are skipped)."""
+MAX_HEADER_BYTES_PER_FILE = 32 << 20  # an enhanced multi-frame header of 1,000 frames is a few MB
+_PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00",  # little endian
+               b"\x7f\xe0\x00\x10", b"\x7f\xe0\x00\x08", b"\x7f\xe0\x00\x09")  # big endian
+
+
+def _looks_like_dicom(head: bytes) -> bool:
+    """Part-10 preamble, or a bare dataset starting with a group 0002/0008 element (little or big endian)."""
+    return head[128:132] == b"DICM" or head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+
+
+@dataclass(frozen=True)
+class _Image:
+    """One DICOM file of the upload, from its header only: no pixel has been read."""
+
+    member: Member
+    header: object  # pydicom Dataset without its pixel data
+    rows: int
+    cols: int
+    frames: int
+
+    @property
+    def voxels(self) -> int:
+        return self.rows * self.cols * self.frames
+
+
+def _scan(up: Upload) -> list[_Image]:
+    """The headers of every DICOM image in the upload, counted against its budget; no pixel is decoded."""
     import pydicom
 
-    out = []
-
-    def add(data: bytes):
-        if data[:4] == b"PK\x03\x04":
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                members = [m for m in z.infolist() if not m.is_dir()]
-                if len(members) > MAX_SERIES_FILES:
-                    raise InputError(f"this zip holds {len(members)} files; the limit is {MAX_SERIES_FILES}")
-                total = sum(m.file_size for m in members)
-                if total > 2 * 1024**3:
-                    raise InputError("this zip expands to more than 2 GB; upload the series in parts")
-                for m in members:
-                    add(z.read(m))
-            return
+    out, voxels = [], 0
+    for m in up.members:
+        with m.open() as fh:
+            head = fh.read(512)
+        refuse_nested_archive(m, head)
+        if not _looks_like_dicom(head):
+            continue  # a README, a DICOMDIR viewer, a thumbnail: not part of any series
+        cap = min(MAX_HEADER_BYTES_PER_FILE, up.budget.header_room() + 1)
+        msg = (f"the DICOM header of {m.name} is larger than {cap / 2**20:,.0f} MB (the headers of one upload "
+               f"may take {up.budget.limits.max_header_bytes / 2**20:,.0f} MB); upload one series")
+        with m.open(cap=cap, message=msg) as fh:
+            try:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            except InputError:
+                raise
+            except Exception:  # noqa: BLE001 - not DICOM after all: skipped like any other file
+                continue
+            used = fh.tell()
+            tag = fh.read(4)
+        up.budget.add_header(used)
+        if tag not in _PIXEL_TAGS or "Rows" not in ds or "Columns" not in ds:
+            continue  # no pixels (a SEG's source list, a structured report): not an image
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        except Exception:  # noqa: BLE001 - not DICOM: skipped, counted below
-            return
-        if "PixelData" in ds and "Rows" in ds:
-            out.append(ds)
-
-    for it in items:
-        if isinstance(it, (bytes, bytearray)):
-            add(bytes(it))
-        else:
-            add(Path(it).read_bytes())
-        if len(out) > MAX_SERIES_FILES:
-            raise InputError(f"more than {MAX_SERIES_FILES} DICOM files; upload one series")
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        except (TypeError, ValueError):
+            raise InputError(f"{m.name} has a damaged header (Rows, Columns or NumberOfFrames is not a number); "
+                             "export the series again") from None
+        if min(rows, cols) < MIN_SIDE or rows * cols > MAX_PIXELS or frames < 1 or spp < 1:
+            raise InputError(f"{m.name} declares {frames} frame(s) of {cols}x{rows} px; slices must be "
+                             f"{MIN_SIDE} px per side or more and {MAX_PIXELS:,} px at most")
+        voxels += rows * cols * frames * spp
+        out.append(_Image(m, ds, rows, cols, frames))
+    up.budget.check_voxels(voxels)
     return out
 
 
@@ -181,47 +220,81 @@ def _series_key(ds) -> str:
     return str(ds.get("SeriesInstanceUID", "") or "") or "unknown"
 
 
-def series_choices(items) -> list[tuple[str, int]]:
-    """(description, number of images) of each series among the files, to let the user choose one."""
+def _groups(images: list[_Image]) -> list[list[_Image]]:
     groups: dict[str, list] = {}
-    for ds in _read_dicoms(items):
-        groups.setdefault(_series_key(ds), []).append(ds)
+    for im in images:
+        groups.setdefault(_series_key(im.header), []).append(im)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+def _describe(groups: list[list[_Image]]) -> list[tuple[str, int]]:
     out = []
-    for i, (_, dss) in enumerate(sorted(groups.items(), key=lambda kv: -len(kv[1]))):
-        d = dss[0]
+    for i, g in enumerate(groups):
+        d = g[0].header
         desc = " ".join(str(d.get(k, "") or "") for k in ("Modality", "SeriesDescription")).strip() or "series"
-        out.append((f"{i + 1}: {desc} ({len(dss)} images)", len(dss)))
+        out.append((f"{i + 1}: {desc} ({len(g)} images)", len(g)))
     return out
 
 
-def _dicom_series(items, series_index: int | None = None) -> Volume:
-    from bt_demo.imaging import _dicom_rescale
+def series_choices(items, limits: UploadLimits | None = None) -> list[tuple[str, int]]:
+    """(description, number of images) of each series among the files, to let the user choose one.
+    Reads headers only."""
+    with Upload(_as_list(items), limits) as up:
+        return _describe(_groups(_scan(up)))
 
-    dss = _read_dicoms(items)
-    if not dss:
-        raise InputError("none of these files is a DICOM image")
-    groups: dict[str, list] = {}
-    for ds in dss:
-        groups.setdefault(_series_key(ds), []).append(ds)
-    ordered = sorted(groups.values(), key=len, reverse=True)
-    if len(ordered) > 1 and series_index is None:
-        names = "; ".join(c for c, _ in series_choices(items))
-        raise InputError(f"these files hold {len(ordered)} series ({names}); choose one")
-    group = ordered[(series_index or 1) - 1] if len(ordered) > 1 else ordered[0]
-    if len(group) == 1 and int(group[0].get("NumberOfFrames", 1) or 1) > 1:
-        return _multiframe(group[0])
+
+def _decode(im: _Image):
+    """The full dataset of one image (bytes capped at the member's declared size) and its pixel array."""
+    import pydicom
+
+    data = im.member.read()
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        arr = np.asarray(ds.pixel_array)
+    except Exception:  # noqa: BLE001
+        raise InputError(f"{im.member.name} cannot be decoded; export the series again") from None
+    if int(ds.Rows) != im.rows or int(ds.Columns) != im.cols:
+        raise InputError(f"{im.member.name} changed between reads; upload it again")
+    return ds, arr
+
+
+def _dicom_series(items, series_index: int | None = None, on_wait=None, limits: UploadLimits | None = None) -> Volume:
+    with Upload(items, limits) as up:
+        images = _scan(up)
+        if not images:
+            raise InputError("none of these files is a DICOM image")
+        ordered = _groups(images)
+        if len(ordered) > 1 and series_index is None:
+            names = "; ".join(c for c, _ in _describe(ordered))
+            raise InputError(f"these files hold {len(ordered)} series ({names}); choose one")
+        if series_index is not None and len(ordered) > 1 and not 1 <= series_index <= len(ordered):
+            raise InputError(f"series {series_index} does not exist: these files hold {len(ordered)} series")
+        group = ordered[(series_index or 1) - 1] if len(ordered) > 1 else ordered[0]
+        if len(group) == 1 and group[0].frames > 1:
+            return _multiframe(group[0], on_wait)
+        return _stack_series(group, on_wait)
+
+
+def _stack_series(group: list[_Image], on_wait=None) -> Volume:
+    from bt_demo.imaging import dicom_rescale
+
     if len(group) < 2:
         raise InputError("a volume needs at least 2 slices of one series; open a single image as a slice instead")
-    rows = {(int(d.Rows), int(d.Columns)) for d in group}
+    hdrs = [im.header for im in group]
+    rows = {(im.rows, im.cols) for im in group}
     if len(rows) > 1:
         raise InputError(f"the images of this series have different sizes ({sorted(rows)}); it is not one volume")
+    if any(im.frames != 1 for im in group):
+        raise InputError("this series mixes multi-frame and single-frame images; it is not one volume")
     try:
-        iops = np.array([[float(v) for v in d.ImageOrientationPatient] for d in group])
-        ipps = np.array([[float(v) for v in d.ImagePositionPatient] for d in group])
-        ps = np.array([[float(v) for v in d.PixelSpacing] for d in group])
+        iops = np.array([[float(v) for v in d.ImageOrientationPatient] for d in hdrs])
+        ipps = np.array([[float(v) for v in d.ImagePositionPatient] for d in hdrs])
+        ps = np.array([[float(v) for v in d.PixelSpacing] for d in hdrs])
     except (AttributeError, TypeError, ValueError):
         raise InputError("these DICOM images do not give their position and orientation (ImagePositionPatient, "
                          "ImageOrientationPatient, PixelSpacing), so they cannot be stacked into a volume") from None
+    if iops.shape[1:] != (6,) or ipps.shape[1:] != (3,) or ps.shape[1:] != (2,):
+        raise InputError("the position or orientation of these DICOM images is malformed; export the series again")
     if np.abs(iops - iops[0]).max() > 1e-3:
         raise InputError("the images of this series have different orientations (ImageOrientationPatient); "
                          "it is not one volume")
@@ -230,95 +303,139 @@ def _dicom_series(items, series_index: int | None = None) -> Volume:
     normal = np.cross(iops[0][:3], iops[0][3:])
     pos = ipps @ normal
     order = np.argsort(pos)
-    gaps = np.diff(pos[order])
+    med = _even_gaps(pos[order], "slices", "images")
+    R, C = rows.pop()
+    _check_voxels((C, R, len(group)))
+    with SERVER_MEMORY.reserve(C * R * len(group) * LOAD_BYTES_PER_VOXEL, on_wait=on_wait):
+        stack = np.empty((C, R, len(group)), np.float32)  # (col, row, k): nibabel's i, j, k
+        sorted_ds = []
+        for k, i in enumerate(order):
+            ds, arr = _decode(group[i])
+            if arr.shape != (R, C):
+                raise InputError("an image of this series is not a single gray frame; it is not one volume")
+            stack[:, :, k] = dicom_rescale(ds, arr, 0).T
+            del ds.PixelData  # the SEG export needs the headers only; the pixels are in the stack
+            sorted_ds.append(ds)
+        row_dir, col_dir = iops[0][:3], iops[0][3:]
+        row_mm, col_mm = ps[0]
+        lps = np.eye(4)
+        lps[:3, 0] = row_dir * col_mm
+        lps[:3, 1] = col_dir * row_mm
+        lps[:3, 2] = normal * med
+        lps[:3, 3] = ipps[order[0]]
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+        import nibabel as nib
+
+        meta = {"format": "DICOM series", "modality": str(sorted_ds[0].get("Modality", "") or ""),
+                "images": str(len(sorted_ds)), "slice_gap_mm": f"{med:.3g}"}
+        return _from_nifti_image(nib.Nifti1Image(stack, affine), "dicom-series", meta, tuple(sorted_ds))
+
+
+def _even_gaps(pos_sorted: np.ndarray, what: str, plural: str) -> float:
+    """The slice gap of positions along the normal (sorted); refuses duplicates, missing and unequal gaps."""
+    gaps = np.diff(pos_sorted)
+    if not len(gaps):
+        return 1.0
     if np.any(gaps < 1e-3):
-        raise InputError("two images of this series lie at the same position (a duplicate, or two acquisitions "
+        raise InputError(f"two {plural} of this series lie at the same position (a duplicate, or two acquisitions "
                          "mixed); remove the duplicates")
     med = float(np.median(gaps))
     if np.any(np.abs(gaps - med) > SPACING_TOLERANCE * med):
         big = int(np.argmax(np.abs(gaps - med)))
         missing = gaps[big] / med
-        what = (f"about {round(missing) - 1} slice(s) seem to be missing after position {pos[order][big]:.1f} mm"
-                if missing > 1.5 else "the slice gaps are unequal")
-        raise InputError(f"this series' slices are not evenly spaced ({gaps.min():.2f}–{gaps.max():.2f} mm): "
-                         f"{what}; a volume from them would be wrong")
-    sorted_ds = [group[i] for i in order]
-    R, C = rows.pop()
-    _check_voxels((C, R, len(sorted_ds)))
-    stack = np.empty((C, R, len(sorted_ds)), np.float32)  # (col, row, k): nibabel's i, j, k
-    for k, ds in enumerate(sorted_ds):
-        try:
-            arr = np.asarray(ds.pixel_array)
-        except Exception:  # noqa: BLE001
-            raise InputError(f"image {k + 1} of this series cannot be decoded; export the series again") from None
-        if arr.shape != (R, C):
-            raise InputError("an image of this series is not a single gray frame; it is not one volume")
-        stack[:, :, k] = _dicom_rescale(ds, arr, 0).T
-    row_dir, col_dir = iops[0][:3], iops[0][3:]
-    row_mm, col_mm = ps[0]
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_mm
-    lps[:3, 1] = col_dir * row_mm
-    lps[:3, 2] = normal * med
-    lps[:3, 3] = ipps[order[0]]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    import nibabel as nib
-
-    meta = {"format": "DICOM series", "modality": str(sorted_ds[0].get("Modality", "") or ""),
-            "images": str(len(sorted_ds)), "slice_gap_mm": f"{med:.3g}"}
-    return _from_nifti_image(nib.Nifti1Image(stack, affine), "dicom-series", meta, tuple(sorted_ds))
+        detail = (f"about {round(missing) - 1} slice(s) seem to be missing after position {pos_sorted[big]:.1f} mm"
+                  if missing > 1.5 else "the slice gaps are unequal")
+        raise InputError(f"this series' {what} are not evenly spaced ({gaps.min():.2f}–{gaps.max():.2f} mm): "
+                         f"{detail}; a volume from them would be wrong")
+    return med
 
 
-def _multiframe(ds) -> Volume:
-    from bt_demo.imaging import _dicom_rescale, _functional
+def _multiframe(im: _Image, on_wait=None) -> Volume:
+    """A multi-frame DICOM: the frame count and every frame's position come from the header, checked
+    before the pixel data is read."""
+    from bt_demo.imaging import dicom_functional, dicom_rescale
 
-    n = int(ds.get("NumberOfFrames", 1) or 1)
+    hdr, n = im.header, im.frames
+    per_frame = hdr.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and len(per_frame) != n:
+        raise InputError(f"this multi-frame DICOM declares {n} frames but describes {len(per_frame)}; "
+                         "its header is inconsistent, so it was not decoded")
     try:
-        ipps = np.array([[float(v) for v in _functional(ds, f, "PlanePositionSequence", "ImagePositionPatient")]
+        ipps = np.array([[float(v) for v in dicom_functional(hdr, f, "PlanePositionSequence", "ImagePositionPatient")]
                          for f in range(n)])
-        iop = np.array([float(v) for v in _functional(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient")])
-        ps = np.array([float(v) for v in _functional(ds, 0, "PixelMeasuresSequence", "PixelSpacing")])
+        iop = np.array([float(v) for v in dicom_functional(hdr, 0, "PlaneOrientationSequence",
+                                                             "ImageOrientationPatient")])
+        ps = np.array([float(v) for v in dicom_functional(hdr, 0, "PixelMeasuresSequence", "PixelSpacing")])
     except (TypeError, ValueError):
         raise InputError("this multi-frame DICOM does not give each frame's position, so its frames cannot be "
                          "stacked into a volume; open it frame by frame instead") from None
+    if ipps.shape != (n, 3) or iop.shape != (6,) or ps.shape != (2,):
+        raise InputError("this multi-frame DICOM does not give each frame's position, so its frames cannot be "
+                         "stacked into a volume; open it frame by frame instead")
     normal = np.cross(iop[:3], iop[3:])
     pos = ipps @ normal
     order = np.argsort(pos)
-    gaps = np.diff(pos[order])
-    med = float(np.median(gaps)) if len(gaps) else 1.0
-    if len(gaps) and (np.any(gaps < 1e-3) or np.any(np.abs(gaps - med) > SPACING_TOLERANCE * med)):
+    try:
+        med = _even_gaps(pos[order], "frames", "frames")
+    except InputError:
         raise InputError("the frames of this DICOM are not evenly spaced along the slice normal; "
-                         "a volume from them would be wrong")
-    arr = np.asarray(ds.pixel_array)
-    R, C = int(ds.Rows), int(ds.Columns)
+                         "a volume from them would be wrong") from None
+    R, C = im.rows, im.cols
     _check_voxels((C, R, n))
-    stack = np.stack([_dicom_rescale(ds, arr[i], int(i)).T for i in order], axis=-1).astype(np.float32)
-    lps = np.eye(4)
-    lps[:3, 0] = iop[:3] * ps[1]
-    lps[:3, 1] = iop[3:] * ps[0]
-    lps[:3, 2] = normal * med
-    lps[:3, 3] = ipps[order[0]]
-    import nibabel as nib
+    with SERVER_MEMORY.reserve(C * R * n * LOAD_BYTES_PER_VOXEL, on_wait=on_wait):
+        ds, arr = _decode(im)
+        if arr.shape != (n, R, C):
+            raise InputError(f"this multi-frame DICOM's pixel data does not hold the {n} frames of {C}x{R} px its "
+                             "header declares; it is damaged")
+        stack = np.empty((C, R, n), np.float32)
+        for k, i in enumerate(order):
+            stack[:, :, k] = dicom_rescale(ds, arr[i], int(i)).T
+        del arr, ds.PixelData
+        lps = np.eye(4)
+        lps[:3, 0] = iop[:3] * ps[1]
+        lps[:3, 1] = iop[3:] * ps[0]
+        lps[:3, 2] = normal * med
+        lps[:3, 3] = ipps[order[0]]
+        import nibabel as nib
 
-    meta = {"format": "DICOM multi-frame", "modality": str(ds.get("Modality", "") or ""), "images": str(n)}
-    return _from_nifti_image(nib.Nifti1Image(stack, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps), "dicom-multiframe",
-                             meta, (ds,))
+        meta = {"format": "DICOM multi-frame", "modality": str(ds.get("Modality", "") or ""), "images": str(n)}
+        return _from_nifti_image(nib.Nifti1Image(stack, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps), "dicom-multiframe",
+                                 meta, (ds,))
 
 
-def load_volume(items, series_index: int | None = None) -> Volume:
-    """One Volume from: a NIfTI (bytes or path), DICOM files (several bytes/paths), or a zip of a series.
-
-    series_index: 1-based choice when the files hold several series (the error message lists them).
-    Raises InputError with a message a user can act on.
-    """
+def _as_list(items) -> list:
     if isinstance(items, (bytes, bytearray, str, Path)):
         items = [items]
     items = list(items)
     if not items:
         raise InputError("no file given")
-    if len(items) == 1:
-        raw = bytes(items[0]) if isinstance(items[0], (bytes, bytearray)) else Path(items[0]).read_bytes()
-        if raw[:2] == b"\x1f\x8b" or raw[344:348] in (b"n+1\x00", b"ni1\x00") or raw[4:8] == b"n+2\x00":
-            return _nifti_volume(raw)
-        items = [raw]
-    return _dicom_series(items, series_index)
+    return items
+
+
+def load_volume(items, series_index: int | None = None, on_wait=None, limits: UploadLimits | None = None) -> Volume:
+    """One Volume from: a NIfTI (bytes or path), DICOM files (several bytes/paths, or a folder), or a zip of a
+    series.
+
+    series_index: 1-based choice when the files hold several series (the error message lists them).
+    on_wait(seconds, bytes_in_use): called about once a second while the load waits for the server's memory
+    budget (:mod:`bt_demo.io.memory`). limits: the upload's budget (:class:`bt_demo.io.upload.UploadLimits`).
+    Everything is counted from headers before any pixel is decoded. Raises InputError with a message a
+    user can act on.
+    """
+    items = _as_list(items)
+    if len(items) == 1 and not isinstance(items[0], (bytes, bytearray)):
+        path = Path(items[0])
+        if not path.exists():
+            raise InputError(f"{path.name or 'the file'} could not be found on the server; upload it again")
+        if path.is_file():
+            with open(path, "rb") as fh:
+                head = fh.read(1024)
+            if _is_nifti(head):
+                return _nifti_volume(read_upload(path), on_wait)
+    elif len(items) == 1 and _is_nifti(bytes(items[0][:1024])):
+        return _nifti_volume(bytes(items[0]), on_wait)
+    return _dicom_series(items, series_index, on_wait, limits)
+
+
+def _is_nifti(head: bytes) -> bool:
+    return head[:2] == b"\x1f\x8b" or head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] == b"n+2\x00"
