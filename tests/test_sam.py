@@ -20,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from bench import bench_sam as B  # noqa: E402
 from bt_demo.geometry import Geometry  # noqa: E402
 from bt_demo.models import sam as S  # noqa: E402
 from bt_demo.models import weights  # noqa: E402
@@ -229,7 +230,7 @@ def test_embedding_computed_once_per_image_and_preprocessing(folders, family):
     eng.predict([[20.0, 20.0], [40.0, 10.0]], [1, 0])
     assert eng.encoder_calls == 1
     after = entry.embeddings if isinstance(entry.embeddings, tuple) else (entry.embeddings,)
-    assert all(torch.equal(a, b) for a, b in zip(before, after))  # cached values stay read-only
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))  # cached values stay read-only
     eng.set_image(img.copy())  # same content, no key: the content hash finds it
     assert eng.encoder_calls == 1
     eng.set_image(img, key="slice-3|clahe=2.0")  # other preprocessing key -> new embedding
@@ -416,10 +417,10 @@ def test_folder_without_processor_files_uses_the_family_default(tmp_path):
 # benchmark helper (architectures from configs, no download)
 # ---------------------------------------------------------------------------
 def test_encoder_benchmark_builds_candidates_from_configs():
-    rows = S.encoder_benchmark(["slimsam-77"], size=64, repeats=1)
+    rows = B.encoder_benchmark(["slimsam-77"], size=64, repeats=1)
     assert rows[0]["name"] == "slimsam-77" and rows[0]["encoder_ms_median"] > 0 and rows[0]["params_m"] > 0
     with pytest.raises(ValueError, match="options"):
-        S.encoder_benchmark(["sam-vit-gigantic"])
-    small = S.CANDIDATES["sam2.1-hiera-small"].config(1024)
+        B.encoder_benchmark(["sam-vit-gigantic"])
+    small = B.CANDIDATES["sam2.1-hiera-small"].config(1024)
     assert small.vision_config.backbone_config.blocks_per_stage == [1, 2, 11, 2]
-    assert S.CANDIDATES["sam-vit-base"].config(1024).vision_config.hidden_size == 768
+    assert B.CANDIDATES["sam-vit-base"].config(1024).vision_config.hidden_size == 768

@@ -60,13 +60,12 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +226,23 @@ _FAMILIES = {
     "sam": _Family("sam", "SAM", "SamModel", "SamProcessor", "SamImageProcessor"),
     "sam2": _Family("sam2", "SAM 2", "Sam2Model", "Sam2Processor", "Sam2ImageProcessor"),
 }
+
+
+def _family(family: str) -> _Family:
+    try:
+        return _FAMILIES[family]
+    except KeyError:
+        raise KeyError(f"unknown SAM family {family!r}; options: {', '.join(_FAMILIES)}") from None
+
+
+def model_class(family: str):
+    """transformers' model class of ``family`` ("sam": ``SamModel``, "sam2": ``Sam2Model``)."""
+    return _family(family).classes()[0]
+
+
+def default_processor(family: str, image_size: int):
+    """The processor a checkpoint of ``family`` ships with, sized for a square input of ``image_size`` px."""
+    return _family(family).default_processor(image_size)
 
 
 # ---------------------------------------------------------------------------
@@ -647,142 +663,5 @@ class SamEngine:
                          candidates=cands, scores=tuple(float(s) for s in scores), chosen=chosen, extra=extra)
 
 
-# ---------------------------------------------------------------------------
-# candidate architectures, for the benchmark (random weights, no download)
-# ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Candidate:
-    """A published checkpoint's architecture, built from its config alone."""
-
-    hub_id: str
-    family: str
-    vision: dict = field(default_factory=dict)  # SamVisionConfig / Sam2HieraDetConfig overrides
-    channels: tuple[int, ...] | None = None  # SAM 2: backbone_channel_list (deepest first)
-    source: str = ""
-    same_as: str | None = None  # identical architecture to another candidate
-
-    def config(self, size: int = 1024):
-        """The transformers config of this architecture at input ``size`` (px, square)."""
-        import transformers
-
-        if self.family == "sam":
-            vision = {"image_size": size, **self.vision}
-            return transformers.SamConfig(vision_config=vision,
-                                          prompt_encoder_config={"image_size": size})
-        backbone = {"model_type": "sam2_hiera_det_model", "image_size": [size, size], **self.vision}
-        vision = {"backbone_config": backbone,
-                  "backbone_feature_sizes": [[size // 4] * 2, [size // 8] * 2, [size // 16] * 2]}
-        if self.channels:
-            vision["backbone_channel_list"] = list(self.channels)
-        return transformers.Sam2Config(vision_config=vision, prompt_encoder_config={"image_size": size})
-
-    def build(self, size: int = 1024):
-        import transformers
-
-        cls = getattr(transformers, _FAMILIES[self.family].model_cls)
-        return cls(self.config(size)).eval()
-
-
-_CONVERT = "transformers' convert_sam_to_hf.py get_config"
-_CONVERT2 = "transformers' convert_sam2_to_hf.py get_config"
-CANDIDATES: dict[str, Candidate] = {
-    "sam-vit-base": Candidate("facebook/sam-vit-base", "sam", {}, source="SamConfig() defaults (ViT-B)"),
-    "medsam-vit-base": Candidate("flaviagiammarino/medsam-vit-base", "sam", {}, same_as="sam-vit-base",
-                                 source="MedSAM is SAM ViT-B fine-tuned on medical images"),
-    "slimsam-50": Candidate("nielsr/slimsam-50-uniform", "sam",
-                            {"hidden_size": 384, "mlp_dim": 1536, "num_attention_heads": 12}, source=_CONVERT),
-    "slimsam-77": Candidate("nielsr/slimsam-77-uniform", "sam",
-                            {"hidden_size": 168, "mlp_dim": 696, "num_attention_heads": 12}, source=_CONVERT),
-    "sam-vit-large": Candidate("facebook/sam-vit-large", "sam",
-                               {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-                                "global_attn_indexes": [5, 11, 17, 23]}, source=_CONVERT),
-    "sam-vit-huge": Candidate("facebook/sam-vit-huge", "sam",
-                              {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
-                               "global_attn_indexes": [7, 15, 23, 31]}, source=_CONVERT),
-    "sam2.1-hiera-tiny": Candidate("facebook/sam2.1-hiera-tiny", "sam2", {},
-                                   source="Sam2HieraDetConfig() defaults (Hiera-T: 96, [1,2,7,2], global [5,7,9])"),
-    "sam2.1-hiera-small": Candidate("facebook/sam2.1-hiera-small", "sam2",
-                                    {"blocks_per_stage": [1, 2, 11, 2], "global_attention_blocks": [7, 10, 13]},
-                                    source=_CONVERT2),
-    "sam2.1-hiera-base-plus": Candidate(
-        "facebook/sam2.1-hiera-base-plus", "sam2",
-        {"hidden_size": 112, "embed_dim_per_stage": [112, 224, 448, 896], "num_attention_heads_per_stage": [2, 4, 8, 16],
-         "blocks_per_stage": [2, 3, 16, 3], "global_attention_blocks": [12, 16, 20],
-         "window_positional_embedding_background_size": [14, 14]},
-        channels=(896, 448, 224, 112), source=_CONVERT2),
-    "sam2.1-hiera-large": Candidate(
-        "facebook/sam2.1-hiera-large", "sam2",
-        {"hidden_size": 144, "embed_dim_per_stage": [144, 288, 576, 1152], "num_attention_heads_per_stage": [2, 4, 8, 16],
-         "blocks_per_stage": [2, 6, 36, 4], "global_attention_blocks": [23, 33, 43],
-         "window_size_per_stage": [8, 4, 16, 8], "window_positional_embedding_background_size": [7, 7]},
-        channels=(1152, 576, 288, 144), source=_CONVERT2),
-}
-
-
-def _percentile(xs: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs, dtype=np.float64), q))
-
-
-def encoder_benchmark(config_names: list[str], size: int = 1024, repeats: int = 3) -> list[dict]:
-    """Time each candidate ARCHITECTURE's image encoder on this machine (random weights, no download).
-
-    config_names: keys of ``CANDIDATES``; unknown names raise ``ValueError``
-    listing the options. size: square input in px. repeats: timed rounds.
-
-    All models are built first; each runs once under torch's FLOP counter
-    (warm-up, and a load-independent cost), then the timed runs go round-robin
-    (model A, B, C, A, B, C, ...) so that a CPU shared with other work slows
-    every candidate alike. Uses torch's current thread count.
-
-    Returns one dict per name: name, hub_id, family, params_m (encoder +
-    decoder, millions), gflops (encoder, one image), encoder_ms_median / _p95 /
-    _min, runs_ms, size, source. A candidate whose architecture equals one
-    listed before it reuses that one's numbers (``same_as``).
-    """
-    import gc
-
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    unknown = [n for n in config_names if n not in CANDIDATES]
-    if unknown:
-        raise ValueError(f"unknown candidate(s) {unknown}; options: {', '.join(CANDIDATES)}")
-    if int(repeats) < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    measured = [n for n in dict.fromkeys(config_names) if not (CANDIDATES[n].same_as in config_names)]
-    models, rows = {}, {}
-    x = torch.randn(1, 3, size, size)
-    with torch.inference_mode():
-        for name in measured:
-            torch.manual_seed(0)
-            models[name] = CANDIDATES[name].build(size)
-            counter = FlopCounterMode(display=False)
-            with counter:
-                models[name].get_image_embeddings(x)
-            rows[name] = {"params_m": round(sum(p.numel() for p in models[name].parameters()) / 1e6, 2),
-                          "gflops": round(counter.get_total_flops() / 1e9, 1), "runs_ms": []}
-        for _ in range(int(repeats)):
-            for name in measured:
-                t0 = time.perf_counter()
-                models[name].get_image_embeddings(x)
-                rows[name]["runs_ms"].append(round((time.perf_counter() - t0) * 1000.0, 1))
-    del models
-    gc.collect()
-    out = []
-    for name in config_names:
-        cand = CANDIDATES[name]
-        src = cand.same_as if name not in rows else name
-        runs = rows[src]["runs_ms"]
-        r = {"name": name, "hub_id": cand.hub_id, "family": cand.family, "size": int(size), "source": cand.source,
-             "params_m": rows[src]["params_m"], "gflops": rows[src]["gflops"],
-             "encoder_ms_median": round(statistics.median(runs), 1), "encoder_ms_p95": round(_percentile(runs, 95), 1),
-             "encoder_ms_min": round(min(runs), 1), "runs_ms": runs}
-        if src != name:
-            r["same_as"] = src
-        out.append(r)
-    return out
-
-
-__all__ = ["DEFAULT_SAM_ID", "DEFAULT_SAM_ID_GPU", "ENV_VAR", "CANDIDATES", "Candidate", "EmbeddingCache", "ModelFrame",
-           "SamEngine", "clear_caches", "default_model_id", "encoder_benchmark", "sam_family"]
-
+__all__ = ["DEFAULT_SAM_ID", "DEFAULT_SAM_ID_GPU", "ENV_VAR", "EmbeddingCache", "ModelFrame", "SamEngine", "clear_caches",
+           "default_model_id", "default_processor", "model_class", "sam_family"]
