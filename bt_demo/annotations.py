@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_demo.errors import InputError
+from bt_demo.image.masks import as_mask, check_spacing
 from bt_demo.process import pid_alive
 
 __all__ = [
@@ -275,25 +276,11 @@ def _check_image(image) -> np.ndarray:
 
 
 def _check_mask(mask, name: str, shape: tuple[int, int]) -> np.ndarray:
-    from bt_demo.metrics import as_mask
-
     m = as_mask(mask, name)
     if m.shape != shape:
         raise InputError(f"{name} has shape {m.shape} but the image has shape {shape}; "
                          "masks must be in the pixels of the same slice")
     return m
-
-
-def _check_spacing(spacing) -> tuple[float, float] | None:
-    if spacing is None:
-        return None
-    try:
-        sp = tuple(float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise InputError(f"spacing must be (row_mm, col_mm) with two numbers > 0, or None; got {spacing!r}") from None
-    if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
-        raise InputError(f"spacing must be (row_mm, col_mm) with two finite numbers > 0, or None; got {spacing!r}")
-    return sp
 
 
 def _check_dict(value, name: str) -> dict:
@@ -550,7 +537,7 @@ class CorrectionStore:
         shape = (int(img.shape[0]), int(img.shape[1]))
         cm = _check_mask(corrected_mask, "corrected_mask", shape)
         mm = None if model_mask is None else _check_mask(model_mask, "model_mask", shape)
-        sp = _check_spacing(spacing)
+        sp = check_spacing(spacing)
         if not isinstance(engine, str) or len(engine) > 200:
             raise InputError(f"engine must be text of at most 200 characters, got {type(engine).__name__}")
         check_deidentified(engine, "engine")

@@ -3,7 +3,7 @@
 Conventions
 -----------
 * A mask is ``(H, W)`` = (rows, columns) in the pixels of the uploaded slice;
-  bool, or numbers where ``> 0`` is lesion (:func:`bt_demo.metrics.as_mask`).
+  bool, or numbers where ``> 0`` is lesion (:func:`bt_demo.image.masks.as_mask`).
 * ``spacing`` is ``(row_mm, col_mm)``, both finite and > 0, or ``None``.
 
 NIfTI layout (what :func:`mask_nifti` writes)
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import secrets
 from datetime import datetime, timezone
@@ -45,25 +44,13 @@ import numpy as np
 
 from bt_demo.annotations import check_deidentified, to_jsonable
 from bt_demo.errors import InputError
-from bt_demo.metrics import as_mask
+from bt_demo.image.masks import as_mask, check_spacing
 
 __all__ = ["DISCLAIMER", "REPORT_SCHEMA_VERSION", "build_report", "mask_nifti", "mask_png", "measurement_record",
            "write_bundle"]
 
 DISCLAIMER = "Research demo, not for diagnosis."
 REPORT_SCHEMA_VERSION = 1
-
-
-def _spacing(spacing) -> tuple[float, float] | None:
-    if spacing is None:
-        return None
-    try:
-        sp = tuple(float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise InputError(f"spacing must be (row_mm, col_mm) with two numbers > 0, or None; got {spacing!r}") from None
-    if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
-        raise InputError(f"spacing must be (row_mm, col_mm) with two finite numbers > 0, or None; got {spacing!r}")
-    return sp
 
 
 def _mask(mask) -> np.ndarray:
@@ -109,7 +96,7 @@ def mask_nifti(mask, spacing=None, affine=None) -> bytes:
     import nibabel as nib
 
     m = _mask(mask)
-    sp = _spacing(spacing)
+    sp = check_spacing(spacing)
     data = np.ascontiguousarray(m.T[:, :, None].astype(np.uint8))
     code = 1
     if affine is not None:
@@ -218,7 +205,7 @@ def build_report(*, engines: dict, preprocessing: list, prompts: dict, metrics: 
         raise InputError(f"shape must be (H, W), two whole numbers, got {shape!r}") from None
     if h < 1 or w < 1:
         raise InputError(f"shape must be (H, W) with both sides >= 1, got {shape!r}")
-    sp = _spacing(spacing)
+    sp = check_spacing(spacing)
     if not isinstance(app_version, str):
         raise InputError(f"app_version must be text, got {type(app_version).__name__}")
     parts = {"engines": engines, "preprocessing": preprocessing, "prompts": prompts, "metrics": metrics,
@@ -271,7 +258,7 @@ def write_bundle(folder: str | Path, mask, spacing, report: dict, affine=None, p
         ``{"png": path, "nifti": path, "report": path}``.
     """
     m = _mask(mask)
-    sp = _spacing(spacing)
+    sp = check_spacing(spacing)
     if not isinstance(report, dict):
         raise InputError(f"report must be a dict (from build_report), got {type(report).__name__}")
     image = report.get("image")

@@ -2,7 +2,8 @@
 
 Conventions:
 
-* ``mask``: bool-like ``(H, W)`` in ORIGINAL slice pixels (non-zero = tumour).
+* ``mask``: bool-like ``(H, W)`` in ORIGINAL slice pixels (``> 0`` = tumour, NaN is not;
+  :func:`bt_demo.image.masks.as_mask`).
 * Points are ``(x, y)`` = (column, row) in pixels, pixel centres at integers.
 * ``spacing``: ``(row_mm, col_mm)`` = mm per pixel along y and along x (the
   DICOM PixelSpacing order), or None. With spacing every length is in mm and
@@ -27,36 +28,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+from .image.masks import as_mask, check_spacing
 from .render import COLORS
 
 __all__ = ["SIDE_CAVEAT", "measure", "draw_measurement"]
 
 SIDE_CAVEAT = ("image left/right; in radiological convention image left is the patient's right — "
                "check the orientation of your viewer")
-
-
-def _as_mask(mask, name: str = "mask") -> np.ndarray:
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[2] == 1:
-        m = m[..., 0]
-    if m.ndim != 2 or m.size == 0:
-        raise ValueError(f"{name} must be a 2-D (H, W) array, got shape {m.shape}")
-    if not (m.dtype == bool or np.issubdtype(m.dtype, np.number)):
-        raise ValueError(f"{name} must be bool or numeric, got dtype {m.dtype}")
-    return m.astype(bool) if m.dtype != bool else m
-
-
-def _check_spacing(spacing) -> tuple[float, float] | None:
-    if spacing is None:
-        return None
-    try:
-        row_mm, col_mm = (float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(f"spacing must be (row_mm, col_mm), two numbers > 0, got {spacing!r}") from None
-    for v in (row_mm, col_mm):
-        if not (np.isfinite(v) and 0.0 < v <= 100.0):
-            raise ValueError(f"spacing values must be in (0, 100] mm per pixel, got {spacing!r}")
-    return row_mm, col_mm
 
 
 def _longest_diameter(xs: np.ndarray, ys: np.ndarray, sx: float, sy: float):
@@ -131,7 +110,7 @@ def _perpendicular_chord(mask: np.ndarray, p0: np.ndarray, p1: np.ndarray, sx: f
 
 def _side(cx: float, brain_mask, shape) -> dict:
     if brain_mask is not None:
-        bm = _as_mask(brain_mask, "brain_mask")
+        bm = as_mask(brain_mask, "brain_mask")
         if bm.shape != tuple(shape):
             raise ValueError(f"brain_mask shape {bm.shape} does not match mask shape {tuple(shape)}")
         if bm.any():
@@ -149,7 +128,7 @@ def _side(cx: float, brain_mask, shape) -> dict:
 def measure(mask: np.ndarray, spacing=None, brain_mask: np.ndarray | None = None) -> dict:
     """Measure one mask.
 
-    mask: bool ``(H, W)`` (non-zero = tumour), original slice pixels.
+    mask: bool ``(H, W)`` (``> 0`` = tumour, NaN is not), original slice pixels.
     spacing: ``(row_mm, col_mm)``, each in (0, 100], or None (then lengths are in px).
     brain_mask: bool ``(H, W)`` or None; its centroid's x is the midline for ``side``
         (None or empty: the image's centre column).
@@ -170,8 +149,10 @@ def measure(mask: np.ndarray, spacing=None, brain_mask: np.ndarray | None = None
     """
     import cv2
 
-    m = _as_mask(mask)
-    sp = _check_spacing(spacing)
+    m = as_mask(mask)
+    if m.size == 0:
+        raise InputError(f"mask must be a 2-D (H, W) array with pixels, got shape {m.shape}")
+    sp = check_spacing(spacing)
     sy, sx = sp if sp is not None else (1.0, 1.0)
     unit = "mm" if sp is not None else "px"
     out = {"area_px": 0, "area_mm2": 0.0 if sp is not None else None, "bbox": None, "centroid": None,
@@ -180,7 +161,7 @@ def measure(mask: np.ndarray, spacing=None, brain_mask: np.ndarray | None = None
            "rano_product": 0.0, "side": None, "midline_x": None, "midline_source": None,
            "side_caveat": SIDE_CAVEAT, "n_components": 0, "touches_border": False}
     if brain_mask is not None:
-        bm = _as_mask(brain_mask, "brain_mask")
+        bm = as_mask(brain_mask, "brain_mask")
         if bm.shape != m.shape:
             raise ValueError(f"brain_mask shape {bm.shape} does not match mask shape {m.shape}")
     if not m.any():
@@ -243,7 +224,7 @@ def draw_measurement(rgb: np.ndarray, m: dict, color=COLORS["prompt"], axis_colo
     if m.get("bbox") is not None:
         x0, y0, x1, y1 = m["bbox"]
         cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), col, thickness)
-    for key, c in zip(("long_axis", "short_axis"), axis_colors):
+    for key, c in zip(("long_axis", "short_axis"), axis_colors, strict=False):
         ax = m.get(key)
         if ax is None:
             continue

@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bt_demo.errors import InputError
+from bt_demo.image.masks import as_mask, check_spacing
 
 __all__ = [
     "MaskMetrics",
@@ -56,7 +57,6 @@ __all__ = [
     "agreement_summary",
     "area",
     "area_table",
-    "as_mask",
     "compare_masks",
     "confusion",
     "consensus_summary",
@@ -73,27 +73,6 @@ _ROUND = 4  # decimals of the floats in the JSON tables
 # ---------------------------------------------------------------------------
 # input checks
 # ---------------------------------------------------------------------------
-def as_mask(mask, name: str = "mask") -> np.ndarray:
-    """Any 2-D array-like -> ``bool`` array ``(H, W)`` (a new array for non-bool input).
-
-    ``bool`` input is returned as is (not copied); other dtypes become
-    ``mask > 0`` (NaN -> False). Raises :class:`InputError` (a ``ValueError``)
-    when the input is not 2-D.
-    """
-    arr = np.asarray(mask)
-    if arr.ndim != 2:
-        raise InputError(
-            f"{name} must be a 2-D (H, W) array, got shape {arr.shape}; "
-            "pass one slice, and for an RGB mask one channel of it"
-        )
-    if arr.dtype == bool:
-        return arr
-    if not (np.issubdtype(arr.dtype, np.number)):
-        raise InputError(f"{name} must be numeric or bool, got dtype {arr.dtype}")
-    with np.errstate(invalid="ignore"):
-        return arr > 0
-
-
 def _pair(a, b, names: tuple[str, str] = ("a", "b")) -> tuple[np.ndarray, np.ndarray]:
     a = as_mask(a, names[0])
     b = as_mask(b, names[1])
@@ -103,19 +82,6 @@ def _pair(a, b, names: tuple[str, str] = ("a", "b")) -> tuple[np.ndarray, np.nda
             "both must be in the pixels of the same slice"
         )
     return a, b
-
-
-def _spacing(spacing) -> tuple[float, float] | None:
-    """Validate ``(row_mm, col_mm)``; ``None`` stays ``None``."""
-    if spacing is None:
-        return None
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise InputError(f"spacing must be (row_mm, col_mm) with two numbers > 0, got {spacing!r}") from None
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"spacing must be (row_mm, col_mm) with two finite numbers > 0, got {spacing!r}")
-    return values
 
 
 def _json_float(x: float, ndigits: int | None = None) -> float | None:
@@ -253,7 +219,7 @@ def hausdorff95(a, b, spacing: tuple[float, float] | None = None) -> float:
     ``float("inf")`` when exactly one is (no boundary to measure to).
     """
     a, b = _pair(a, b)
-    return _hd95(a, b, _spacing(spacing))
+    return _hd95(a, b, check_spacing(spacing))
 
 
 # ---------------------------------------------------------------------------
@@ -262,7 +228,7 @@ def hausdorff95(a, b, spacing: tuple[float, float] | None = None) -> float:
 def area(mask, spacing: tuple[float, float] | None = None) -> tuple[int, float | None]:
     """Area of a mask: ``(pixels, mm²)``; mm² = row_mm * col_mm * pixels, or ``None`` without spacing."""
     m = as_mask(mask)
-    sp = _spacing(spacing)
+    sp = check_spacing(spacing)
     n = int(np.count_nonzero(m))
     return n, (None if sp is None else n * sp[0] * sp[1])
 
@@ -309,7 +275,7 @@ def compare_masks(a, b, spacing: tuple[float, float] | None = None) -> MaskMetri
     The counts are computed once; see the module docstring for empty masks.
     """
     a, b = _pair(a, b)
-    sp = _spacing(spacing)
+    sp = check_spacing(spacing)
     tp, fp, fn, tn = _counts(a, b)
     n_a, n_b = tp + fp, tp + fn
     mm2 = None if sp is None else sp[0] * sp[1]
@@ -359,7 +325,7 @@ def pairwise_table(masks: Mapping[str, np.ndarray], spacing: tuple[float, float]
     area_b_mm2, tp, fp, fn, tn. Floats rounded to 4 decimals, inf -> None.
     """
     named = _named_masks(masks, "pairwise_table")
-    sp = _spacing(spacing)
+    sp = check_spacing(spacing)
     rows = []
     for na, nb in itertools.combinations(named, 2):
         row = {"a": na, "b": nb}
@@ -374,7 +340,7 @@ def area_table(masks: Mapping[str, np.ndarray], spacing: tuple[float, float] | N
     area_mm2 is rounded to 4 decimals, and None when ``spacing`` is None.
     """
     named = _named_masks(masks, "area_table")
-    sp = _spacing(spacing)
+    sp = check_spacing(spacing)
     rows = []
     for name, m in named.items():
         px, mm2 = area(m, sp)

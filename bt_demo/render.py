@@ -52,7 +52,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from bt_demo.errors import InputError
-from bt_demo.metrics import agreement_labels, as_mask
+from bt_demo.image.masks import as_mask
+from bt_demo.metrics import agreement_labels
 
 __all__ = [
     "COLORMAPS",
@@ -395,7 +396,7 @@ def draw_points(
     h, w = out.shape[:2]
     arm = max(1, int(round(0.55 * r)))
     stroke = max(1, r // 4)
-    for (x, y), lab in zip(pts, labs):
+    for (x, y), lab in zip(pts, labs, strict=True):
         if not (math.isfinite(x) and math.isfinite(y)):
             continue
         cx, cy = int(round(x)), int(round(y))
