@@ -14,6 +14,10 @@ hostile: a victim session clicks on its phantom all the time while another sessi
 files of the issue's items 2, 3 and 9 (from :mod:`bench.bad_inputs`, plus a volume of the largest accepted
 size); after a file that loads, that session also clicks and exports. Targets: no request over 10 s, the
 server's memory at most +1.5 GB over its level before the attack, the victim's clicks at most 2 s.
+Then the volume path (issue 26; ``--no-volumes`` skips it): the files of :mod:`bench.hostile_volumes` one by
+one through the Volume tab, then three sessions sending the worst three at once, each phase with its own
+victim and memory watch; then the batch command ``python -m bt_demo.volume`` on all of them (its wall time
+and peak memory). Same targets: no request over 10 s, at most +1.5 GB, the victim's click p95 at most 2 s.
 
 Writes ``bench/results/soak.json`` / ``bench/results/hostile.json`` with :func:`bench.common.write`.
 """
@@ -145,51 +149,68 @@ def _max_volume(folder: Path) -> Path:
     return path
 
 
-def hostile(url: str, info: dict, side: int) -> dict:
-    from gradio_client import Client, handle_file
+class _Victim:
+    """A victim session clicking on its phantom all the time, and the server's memory watched from outside
+    (every 0.1 s), for the ``with`` block."""
 
-    from bench.bad_inputs import make_corpus
+    def __init__(self, url, ep, path, pts, side, pid) -> None:
+        self.driver = SessionDriver(url, ep, path, pts, side)
+        self.driver.upload()
+        self.pid = pid
+        self.stop = threading.Event()
+        self.ms: list[float] = []
+        self.errors: list[str] = []
 
-    folder = Path(tempfile.mkdtemp(prefix="bt_hostile_"))
-    cases = {c.name: c for c in make_corpus(folder / "corpus")}
-    files = [(n, cases[n].path, cases[n].expected) for n in HOSTILE if n in cases]
-    files.append(("max_volume.nii.gz", _max_volume(folder), "ok"))
-    probe = Client(url, verbose=False)
-    ep, export_id = find_endpoints(probe.config), _api(probe.config, "export")
-    probe.close()
-    path, _m, pts = make_phantom(folder, 900, side)
-    victim = SessionDriver(url, ep, path, pts, side)
-    victim.upload()
-    attacker = SessionDriver(url, ep, path, pts, side)
-    attacker.upload()
-    time.sleep(1.0)
-    base = rss_mb(info["pid"])
-    peak = [base]
-    stop = threading.Event()
-    victim_ms: list[float] = []
-    victim_errors = []
+    def __enter__(self) -> "_Victim":
+        time.sleep(1.0)
+        self.base = rss_mb(self.pid)
+        self.peak = [self.base]
+        self.threads = [threading.Thread(target=self._watch, daemon=True),
+                        threading.Thread(target=self._click, daemon=True)]
+        for t in self.threads:
+            t.start()
+        return self
 
-    def watch():
-        while not stop.is_set():
-            peak.append(rss_mb(info["pid"]))
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+        self.driver.close()
+
+    def _watch(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.peak.append(rss_mb(self.pid))
+            except OSError:  # the server died: the summary shows it
+                self.peak.append(float("nan"))
+                return
             time.sleep(0.1)
 
-    def victim_loop():
+    def _click(self) -> None:
         k = 0
-        while not stop.is_set():
+        while not self.stop.is_set():
             t0 = time.perf_counter()
             try:
-                victim.click(k % CYCLE)
-                victim_ms.append((time.perf_counter() - t0) * 1000)
+                self.driver.click(k % CYCLE)
+                self.ms.append((time.perf_counter() - t0) * 1000)
             except Exception as exc:  # noqa: BLE001 - reported
-                victim_errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+                self.errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
             k += 1
             if k % CYCLE == 0:
-                victim.clear()
+                self.driver.clear()
 
-    threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=victim_loop, daemon=True)]
-    for t in threads:
-        t.start()
+    def summary(self) -> dict:
+        alive = Path(f"/proc/{self.pid}").exists()
+        return {"server_alive": alive, "rss_mb_before": round(self.base, 1), "rss_mb_peak": round(max(self.peak), 1),
+                "rss_mb_rise": round(max(self.peak) - self.base, 1),
+                "victim_clicks": len(self.ms), "victim_click_p50_ms": _pct(self.ms, 0.5),
+                "victim_click_p95_ms": _pct(self.ms, 0.95), "victim_click_max_ms": _pct(self.ms, 1.0),
+                "victim_errors": self.errors[:5]}
+
+
+def _attack_slices(attacker, ep, export_id, files, info) -> list[dict]:
+    from gradio_client import handle_file
+
     rows = []
     for name, p, expected in files:
         row = {"file": name, "expected": expected, "bytes": p.stat().st_size}
@@ -213,18 +234,87 @@ def hostile(url: str, info: dict, side: int) -> dict:
                 row[f"{what}_ms"] = round((time.perf_counter() - t1) * 1000, 1)
         row["rss_mb_after"] = round(rss_mb(info["pid"]), 1)
         rows.append(row)
-    stop.set()
-    for t in threads:
-        t.join(30)
-    victim.close()
+    return rows
+
+
+def _send_volume(url, ep, path, pts, side, seg_id: int, file: Path) -> dict:
+    """One attacker session sends ``file`` to the Volume tab (Segment volume); the answer's text and time."""
+    from gradio_client import handle_file
+
+    d = SessionDriver(url, ep, path, pts, side)
+    row = {"file": file.name, "bytes": file.stat().st_size}
+    t0 = time.perf_counter()
+    try:
+        out = d._call(seg_id, [handle_file(str(file))], 0)
+        info = next((v for v in (out if isinstance(out, (list, tuple)) else [out])
+                     if isinstance(v, str) and ("slices" in v or "volume" in v.lower())), "")
+        row["answer"] = " ".join(str(info).split())[:160]
+    except Exception as exc:  # noqa: BLE001 - a refusal raised as gr.Error is an answer too
+        row["answer"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+    row["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    d.close()
+    return row
+
+
+def hostile_volumes(url: str, info: dict, side: int, folder: Path, weights_dir: Path | None) -> dict:
+    """The volume path under the issue-26 corpus (bench/hostile_volumes.py) while a victim clicks: each file
+    through the Volume tab, then three sessions sending the worst shapes at once, then the batch command on
+    all of them (its own process: wall time and peak memory)."""
+    import concurrent.futures as cf
+    import resource
+    import subprocess
+
+    from gradio_client import Client
+
+    from bench.hostile_volumes import make_cases
+
+    cases = make_cases(folder / "volumes")
+    probe = Client(url, verbose=False)
+    ep, seg_id = find_endpoints(probe.config), _api(probe.config, "segment_volume")
+    probe.close()
+    path, _m, pts = make_phantom(folder, 901, side)
+    out: dict = {}
+    with _Victim(url, ep, path, pts, side, info["pid"]) as watch:
+        out["one_by_one"] = [_send_volume(url, ep, path, pts, side, seg_id, c.path) for c in cases]
+    out["one_by_one_server"] = watch.summary()
+    worst = [c.path for c in cases if c.name in ("zip_2048.zip", "zip_of_zips_512.zip", "multiframe_lying_count.dcm")]
+    with _Victim(url, ep, path, pts, side, info["pid"]) as watch:
+        with cf.ThreadPoolExecutor(3) as pool:
+            out["three_at_once"] = list(pool.map(lambda f: _send_volume(url, ep, path, pts, side, seg_id, f), worst))
+    out["three_at_once_server"] = watch.summary()
+    cmd = [sys.executable, "-m", "bt_demo.volume", *map(str, (c.path for c in cases)), "--out", str(folder / "batch"),
+           "--threads", "1"] + (["--weights-dir", str(weights_dir)] if weights_dir else [])
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    out["batch"] = {"seconds": round(time.perf_counter() - t0, 1), "exit": r.returncode,
+                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+                    "lines": [" ".join(x.split())[:200] for x in (r.stdout + r.stderr).splitlines()[-12:]]}
+    return out
+
+
+def hostile(url: str, info: dict, side: int, volumes: bool = True, weights_dir: Path | None = None) -> dict:
+    from gradio_client import Client
+
+    from bench.bad_inputs import make_corpus
+
+    folder = Path(tempfile.mkdtemp(prefix="bt_hostile_"))
+    cases = {c.name: c for c in make_corpus(folder / "corpus")}
+    files = [(n, cases[n].path, cases[n].expected) for n in HOSTILE if n in cases]
+    files.append(("max_volume.nii.gz", _max_volume(folder), "ok"))
+    probe = Client(url, verbose=False)
+    ep, export_id = find_endpoints(probe.config), _api(probe.config, "export")
+    probe.close()
+    path, _m, pts = make_phantom(folder, 900, side)
+    attacker = SessionDriver(url, ep, path, pts, side)
+    attacker.upload()
+    with _Victim(url, ep, path, pts, side, info["pid"]) as watch:
+        rows = _attack_slices(attacker, ep, export_id, files, info)
     attacker.close()
     slowest = max(max(r.get(k, 0) for k in ("upload_ms", "click_ms", "export_ms")) for r in rows)
-    return {"mode": "hostile", "files": len(rows), "slowest_request_ms": slowest,
-            "rss_mb_before": round(base, 1), "rss_mb_peak": round(max(peak), 1),
-            "rss_mb_rise": round(max(peak) - base, 1),
-            "victim_clicks": len(victim_ms), "victim_click_p50_ms": _pct(victim_ms, 0.5),
-            "victim_click_p95_ms": _pct(victim_ms, 0.95), "victim_click_max_ms": _pct(victim_ms, 1.0),
-            "victim_errors": victim_errors[:5], "cases": rows}
+    result = {"mode": "hostile", "files": len(rows), "slowest_request_ms": slowest, **watch.summary(), "cases": rows}
+    if volumes:
+        result["volumes"] = hostile_volumes(url, info, side, folder, weights_dir)
+    return result
 
 
 def main(argv=None) -> int:
@@ -234,6 +324,7 @@ def main(argv=None) -> int:
     ap.add_argument("--side", type=int, default=128)
     ap.add_argument("--weights-dir", help="real weights (default: tiny random weights)")
     ap.add_argument("--out", help="JSON path (default bench/results/<mode>.json)")
+    ap.add_argument("--no-volumes", action="store_true", help="hostile: skip the volume path (issue 26)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from bench.common import write
@@ -241,9 +332,13 @@ def main(argv=None) -> int:
     info: dict = {}
     with tempfile.TemporaryDirectory(prefix="bt_soak_app_") as tmp:
         with running_app(Path(tmp), Path(args.weights_dir) if args.weights_dir else None, info=info) as url:
-            result = soak(url, info, args.cycles, args.side) if args.mode == "soak" else hostile(url, info, args.side)
+            result = (soak(url, info, args.cycles, args.side) if args.mode == "soak" else
+                      hostile(url, info, args.side, volumes=not args.no_volumes,
+                              weights_dir=Path(args.weights_dir) if args.weights_dir else Path(tmp) / "weights"))
     result["weights"] = args.weights_dir or "tiny random (tests/tiny_models.py)"
-    print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("cases", "volumes")}, indent=1))
+    if result.get("volumes"):
+        print(json.dumps(result["volumes"], indent=1))
     for r in result.get("cases", []):
         print(r)
     print(f"wrote {write(args.mode, [result], path=args.out)}", file=sys.stderr)

@@ -168,6 +168,7 @@ class _Image:
     rows: int
     cols: int
     frames: int
+    pixel_offset: int  # where the pixel data element starts in the file
 
     @property
     def voxels(self) -> int:
@@ -180,15 +181,14 @@ def _scan(up: Upload) -> list[_Image]:
 
     out, voxels = [], 0
     for m in up.members:
-        with m.open() as fh:
-            head = fh.read(512)
-        refuse_nested_archive(m, head)
-        if not _looks_like_dicom(head):
-            continue  # a README, a DICOMDIR viewer, a thumbnail: not part of any series
         cap = min(MAX_HEADER_BYTES_PER_FILE, up.budget.header_room() + 1)
         msg = (f"the DICOM header of {m.name} is larger than {cap / 2**20:,.0f} MB (the headers of one upload "
                f"may take {up.budget.limits.max_header_bytes / 2**20:,.0f} MB); upload one series")
         with m.open(cap=cap, message=msg) as fh:
+            head = fh.peek(512)[:512]
+            refuse_nested_archive(m, head)
+            if not _looks_like_dicom(head):
+                continue  # a README, a DICOMDIR viewer, a thumbnail: not part of any series
             try:
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
             except InputError:
@@ -211,7 +211,7 @@ def _scan(up: Upload) -> list[_Image]:
             raise InputError(f"{m.name} declares {frames} frame(s) of {cols}x{rows} px; slices must be "
                              f"{MIN_SIDE} px per side or more and {MAX_PIXELS:,} px at most")
         voxels += rows * cols * frames * spp
-        out.append(_Image(m, ds, rows, cols, frames))
+        out.append(_Image(m, ds, rows, cols, frames, used))
     up.budget.check_voxels(voxels)
     return out
 
@@ -244,18 +244,62 @@ def series_choices(items, limits: UploadLimits | None = None) -> list[tuple[str,
 
 
 def _decode(im: _Image):
-    """The full dataset of one image (bytes capped at the member's declared size) and its pixel array."""
+    """The image's dataset (its header, with the pixel data element read) and its pixel array.
+
+    The header parsed in the first pass is reused: only the pixel data element is read now, from where the
+    first pass stopped (native transfer syntaxes); an encapsulated (compressed) one is read whole."""
     import pydicom
 
-    data = im.member.read()
+    hdr = im.header
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        native = not hdr.file_meta.TransferSyntaxUID.is_compressed
+        explicit, little = not hdr.file_meta.TransferSyntaxUID.is_implicit_VR, hdr.file_meta.TransferSyntaxUID.is_little_endian
+    except (AttributeError, ValueError, KeyError):
+        native = False
+    try:
+        if native:
+            with im.member.open() as fh:
+                _skip(fh, im.pixel_offset)
+                head = fh.read(12 if explicit else 8)
+                vr = head[4:6] if explicit else b"OW"
+                length = int.from_bytes(head[8:12] if explicit else head[4:8], "little" if little else "big")
+                if length == 0xFFFFFFFF or (explicit and vr not in (b"OB", b"OW")):
+                    raise _Whole()
+                if length > im.member.size:
+                    raise InputError(f"{im.member.name} declares more pixel data than the file holds; it is damaged")
+                data = fh.read(length)
+            if len(data) != length:
+                raise InputError(f"{im.member.name} is truncated: its pixel data ends early; export it again")
+            hdr.PixelData = data
+            hdr["PixelData"].VR = vr.decode()
+            ds = hdr
+        else:
+            raise _Whole()
+    except _Whole:
+        ds = pydicom.dcmread(io.BytesIO(im.member.read()), force=True)
+        if int(ds.Rows) != im.rows or int(ds.Columns) != im.cols:
+            raise InputError(f"{im.member.name} changed between reads; upload it again") from None
+    try:
         arr = np.asarray(ds.pixel_array)
     except Exception:  # noqa: BLE001
         raise InputError(f"{im.member.name} cannot be decoded; export the series again") from None
-    if int(ds.Rows) != im.rows or int(ds.Columns) != im.cols:
-        raise InputError(f"{im.member.name} changed between reads; upload it again")
     return ds, arr
+
+
+class _Whole(Exception):
+    """The pixel data element cannot be read on its own: read the whole file."""
+
+
+def _skip(fh, n: int) -> None:
+    """Advance a stream by ``n`` bytes from its start (seek where it can, else read and drop)."""
+    if fh.seekable():
+        fh.seek(n)
+        return
+    while n > 0:
+        chunk = fh.read(min(n, 1 << 20))
+        if not chunk:
+            break
+        n -= len(chunk)
 
 
 def _dicom_series(items, series_index: int | None = None, on_wait=None, limits: UploadLimits | None = None) -> Volume:
