@@ -8,6 +8,8 @@ phantom slice, median and p95 over repeated runs, torch on the CPU with the
 default thread count.
 """
 
+# ruff: noqa: B023 - every lambda in a loop here is timed by time_it at once, in its own iteration
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +39,8 @@ def _phantom(size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 def _engines(weights_dir: str | None):
     """(unet, classifier, clicks, source) from shipped weights, else default architectures."""
-    from bt_demo.models.clicks import ClickEngine
     from bt_demo.models.classifier import ClassifierEngine
+    from bt_demo.models.clicks import ClickEngine
     from bt_demo.models.unet import UNetEngine
 
     wd = Path(weights_dir) if weights_dir else None
@@ -65,6 +67,7 @@ def _engines(weights_dir: str | None):
 def _generator_rows(weights_dir: str | None, repeats: int) -> list[dict]:
     """The synthetic-slice generator: one slice at the app's default 25 DDIM steps (and 50), at the shipped
     model's size; the same channels at 128² with random weights (the cost of a larger generator)."""
+    from bt_demo.models import weights
     from bt_demo.models.generator import GeneratorEngine, MaskConditionedDiffusion
 
     gen = GeneratorEngine.load(str(Path(weights_dir) / "diffusion")) if weights_dir else "no dir"
@@ -75,7 +78,7 @@ def _generator_rows(weights_dir: str | None, repeats: int) -> list[dict]:
     mask[100:150, 90:160] = True
     rows = [{"item": f"synthetic slice, {steps} DDIM steps", "size": gen.size, "weights": label,
              **time_it(lambda: gen.generate(mask, seed=0, steps=steps), repeats)} for steps in (25, 50)]
-    cfg = dict(gen.model._hub_mixin_config) if hasattr(gen.model, "_hub_mixin_config") else {}
+    cfg = weights.model_config(gen.model)
     big = GeneratorEngine(MaskConditionedDiffusion(**(cfg | {"sample_size": 128})).eval())
     rows.append({"item": "synthetic slice, 25 DDIM steps (same network at 128²)", "size": 128, "weights": "random init",
                  **time_it(lambda: big.generate(mask, seed=0, steps=25), repeats)})

@@ -11,9 +11,9 @@ from bt_demo.geometry import Geometry
 from bt_demo.models import weights
 from bt_demo.models.base import NoImageError, SegResult
 from bt_demo.models.classical import RandomWalkerEngine
+from bt_demo.models.classifier import ClassifierEngine
 from bt_demo.models.click_encoding import click_maps
 from bt_demo.models.clicks import ClickEngine
-from bt_demo.models.classifier import ClassifierEngine
 from bt_demo.models.registry import Engines
 from bt_demo.models.sizing import Letterbox
 from bt_demo.models.unet import UNetEngine
@@ -338,3 +338,20 @@ def test_sam_hub_id_without_network_gives_up_after_one_short_try(monkeypatch, tm
     msg = S.SamEngine.load("facebook/sam2.1-hiera-tiny", device="cpu")
     assert isinstance(msg, str) and "no network" in msg and "--sam-model" in msg
     assert len(tries) == 1 and tries[0][1] <= 3
+
+
+def test_set_config_changes_the_attribute_and_what_save_pretrained_writes(tmp_path):
+    from bt_demo.models.nets import SegNet
+
+    model = SegNet(**tiny_models.TINY_SEG)
+    weights.set_config(model, threshold=0.35, min_component_px=12)
+    assert model.threshold == 0.35 and model.min_component_px == 12
+    assert weights.model_config(model)["threshold"] == 0.35
+    model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["threshold"] == 0.35 and cfg["min_component_px"] == 12
+    back = SegNet.from_pretrained(str(tmp_path / "m"))
+    assert back.threshold == 0.35 and back.min_component_px == 12
+    with pytest.raises(ValueError, match="options: .*threshold"):
+        weights.set_config(model, treshold=0.4)  # a typo would be saved and then break from_pretrained
+    assert weights.model_config(object()) == {}

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bt_demo.models import weights
 from train import cls_data, common
 from train.augment import intensity, random_affine
 
@@ -71,7 +72,7 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     correct = probs.argmax(1) == labels
     edges = np.linspace(0, 1, bins + 1)
     e = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         k = (conf > lo) & (conf <= hi)
         if k.any():
             e += k.mean() * abs(correct[k].mean() - conf[k].mean())
@@ -89,7 +90,7 @@ def class_metrics(probs: np.ndarray, labels: np.ndarray, names: list[str], thres
     rec = recall_score(labels, pred, labels=range(len(names)), average=None, zero_division=0)
     out = {"accuracy": float(accuracy_score(labels, pred)),
            "macro_f1": float(f1_score(labels, pred, labels=range(len(names)), average="macro", zero_division=0)),
-           "recall": {n: float(r) for n, r in zip(names, rec)}, "ece": ece(probs, labels),
+           "recall": {n: float(r) for n, r in zip(names, rec, strict=True)}, "ece": ece(probs, labels),
            "confusion_matrix": confusion_matrix(labels, pred, labels=range(len(names))).tolist(), "n": int(len(labels))}
     if len(names) == 2 and len(set(labels.tolist())) == 2:
         out["roc_auc"] = float(roc_auc_score(labels, probs[:, 1]))
@@ -239,8 +240,7 @@ def main(argv=None) -> int:
                  patience=args.patience, progress=not args.no_progress)
     model = model.cpu().float()
     t = fit_temperature(logits_of(model, val.x), val.y)
-    model.temperature = t
-    model._hub_mixin_config["temperature"] = t
+    weights.set_config(model, temperature=t)
     common.export_weights(model, run.dir / "candidate")
     metrics = evaluate_head(model, val.x, val.y, names, t)
     results = {"head": args.head, "backbone": args.backbone, "degrade_train": args.degrade_train,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from bt_demo.clicksim import first_click, next_click, random_clicks
+from bt_demo.models import weights
 from bt_demo.models.click_step import click_input, click_output, run_batch
 from train import common, lgg
 from train.augment import augment_pair
@@ -70,10 +71,7 @@ def main(argv=None) -> int:
     va_t = va.has_tumour
     run.log.info(f"click model: train {len(tr)} tumour slices ({len(tr.patient_ids)} patients), val {int(va_t.sum())}")
     model = build_model(args, 4, "clicks")
-    model.click_radius = float(args.click_radius)
-    model._hub_mixin_config["click_radius"] = model.click_radius
-    model.zoom_in = not args.no_zoom_in
-    model._hub_mixin_config["zoom_in"] = model.zoom_in
+    weights.set_config(model, click_radius=float(args.click_radius), zoom_in=not args.no_zoom_in)
 
     def sample(rng) -> dict:
         """One training slice at its own resolution, with the clicks a user (or the protocol) would give."""

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import torch
 
+from bt_demo.models import weights
 from bt_demo.models.input_prep import prepare
 from train import common, lgg
 from train.augment import augment_pair
@@ -209,12 +210,10 @@ def finish(model, run, args, val_set, result, wall_s, device) -> None:
 
     probs = predict_probs(model, val_set.images, device=device)
     best, grid = choose_postprocessing(probs, val_set.masks, val_set.patients)
-    model.threshold = float(best["threshold"])
-    # chosen on slice-size maps; the engine reads it at the model's input scale
+    # min_component_px was chosen on slice-size maps; the engine reads it at the model's input scale
     scale = model.input_size / max(val_set.images.shape[1:])
-    model.min_component_px = int(round(best["min_component_px"] * scale * scale))
-    model._hub_mixin_config["threshold"] = model.threshold
-    model._hub_mixin_config["min_component_px"] = model.min_component_px
+    weights.set_config(model, threshold=float(best["threshold"]),
+                       min_component_px=int(round(best["min_component_px"] * scale * scale)))
     run.log.info(f"post-processing chosen on validation: {best}")
     candidate = run.dir / "candidate"
     common.export_weights(model, candidate)

@@ -89,7 +89,7 @@ def _load_uncached(cls, mid: str, device: str | None, **kwargs) -> Loaded:
     if looks_local and not (p / "config.json").exists():
         return Loaded(None, mid, f"no config.json in {mid} (not a saved model folder)")
     try:
-        import torch
+        import torch  # noqa: F401 - a missing or broken torch becomes the reason, like any load failure
 
         dev = pick_device(device)
         model = cls.from_pretrained(mid, **kwargs)
@@ -108,6 +108,40 @@ def clear_cache() -> None:
     """Forget loaded models (tests, and the app when the weights folder changes)."""
     with _lock:
         _cache.clear()
+
+
+def model_config(model) -> dict:
+    """A copy of the config ``model.save_pretrained`` writes to config.json (its ``__init__`` arguments, with what
+    :func:`set_config` changed since); ``{}`` for a module without huggingface_hub's ``PyTorchModelHubMixin``."""
+    from dataclasses import asdict, is_dataclass
+
+    cfg = getattr(model, "_hub_mixin_config", None)  # where the mixin keeps the arguments it will save
+    if cfg is None:
+        return {}
+    return dict(asdict(cfg) if is_dataclass(cfg) else cfg)
+
+
+def set_config(model, **values) -> None:
+    """Record settings chosen after a model was built (a threshold, a temperature, a click radius) so that the
+    folder ``save_pretrained`` writes reloads with them: each becomes the attribute of that name AND its entry in
+    config.json. The one place the trainers change a saved config.
+
+    model: an ``nn.Module`` with huggingface_hub's ``PyTorchModelHubMixin``; every name must be a parameter of its
+    ``__init__`` (``from_pretrained`` passes config.json back to ``__init__``), else ``ValueError`` listing them.
+    """
+    import inspect
+
+    cfg = getattr(model, "_hub_mixin_config", None)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{type(model).__name__} has no save_pretrained config (PyTorchModelHubMixin) to set")
+    allowed = [n for n in inspect.signature(type(model).__init__).parameters if n != "self"]
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"{type(model).__name__} has no __init__ parameter {', '.join(unknown)}; "
+                         f"options: {', '.join(allowed)}")
+    for name, value in values.items():
+        setattr(model, name, value)
+        cfg[name] = value
 
 
 def input_line(card: dict) -> str:
