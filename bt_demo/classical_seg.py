@@ -1,7 +1,7 @@
 """Classical tumour segmenters: marker-controlled watershed and two morphological snakes.
 
 Each segmenter is registered in :data:`CLASSICAL` with its parameters declared
-as :class:`bt_demo.preprocess.Param`, so the UI can build its sliders from the
+as :class:`bt_demo.image.params.Param`, so the UI can build its sliders from the
 registry. :func:`run_classical` validates the parameters (``ValueError`` naming
 the allowed range), runs the method and returns a
 :class:`bt_demo.models.base.SegResult` whose mask is in ORIGINAL slice pixels.
@@ -34,8 +34,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .geometry import Geometry
+from .image.params import Param, check_params
 from .models.base import SegResult
-from .preprocess import Param, _disk, _largest_component  # the same morphology helpers as the lab
+from .preprocess import _disk, _largest_component  # the same morphology helpers as the lab
 
 __all__ = ["Classical", "CLASSICAL", "SNAKE_SIDE", "validate_classical_params", "run_classical",
            "watershed_segment", "chan_vese_segment", "geodesic_segment"]
@@ -75,7 +76,7 @@ def _click_disks(shape, points, labels, radius: int, want: int) -> np.ndarray:
     import cv2
 
     m = np.zeros(shape, np.uint8)
-    for (x, y), lab in zip(points, labels):
+    for (x, y), lab in zip(points, labels, strict=False):
         if int(lab) == want:
             cv2.circle(m, (int(round(x)), int(round(y))), int(radius), 1, -1)
     return m > 0
@@ -87,7 +88,7 @@ def _keep_clicked(mask: np.ndarray, points, labels) -> np.ndarray:
 
     if not mask.any():
         return mask
-    pos = [(x, y) for (x, y), lab in zip(points, labels) if int(lab) == 1]
+    pos = [(x, y) for (x, y), lab in zip(points, labels, strict=False) if int(lab) == 1]
     kept = keep_components_touching(mask, pos, [1] * len(pos)) if pos else mask
     h, w = mask.shape
     hit = any(0 <= int(round(y)) < h and 0 <= int(round(x)) < w and mask[int(round(y)), int(round(x))]
@@ -253,8 +254,11 @@ def _far_from_tumour(small: np.ndarray, init: np.ndarray, level: float = 0.5) ->
 def _snake(img: np.ndarray, points, labels, method: str, iterations: int, smoothing: int, radius: int,
            balloon: float = 1.0, threshold: float = 0.0, k: int = 3) -> np.ndarray:
     import cv2
-    from skimage.segmentation import (inverse_gaussian_gradient, morphological_chan_vese,
-                                      morphological_geodesic_active_contour)
+    from skimage.segmentation import (
+        inverse_gaussian_gradient,
+        morphological_chan_vese,
+        morphological_geodesic_active_contour,
+    )
 
     h, w = img.shape
     if float(img.max()) - float(img.min()) < 1e-6:
@@ -380,16 +384,7 @@ def validate_classical_params(name: str, params: Mapping | None) -> dict:
     unknown segmenter; ``ValueError`` for an unknown parameter or a value out of its
     range (message like ``"watershed.sigma must be in [0.0, 5.0], got 9"``).
     """
-    from .preprocess import _coerce
-
-    entry = get_classical(name)
-    given = dict(params or {})
-    known = {p.name for p in entry.params}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ValueError(f"{name} has no parameter {', '.join(map(repr, unknown))}; "
-                         f"options: {', '.join(p.name for p in entry.params)}")
-    return {p.name: _coerce(name, p, given[p.name]) if p.name in given else p.default for p in entry.params}
+    return check_params(name, get_classical(name).params, params)
 
 
 def _check_points(points, labels) -> tuple[np.ndarray, np.ndarray]:

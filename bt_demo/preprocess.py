@@ -75,6 +75,7 @@ import numpy as np
 
 from .errors import InputError
 from .geometry import Geometry
+from .image.params import Param, check_params
 
 __all__ = [
     "Param", "Step", "STEPS", "get_step", "validate_params", "default_pipeline", "PipelineSpec",
@@ -458,35 +459,6 @@ def _normalize(img: np.ndarray, method: str, low: float, high: float) -> np.ndar
 # registry
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Param:
-    """One parameter of a step, enough for the UI to build a slider/dropdown/checkbox.
-
-    ``min``/``max`` are inclusive bounds for numeric kinds; ``choices`` for a
-    dropdown. ``kind`` is derived: "choice" when ``choices`` is set, else
-    "bool" / "int" / "float" from the type of ``default``.
-    """
-
-    name: str
-    label: str
-    default: float | int | str | bool
-    min: float | None = None
-    max: float | None = None
-    step: float | None = None
-    choices: tuple[str, ...] | None = None
-    help: str = ""
-
-    @property
-    def kind(self) -> str:
-        if self.choices is not None:
-            return "choice"
-        if isinstance(self.default, bool):
-            return "bool"
-        if isinstance(self.default, int):
-            return "int"
-        return "float"
-
-
-@dataclass(frozen=True)
 class Step:
     """A named preprocessing step.
 
@@ -523,7 +495,7 @@ def _checked(name: str, impl: Callable) -> Callable:
             dup = [n for n in names[:len(args)] if n in params]
             if dup:
                 raise ValueError(f"{name}: parameter {dup[0]!r} given twice")
-            params = {**dict(zip(names, args)), **params}
+            params = {**dict(zip(names, args, strict=False)), **params}
         p = validate_params(name, params)
         return impl(as_unit_float(image), **p)
 
@@ -609,38 +581,6 @@ def get_step(name: str) -> Step:
         raise KeyError(f"unknown preprocessing step {name!r}; options: {', '.join(STEPS)}") from None
 
 
-def _coerce(step: str, p: Param, value) -> float | int | str | bool:
-    where = f"{step}.{p.name}"
-    kind = p.kind
-    if kind == "choice":
-        if not isinstance(value, str) or value not in p.choices:
-            raise ValueError(f"{where} must be one of {', '.join(p.choices)}; got {value!r}")
-        return value
-    if kind == "bool":
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        if isinstance(value, (int, np.integer)) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ValueError(f"{where} must be true or false; got {value!r}")
-    if isinstance(value, (bool, np.bool_)) or value is None:
-        raise ValueError(f"{where} must be a number in [{p.min}, {p.max}]; got {value!r}")
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} must be a number in [{p.min}, {p.max}]; got {value!r}") from None
-    if not np.isfinite(x):
-        raise ValueError(f"{where} must be a finite number in [{p.min}, {p.max}]; got {value!r}")
-    if kind == "int":
-        if abs(x - round(x)) > 1e-9:
-            raise ValueError(f"{where} must be a whole number in [{p.min}, {p.max}]; got {value!r}")
-        x = int(round(x))
-    if (p.min is not None and x < p.min) or (p.max is not None and x > p.max):
-        raise ValueError(f"{where} must be in [{p.min}, {p.max}], got {value!r}")
-    return x
-
-
 def validate_params(name: str, params: Mapping | None) -> dict:
     """Check and complete the parameters of step ``name``.
 
@@ -651,14 +591,7 @@ def validate_params(name: str, params: Mapping | None) -> dict:
     ``"clahe.clip_limit must be in [0.5, 10.0], got 42"``), a non-integral
     int, or a choice not offered.
     """
-    step = get_step(name)
-    given = dict(params or {})
-    known = {p.name for p in step.params}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ValueError(f"{name} has no parameter {', '.join(map(repr, unknown))}; "
-                         f"options: {', '.join(p.name for p in step.params) or '(none)'}")
-    out = {p.name: _coerce(name, p, given[p.name]) if p.name in given else p.default for p in step.params}
+    out = check_params(name, get_step(name).params, params)
     if name == "normalize" and not out["low"] < out["high"]:
         raise ValueError(f"normalize.low must be below normalize.high; got low={out['low']}, high={out['high']}")
     return out
