@@ -49,6 +49,9 @@ def dicom_bytes(rows: int, cols: int, k: int = 0, *, series_uid: str = "1.2.826.
     ds.file_meta.MediaStorageSOPInstanceUID = uid
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
     ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "MR", series_uid, series_uid + ".0"
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "PHANTOM", "Phantom^Generated", "", ""
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", "", "", ""
+    ds.SeriesNumber, ds.FrameOfReferenceUID = 1, series_uid + ".9"
     ds.InstanceNumber = k + 1
     ds.Rows, ds.Columns = rows, cols
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0

@@ -472,6 +472,8 @@ def load_volume(items, series_index: int | None = None, on_wait=None, limits: Up
         if not path.exists():
             raise InputError(f"{path.name or 'the file'} could not be found on the server; upload it again")
         if path.is_file():
+            if path.stat().st_size == 0:
+                raise InputError("the file is empty (0 bytes); upload the volume again")
             with open(path, "rb") as fh:
                 head = fh.read(1024)
             if _is_nifti(head):
