@@ -484,8 +484,8 @@ class MedSamEngine:
     ``encoder_calls`` (encoder runs by this engine).
     """
 
-    def __init__(self, device: str, clicks_folder: str | None = None, cache=None):
-        pe, md, cfg = _load_heads(clicks_folder, device)
+    def __init__(self, device: str, clicks_folder: str | None = None, cache=None, _heads=None):
+        pe, md, cfg = _heads if _heads is not None else _load_heads(clicks_folder, device)
         self.device = device
         self.clicks_folder = clicks_folder
         self.prompt_encoder, self.mask_decoder, self.config = pe, md, cfg
@@ -511,7 +511,8 @@ class MedSamEngine:
             return f"MedSAM not offered: {exc}"
 
     def new_session(self) -> MedSamEngine:
-        return MedSamEngine(self.device, self.clicks_folder, self.cache)
+        return MedSamEngine(self.device, self.clicks_folder, self.cache,
+                            _heads=(self.prompt_encoder, self.mask_decoder, self.config))
 
     def __deepcopy__(self, memo) -> MedSamEngine:
         return self.new_session()
