@@ -114,6 +114,14 @@ def test_box_on_a_cropped_slice_lands_where_drawn(engine):
     assert not res.mask[:y0].any() and not res.mask[:, :x0].any()  # nothing outside the crop
     with pytest.raises(InputError, match="kept by preprocessing"):
         engine.predict([], [], box=(2, 2, 20, 20))  # inside the slice, outside the crop
+    # crop, then resize (the processed image is smaller than the crop): still where drawn
+    import cv2
+
+    geo2 = geo.then_resize((100, 120))
+    small = cv2.resize(img[y0:y1, x0:x1], (120, 100), interpolation=cv2.INTER_AREA)
+    engine.set_image(small, geometry=geo2, key="cropped-resized")
+    res2 = engine.predict([], [], box=box_of(truth))
+    assert res2.mask.shape == (240, 320) and dice(res2.mask, truth) > 0.85
 
 
 def test_bad_boxes_and_clicks_are_refused_clearly(engine):
