@@ -94,11 +94,12 @@ def test_box_on_a_non_square_slice_lands_where_drawn(engine):
     assert rev.extra["box_reordered"] and np.array_equal(rev.mask, res.mask)
 
 
-def test_box_on_a_large_slice_lands_where_drawn(engine):
-    img, truth = phantom((512, 400), (300, 120, 70))
+@pytest.mark.parametrize("shape,square,pad", [((512, 400), (300, 120, 70), 5), ((60, 96), (20, 50, 14), 2)])
+def test_box_on_a_large_or_small_slice_lands_where_drawn(engine, shape, square, pad):
+    img, truth = phantom(shape, square)
     engine.set_image(img)
-    res = engine.predict([], [], box=box_of(truth, pad=5))
-    assert res.mask.shape == (512, 400)
+    res = engine.predict([], [], box=box_of(truth, pad=pad))
+    assert res.mask.shape == shape
     assert dice(res.mask, truth) > 0.85
 
 
