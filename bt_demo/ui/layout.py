@@ -491,7 +491,8 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
         wire(clear_btn.click, lambda s: H.clear(s, engines), [], prompt_out + compare_out, api_name="clear_points")
         wire(box_btn.click, lambda s, a, b, c, d: H.set_box(s, engines, a, b, c, d),
              [bx0, by0, bx1, by1], prompt_out + compare_out, api_name="set_box")
-        wire(engine.input, lambda s, k: H.switch_engine(s, engines, k), [engine], prompt_out + compare_out, api_name="choose_engine")
+        then_prepare(wire(engine.input, lambda s, k: H.switch_engine(s, engines, k), [engine],
+                          prompt_out + compare_out, api_name="choose_engine"))
         wire(candidates.input, H.pick_candidate, [candidates], prompt_out + compare_out, api_name="pick_candidate")
 
         # 4. compare, K-Means

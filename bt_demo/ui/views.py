@@ -294,8 +294,11 @@ def prompt_info(s) -> str:
         n, mm2 = metrics.area(res.mask, s.effective_spacing())
         area = f"{n} px" + (f" = {mm2:.1f} mm²" if mm2 is not None else "")
         parts.append(f"mask {area}, {1000 * res.seconds:.0f} ms")
+        if res.extra.get("card"):
+            parts.append(f"*{esc(res.extra['card'])}*")
     elif s.prompts.empty():
-        parts.append("click on the tumour to start")
+        parts.append("choose *box* and click two opposite corners around the tumour (MedSAM answers boxes)"
+                     if slot is not None and slot.engine_key == "medsam" else "click on the tumour to start")
     return " · ".join(parts)
 
 
