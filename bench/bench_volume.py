@@ -1,6 +1,7 @@
 """Volume mode on this machine: speed and memory, and the numbers on real LGG patients.
 
 python -m bench.bench_volume [--weights-dir weights] [--part speed,lgg] [--json out.json]
+python -m bench.bench_volume --cohort 20 --workers 1,2 [--json bench/results/cohort.json]
 
 speed: a 155-slice 240 x 240 volume (the BraTS size; synthetic phantoms, no patient data) segmented with the
 U-Net (batched), in a fresh subprocess so its peak memory (ru_maxrss) is the whole cost; and a 30-slice
@@ -41,7 +42,7 @@ def _speed_child(wdir: str, n: int, side: int) -> dict:
 
     from bt_demo.models.clicks import ClickEngine
     from bt_demo.models.unet import UNetEngine
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
     from bt_demo.volume import Volume
     from bt_demo.volume.segment import propagate, segment_volume
 
@@ -79,13 +80,103 @@ def speed(wdir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _cohort_files(folder: Path, n: int, z: int = 36, side: int = 256) -> list[Path]:
+    """``n`` phantom volumes of ``z`` slices (the LGG patients' size) as NIfTI .nii.gz with a rotated affine."""
+    import gzip
+
+    import nibabel as nib
+
+    from bt_demo.sim.phantom import flair_phantom
+
+    rot = np.array([[0.0, -0.9, 0, 120], [0.9, 0, 0, -100], [0, 0, 3.0, -50], [0, 0, 0, 1]])
+    out = []
+    for i in range(n):
+        sl = [(flair_phantom((side, side), seed=1000 * i + k)[0] * 1000).astype(np.int16).T for k in range(z)]
+        p = folder / f"case{i:03d}.nii.gz"
+        p.write_bytes(gzip.compress(nib.Nifti1Image(np.stack(sl, axis=-1), rot).to_bytes(), compresslevel=1, mtime=0))
+        out.append(p)
+    return out
+
+
+def _noop(i):
+    return i
+
+
+def cohort(wdir: str, n: int, workers: list[int], noop_tasks: int = 2000) -> dict:
+    """Cohort throughput: the same ``n`` volumes in one process without Dask (today's path) and on a
+    LocalCluster of each worker count (end to end, cluster start included, and after the cluster has started);
+    then the scheduler's overhead per task, from ``noop_tasks`` no-op tasks on 2 workers; then what 1,000
+    volumes would cost on 1, 8 and 64 workers, on paper."""
+    import shutil
+    import tempfile
+
+    from bt_demo.volume import batch
+
+    import os
+
+    tmp = Path(tempfile.mkdtemp(prefix="bt_cohort_"))
+    (tmp / "in").mkdir()
+    files = _cohort_files(tmp / "in", n)
+    settings = batch.Settings(str(Path(wdir).resolve()))
+    rows = []
+    cores = os.cpu_count() or 1
+    # today's path: one process, torch's threads over every core (a fresh process: _engine caches threads)
+    code = ("import sys, time; from pathlib import Path; from bt_demo.volume import batch; "
+            f"s = batch.Settings({settings.weights_dir!r}, threads={cores}); "
+            f"files = sorted(Path({str(tmp / 'in')!r}).glob('*.nii.gz')); t0 = time.perf_counter(); "
+            f"batch.run_cohort(files, Path({str(tmp / 'today')!r}), s, workers=0); print(time.perf_counter() - t0)")
+    today = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                                 check=True).stdout.strip().splitlines()[-1])
+    rows.append({"mode": f"one process, {cores} torch threads (today's command)", "workers": 1,
+                 "seconds": round(today, 1), "volumes_per_min": round(60 * n / today, 1)})
+    t0 = time.perf_counter()
+    batch.run_cohort(files, tmp / "single", settings, workers=0)
+    single = time.perf_counter() - t0
+    rows.append({"mode": "one process, 1 thread (--workers 0)", "workers": 1, "seconds": round(single, 1),
+                 "volumes_per_min": round(60 * n / single, 1)})
+    ref = {p.name: (p / "mask.nii.gz").read_bytes() for p in (tmp / "single").iterdir() if p.is_dir()}
+    for w in workers:
+        t0 = time.perf_counter()
+        client = batch.connect(None, w)
+        started = time.perf_counter()
+        batch.run_cohort(files, tmp / f"w{w}", settings, client=client)
+        end = time.perf_counter()
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+        same = all((tmp / f"w{w}" / k / "mask.nii.gz").read_bytes() == v for k, v in ref.items())
+        rows.append({"mode": f"LocalCluster, {w} worker(s) x 1 thread", "workers": w,
+                     "seconds": round(end - t0, 1), "cluster_start_s": round(started - t0, 1),
+                     "volumes_per_min": round(60 * n / (end - t0), 1),
+                     "volumes_per_min_after_start": round(60 * n / (end - started), 1),
+                     "masks_identical_to_1_thread_process": same})
+    client = batch.connect(None, 2)
+    client.gather(client.map(_noop, range(50)))  # warm
+    t0 = time.perf_counter()
+    client.gather(client.map(_noop, range(noop_tasks), pure=False))
+    per_task = (time.perf_counter() - t0) / noop_tasks
+    cluster = client.cluster
+    client.close()
+    cluster.close()
+    per_volume = single / n
+    paper = [{"workers": k, "minutes_for_1000": round((1000 * per_volume / k + 1000 * per_task) / 60, 1)}
+             for k in (1, 8, 64)]
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"volumes": n, "shape_zyx": [36, 256, 256], "rows": rows,
+            "scheduler_overhead_ms_per_task": round(per_task * 1000, 2), "seconds_per_volume_one_process":
+            round(per_volume, 2), "paper_1000_volumes": paper,
+            "paper_note": "1000 x per-volume time / workers + 1000 x the scheduler's per-task overhead (it "
+                          "serialises tasks); assumes each worker has a core of this machine's speed and the "
+                          "inputs on a shared disk"}
+
+
 def _dice(a, b) -> float:
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
 
 
 def lgg(wdir: str) -> dict:
-    from bt_demo.clicksim import first_click
+    from bt_demo.sim.clicksim import first_click
     from bt_demo.models.clicks import ClickEngine
     from bt_demo.models.unet import UNetEngine
     from bt_demo.volume import Volume
@@ -166,8 +257,17 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights-dir", default=str(REPO / "weights"))
     ap.add_argument("--part", default="speed,lgg")
-    ap.add_argument("--json", default=str(RESULTS / "volume.json"))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--cohort", type=int, default=0, help="cohort throughput on N phantom volumes (skips --part)")
+    ap.add_argument("--workers", default="1,2", help="with --cohort: LocalCluster worker counts")
     args = ap.parse_args(argv)
+    if args.cohort:
+        res = cohort(args.weights_dir, args.cohort, [int(w) for w in args.workers.split(",")])
+        print(json.dumps(res, indent=1))
+        write("cohort", res["rows"], {k: v for k, v in res.items() if k != "rows"},
+              path=args.json or str(RESULTS / "cohort.json"))
+        return 0
+    args.json = args.json or str(RESULTS / "volume.json")
     parts = args.part.split(",")
     out: dict = {}
     if "speed" in parts:
