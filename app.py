@@ -79,7 +79,7 @@ def limit_threads(threads: int, concurrency: int) -> int:
 
 def build(args: argparse.Namespace):
     """The queued Blocks for these flags (models load lazily; their status is probed once here)."""
-    from bt_demo.annotations import CorrectionStore, check_store_root
+    from bt_demo.io.corrections import CorrectionStore, check_store_root
     from bt_demo.models.registry import Engines
     from bt_demo.ui.layout import build_demo
 
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from bt_demo.ui.layout import CSS, THEME
 
-    from bt_demo.annotations import StoreError
+    from bt_demo.io.corrections import StoreError
 
     try:
         demo = build(args)

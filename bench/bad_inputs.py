@@ -208,7 +208,7 @@ def _dicom_rows_zero() -> bytes:
     return _dicom_bytes(ds)
 
 
-def _nifti(data, gz: bool = False, version: int = 1) -> bytes:
+def nifti_bytes(data, gz: bool = False, version: int = 1) -> bytes:
     import nibabel as nib
 
     klass = nib.Nifti1Image if version == 1 else nib.Nifti2Image
@@ -252,19 +252,19 @@ def _nifti_header_only(shape, dtype=np.int16) -> bytes:
 
 
 def _nifti_broken_header() -> bytes:
-    raw = bytearray(_nifti(_volume().astype(np.int16)))
+    raw = bytearray(nifti_bytes(_volume().astype(np.int16)))
     raw[40:340] = np.random.default_rng(5).integers(0, 256, 300, dtype=np.uint8).tobytes()
     return bytes(raw)
 
 
 def _nifti_bad_datatype() -> bytes:
-    raw = bytearray(_nifti(_volume().astype(np.int16)))
+    raw = bytearray(nifti_bytes(_volume().astype(np.int16)))
     struct.pack_into("<h", raw, 70, 12345)  # datatype code nobody defines
     return bytes(raw)
 
 
 def _nifti_bad_vox_offset() -> bytes:
-    raw = bytearray(_nifti(_volume().astype(np.int16)))
+    raw = bytearray(nifti_bytes(_volume().astype(np.int16)))
     struct.pack_into("<f", raw, 108, 1e12)  # vox_offset far past the end of the file
     return bytes(raw)
 
@@ -298,7 +298,7 @@ def _spec() -> list[tuple[str, Callable[[], bytes], str, str]]:
         ("drawing.png", lambda: b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="64" '
                                 b'height="64"><rect width="64" height="64"/></svg>', "an SVG renamed .png", "error"),
         ("text.gz", lambda: gzip.compress(b"just some text\n" * 50), "gzip of a text file", "error"),
-        ("double.nii.gz", lambda: gzip.compress(_nifti(_volume(), gz=True)), "NIfTI gzipped twice", "error"),
+        ("double.nii.gz", lambda: gzip.compress(nifti_bytes(_volume(), gz=True)), "NIfTI gzipped twice", "error"),
         ("bomb.nii.gz", _gzip_bomb, "gzip bomb: ~600 KB inflating to 200 MB of zeros", "error"),
         # --- damaged rasters
         ("truncated.png", lambda: _png(_image(64, 64, 3))[:300], "PNG cut after 300 bytes", "error"),
@@ -325,14 +325,14 @@ def _spec() -> list[tuple[str, Callable[[], bytes], str, str]]:
          "4096x4096 PNG (took 110 s and 3 GB when it was accepted)", "error"),
         ("constant.png", lambda: _png(np.full((40, 40), 7, np.uint8)), "constant image", "ok"),
         ("constant16.png", lambda: _png(np.full((40, 40), 1234, np.uint16)), "constant 16-bit PNG", "ok"),
-        ("zeros.nii", lambda: _nifti(np.zeros((40, 40, 3), np.int16)), "all-zero NIfTI", "ok"),
+        ("zeros.nii", lambda: nifti_bytes(np.zeros((40, 40, 3), np.int16)), "all-zero NIfTI", "ok"),
         ("spacing250.nii", lambda: _nifti_spacing(250.0), "NIfTI with 250 mm voxels (spacing treated as unknown)", "ok"),
         ("pixdim0.nii", lambda: _nifti_spacing(0.0), "NIfTI with pixdim 0 (spacing unknown, not 1 mm)", "ok"),
         ("afni_ext.nii", _nifti_with_extension, "NIfTI with a header extension (AFNI-style)", "ok"),
         # --- wrong extensions (content wins)
         ("png_named.dcm", lambda: _png(img), "a valid PNG named .dcm", "ok"),
         ("dicom_named.png", _dicom, "a valid DICOM named .png", "ok"),
-        ("nifti_named.jpg", lambda: _nifti(_volume()), "a valid NIfTI named .jpg", "ok"),
+        ("nifti_named.jpg", lambda: nifti_bytes(_volume()), "a valid NIfTI named .jpg", "ok"),
         ("noext", lambda: _pil(img, "JPEG"), "a JPEG with no extension", "ok"),
         # --- odd but valid rasters
         ("gray16.tif", lambda: _tiff(img.astype(np.uint16) * 250), "16-bit TIFF", "ok"),
@@ -353,20 +353,20 @@ def _spec() -> list[tuple[str, Callable[[], bytes], str, str]]:
         ("truncated.dcm", _dicom_truncated, "DICOM missing the end of its pixel data", "error"),
         ("rows_zero.dcm", _dicom_rows_zero, "DICOM claiming Rows = 0", "error"),
         # --- NIfTI
-        ("flat.nii", lambda: _nifti(_image().T.astype(np.float32)), "2-D NIfTI", "ok"),
-        ("series.nii.gz", lambda: _nifti(np.stack([_volume(4), 2 * _volume(4)], -1), gz=True),
+        ("flat.nii", lambda: nifti_bytes(_image().T.astype(np.float32)), "2-D NIfTI", "ok"),
+        ("series.nii.gz", lambda: nifti_bytes(np.stack([_volume(4), 2 * _volume(4)], -1), gz=True),
          "4-D NIfTI (2 volumes), gzipped", "ok"),
-        ("v2.nii", lambda: _nifti(_volume(), version=2), "NIfTI-2", "ok"),
-        ("nan.nii", lambda: _nifti(np.full((32, 32, 4), np.nan, np.float32)), "NIfTI filled with NaN", "error"),
-        ("inf.nii.gz", lambda: _nifti(np.full((32, 32, 4), np.inf, np.float32), gz=True), "NIfTI of +inf",
+        ("v2.nii", lambda: nifti_bytes(_volume(), version=2), "NIfTI-2", "ok"),
+        ("nan.nii", lambda: nifti_bytes(np.full((32, 32, 4), np.nan, np.float32)), "NIfTI filled with NaN", "error"),
+        ("inf.nii.gz", lambda: nifti_bytes(np.full((32, 32, 4), np.inf, np.float32), gz=True), "NIfTI of +inf",
          "error"),
         ("broken_header.nii", _nifti_broken_header, "NIfTI with 300 random header bytes", "error"),
         ("bad_datatype.nii", _nifti_bad_datatype, "NIfTI with an undefined datatype code", "error"),
         ("bad_offset.nii", _nifti_bad_vox_offset, "NIfTI whose vox_offset points past the file", "error"),
-        ("truncated.nii", lambda: _nifti(_volume().astype(np.int16))[:-100], "NIfTI missing 100 bytes", "error"),
+        ("truncated.nii", lambda: nifti_bytes(_volume().astype(np.int16))[:-100], "NIfTI missing 100 bytes", "error"),
         ("too_big.nii.gz", lambda: gzip.compress(_nifti_header_only((600, 600, 600, 2))),
          "gzipped NIfTI header claiming 600x600x600x2 voxels (no data)", "error"),
-        ("five_d.nii", lambda: _nifti(np.ones((20, 20, 2, 2, 2), np.int16)), "5-D NIfTI", "error"),
+        ("five_d.nii", lambda: nifti_bytes(np.ones((20, 20, 2, 2, 2), np.int16)), "5-D NIfTI", "error"),
     ]
 
 

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 MINIMAL = textwrap.dedent("""
     import sys, numpy as np, gradio as gr
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
     img, _ = flair_phantom((256, 256), seed=0)
     base = np.repeat(np.repeat((img * 255).astype(np.uint8), 2, 0), 2, 1)
     def on_click(evt: gr.SelectData):

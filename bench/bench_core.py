@@ -2,7 +2,7 @@
 
     python -m bench.bench_core [--repeats N] [--sweep-repeats N] [--sizes 256,512] [--json out.json]
 
-Input: a synthetic FLAIR-like phantom drawn at run time by ``bt_demo.phantom``
+Input: a synthetic FLAIR-like phantom drawn at run time by ``bt_demo.sim.phantom``
 (random numbers only, never real data), at each size. Each item runs once to
 warm up, then ``--repeats`` times (``--sweep-repeats`` for the K sweep, and a
 quarter of ``--repeats`` for the slow snakes / NL-means variants); the table
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     if not sizes or min(sizes) < 32:
         p.error("--sizes must list sizes of at least 32 px")
 
-    from bt_demo import clustering as cl
-    from bt_demo import preprocess as pp
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.studies import clustering as cl
+    from bt_demo.image import preprocess as pp
+    from bt_demo.sim.phantom import flair_phantom
 
     warnings.simplefilter("ignore")
     rows = []
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
             print(f"  {label:<28} {size:>5}  median {rows[-1]['median_ms']:8.2f} ms", flush=True)
     print()
     print(markdown(rows, ["item", "size", "median_ms", "p95_ms", "repeats"]))
-    out = write("core", rows, {"opencv_threads": cv2.getNumThreads(), "input": "bt_demo.phantom.flair_phantom(seed=0)"},
+    out = write("core", rows, {"opencv_threads": cv2.getNumThreads(), "input": "bt_demo.sim.phantom.flair_phantom(seed=0)"},
                 args.json)
     print(f"\nwritten {out}")
     return 0

@@ -28,7 +28,7 @@ _PYTHON_NAMES = re.compile(r"Traceback|\b\w*(Error|Exception)\b|File \"|line \d+
 
 
 def _phantom_png(folder: Path, seed: int) -> Path:
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
 
     img, _ = flair_phantom((96, 96), seed=seed)
     p = folder / f"good_{seed}.png"

@@ -1,12 +1,12 @@
-"""The image-content brain check (:mod:`bt_demo.looks_like_brain`): how often it speaks on real brain slices
+"""The image-content brain check (:mod:`bt_demo.image.looks_like_brain`): how often it speaks on real brain slices
 (false notices) and on synthetic pictures that are not brain MRI (hits).
 
 python -m bench.bench_domain [--data ../shared/data] [--per-source 400] [--decoys 20] [--json out.json]
 
 Real slices are READ from the data folder (LGG FLAIR, figshare T1-CE, the Sartaj 4-class JPEGs, no-tumour
 slices included), a random sample per source with a fixed seed; nothing is copied. Decoys come from
-:mod:`bt_demo.decoys` (chest radiograph look, blank, gradient, text, screenshot, photo) and brain phantoms
-from :mod:`bt_demo.phantom`. Also prints the quantiles of each measured fact, which is how the rules'
+:mod:`bt_demo.sim.decoys` (chest radiograph look, blank, gradient, text, screenshot, photo) and brain phantoms
+from :mod:`bt_demo.sim.phantom`. Also prints the quantiles of each measured fact, which is how the rules'
 thresholds were chosen.
 """
 
@@ -45,9 +45,9 @@ def main(argv=None) -> int:
     ap.add_argument("--decoys", type=int, default=20, help="pictures per decoy kind")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    from bt_demo import looks_like_brain as L
-    from bt_demo.decoys import KINDS, decoy
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.image import looks_like_brain as L
+    from bt_demo.sim.decoys import KINDS, decoy
+    from bt_demo.sim.phantom import flair_phantom
 
     rows, facts_real = [], []
     rnd = random.Random(0)

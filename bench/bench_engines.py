@@ -23,7 +23,7 @@ from bench.common import markdown, time_it, write
 
 def _phantom(size: int) -> tuple[np.ndarray, tuple[int, int]]:
     try:
-        from bt_demo.phantom import flair_phantom
+        from bt_demo.sim.phantom import flair_phantom
 
         img, lesion = flair_phantom((size, size), seed=0)
         ys, xs = np.nonzero(lesion)

@@ -2,7 +2,7 @@
 
     python -m bench.bench_studies [--repeats N] [--sizes 256,512] [--json out.json]
 
-Input: a synthetic FLAIR-like phantom drawn at run time by ``bt_demo.phantom``
+Input: a synthetic FLAIR-like phantom drawn at run time by ``bt_demo.sim.phantom``
 (random numbers only, never real data), at each size; one positive click at
 the lesion's centroid for the click runs. The uncertainty map uses a randomly
 initialised U-Net of the shipped architecture (``SegNet()`` defaults, saved
@@ -38,13 +38,14 @@ def main(argv=None) -> int:
         p.error("--repeats must be >= 1")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
 
-    from bt_demo import classical_seg as cs
-    from bt_demo import intensity, measure as ms, uncertainty as un
-    from bt_demo.clustering import kmeans_segment
+    from bt_demo.studies import classical_seg as cs
+    from bt_demo.image import intensity
+    from bt_demo.studies import measure as ms, uncertainty as un
+    from bt_demo.studies.clustering import kmeans_segment
     from bt_demo.models.nets import SegNet
     from bt_demo.models.unet import UNetEngine
-    from bt_demo.phantom import flair_phantom
-    from bt_demo.preprocess import estimate_brain_mask, run_pipeline
+    from bt_demo.sim.phantom import flair_phantom
+    from bt_demo.image.preprocess import estimate_brain_mask, run_pipeline
 
     warnings.simplefilter("ignore", RuntimeWarning)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
                       + (f"  Dice {row['dice_vs_lesion']}" if "dice_vs_lesion" in row else ""), flush=True)
     print()
     print(markdown(rows, ["size", "item", "median_ms", "p95_ms", "dice_vs_lesion"]))
-    out = write("studies", rows, {"repeats": args.repeats, "input": "bt_demo.phantom.flair_phantom seed 0"},
+    out = write("studies", rows, {"repeats": args.repeats, "input": "bt_demo.sim.phantom.flair_phantom seed 0"},
                 args.json)
     print(f"\nwrote {out}")
     return 0

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     add("click -> mask + comparison (random walker)",
         lambda: H.click(copy_session(s_rw), engines, display(s_rw, cx, cy), "positive"))
 
-    from bt_demo.preprocess import default_pipeline
+    from bt_demo.image.preprocess import default_pipeline
 
     spec = list(default_pipeline()) + [("clahe", {})]
     add("preprocessing change (+CLAHE) -> every panel",

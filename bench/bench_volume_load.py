@@ -51,7 +51,7 @@ def _files(folder: Path) -> dict[str, list[str]]:
     from pydicom.data import get_testdata_file
 
     from bench.hostile_volumes import dicom_bytes
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
 
     base = [flair_phantom((240, 240), seed=s)[0] for s in range(8)]
     vol = np.stack([(base[k % 8] * 1000).astype(np.int16) for k in range(155)], axis=-1)  # (x, y, z)

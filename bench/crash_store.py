@@ -2,7 +2,7 @@
 
     python -m bench.crash_store [--kills 300] [--seed 0] [--max-delay 0.25] [--root DIR] [--json out.json]
 
-Each round forks a writer process that opens a :class:`~bt_demo.annotations.CorrectionStore`
+Each round forks a writer process that opens a :class:`~bt_demo.io.corrections.CorrectionStore`
 and saves small random records in a loop, reporting each id once ``save``
 has returned; after a random delay (0..``max_delay`` s from the writer's
 "ready") the writer is killed with SIGKILL. After all rounds the store is
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_demo.annotations import CorrectionStore
+from bt_demo.io.corrections import CorrectionStore
 
 KILLS = 30
 """Kills the unit test runs; ``--kills`` sets how many this script runs."""

@@ -6,7 +6,7 @@
 
 Each session is one ``gradio_client.Client`` (its own ``session_hash``, so its
 own ``gr.State``) in its own thread. It uploads ITS OWN phantom slice
-(``bt_demo.phantom.flair_phantom`` with its own seed, so its own lesion
+(``bt_demo.sim.phantom.flair_phantom`` with its own seed, so its own lesion
 position), then clicks positive points on its lesion in a cycle of
 :data:`CYCLE` clicks followed by "Clear points", until the time is up.
 
@@ -178,7 +178,7 @@ def make_phantom(folder: Path, seed: int, side: int) -> tuple[Path, np.ndarray, 
     from PIL import Image
     from scipy import ndimage
 
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
 
     img, mask = flair_phantom((side, side), seed=seed)
     path = folder / f"session_{seed}.png"

@@ -140,12 +140,12 @@ def _kinds(folder: Path) -> dict[str, int]:
 
 def _max_volume(folder: Path) -> Path:
     """A NIfTI .gz of the largest accepted volume (512 x 512 x 256 int16), mostly background: a small file."""
-    from bench.bad_inputs import _nifti
+    from bench.bad_inputs import nifti_bytes
 
     vol = np.zeros((512, 512, 256), np.int16)
     vol[128:384, 128:384, 64:192] = 400
     path = folder / "max_volume.nii.gz"
-    path.write_bytes(gzip.compress(_nifti(vol), compresslevel=1))
+    path.write_bytes(gzip.compress(nifti_bytes(vol), compresslevel=1))
     return path
 
 

@@ -53,7 +53,7 @@ import numpy as np
 
 from bt_demo.errors import InputError
 from bt_demo.image.masks import as_mask
-from bt_demo.metrics import agreement_labels
+from bt_demo.studies.metrics import agreement_labels
 
 __all__ = [
     "COLORMAPS",
@@ -104,7 +104,7 @@ COLORS: dict[str, RGB] = {
     "pair_ab": OKABE_ITO["yellow"],
     "pair_ac": OKABE_ITO["vermillion"],
     "pair_bc": OKABE_ITO["blue"],
-    # classical segmenters (bt_demo.classical_seg), beside U-Net / prompted / K-Means
+    # classical segmenters (bt_demo.studies.classical_seg), beside U-Net / prompted / K-Means
     "watershed": OKABE_ITO["blue"],
     "chan_vese": OKABE_ITO["bluish_green"],
     "geodesic": OKABE_ITO["vermillion"],
@@ -497,7 +497,7 @@ def agreement_rgb(
     names: Sequence[str],
     alpha: float = 0.5,
 ) -> tuple[np.ndarray, list[tuple[str, RGB]]]:
-    """Colour the codes of :func:`bt_demo.metrics.agreement_map`; returns ``(image, legend)``.
+    """Colour the codes of :func:`bt_demo.studies.metrics.agreement_map`; returns ``(image, legend)``.
 
     gray: image accepted by :func:`to_rgb`.
     agreement: integer ``(H, W)`` bit codes, same ``(H, W)``; values 0..2**len(names) - 1.
@@ -505,7 +505,7 @@ def agreement_rgb(
     alpha: in [0, 1] blend of each region's colour (code 0 stays as the slice).
 
     legend: ``[(text, (R, G, B)), ...]`` for every non-zero code, in the order
-    of :func:`bt_demo.metrics.agreement_labels`, e.g. for ``["U-Net", "prompt"]``
+    of :func:`bt_demo.studies.metrics.agreement_labels`, e.g. for ``["U-Net", "prompt"]``
     ``[("both: U-Net & prompt", agree), ("only U-Net", only_a), ("only prompt", only_b)]``.
     """
     out = to_rgb(gray)
@@ -543,7 +543,7 @@ def consensus_rgb(
 
     For any number of masks (where :func:`agreement_rgb`'s Venn colours stop at three).
     gray: image accepted by :func:`to_rgb`. votes: integer ``(H, W)`` in ``0..n_masks``
-    (:func:`bt_demo.metrics.vote_map`); 0 stays as the slice. n_masks: whole number >= 1.
+    (:func:`bt_demo.studies.metrics.vote_map`); 0 stays as the slice. n_masks: whole number >= 1.
     colormap: one of :data:`COLORMAPS`; ``k`` votes get the colour at ``k / n_masks``
     (a dark, cold colour for one mask alone, the brightest for all of them).
     legend: ``[(text, (R, G, B)), ...]`` from "all n masks" down to "1 of n masks".

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 from bench.crash_store import KILLS, crash_test
-from bt_demo.annotations import (
+from bt_demo.io.corrections import (
     CorrectionStore,
     CorruptRecordError,
     StoreFullError,
     check_deidentified,
 )
 from bt_demo.errors import InputError
-from bt_demo.imaging import load_slice
-from bt_demo.phantom import flair_phantom
+from bt_demo.io import load_slice
+from bt_demo.sim.phantom import flair_phantom
 
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
@@ -189,7 +189,7 @@ def test_a_dicom_upload_leaves_no_header_field_or_name_in_the_store(store, tmp_p
     """The real flow: upload a named DICOM with identity in its header, correct, save."""
     import pydicom
 
-    from bt_demo.phantom import _dicom_bytes
+    from bt_demo.sim.phantom import _dicom_bytes
 
     img, m = flair_phantom((64, 64), seed=3)
     ds = pydicom.dcmread(io.BytesIO(_dicom_bytes(img, 0.9)))
@@ -378,7 +378,7 @@ def test_load_corrections_empty_and_damaged(tmp_path):
 # ---------------------------------------------------------------------------
 def test_concurrent_saves_at_the_cap_never_overshoot(tmp_path):
     """Four users pressing *Accept* at once at 9,999 of 10,000 records: one lands, three are refused."""
-    from bt_demo.annotations import shared_store
+    from bt_demo.io.corrections import shared_store
 
     root = tmp_path / "s"
     img, m, _ = phantom_case()
@@ -406,7 +406,7 @@ def test_concurrent_saves_at_the_cap_never_overshoot(tmp_path):
 
 
 def test_store_folder_is_checked_and_explained(tmp_path, monkeypatch):
-    from bt_demo.annotations import StoreError, check_store_root
+    from bt_demo.io.corrections import StoreError, check_store_root
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert check_store_root("~/corr") == tmp_path / "home" / "corr"  # expanded, not a literal ./~/corr
@@ -431,7 +431,7 @@ def test_store_folder_is_checked_and_explained(tmp_path, monkeypatch):
 @pytest.mark.parametrize("note", ["Patient John Doe, DOB 1970-01-01, MRN 4MR1", "seen by Dr. Who", "born 3 March 1950",
                                   "call 555 123 4567", "mail me: a.b@example.org", "id 12345", "John Doe"])
 def test_notes_with_personal_details_are_refused(note):
-    from bt_demo.annotations import note_problem
+    from bt_demo.io.corrections import note_problem
 
     assert note_problem(note) is not None
 
@@ -439,6 +439,6 @@ def test_notes_with_personal_details_are_refused(note):
 @pytest.mark.parametrize("note", ["left frontal, checked", "added the cystic core; the U-Net missed it",
                                   "FLAIR rim included", "T2 bright edge, 3 clicks"])
 def test_clinical_notes_pass(note):
-    from bt_demo.annotations import note_problem
+    from bt_demo.io.corrections import note_problem
 
     assert note_problem(note) is None

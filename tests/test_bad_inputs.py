@@ -25,8 +25,8 @@ from PIL import Image
 
 from bench.bad_inputs import KINDS, make_corpus
 from bt_demo.errors import InputError
-from bt_demo.imaging import MAX_PIXELS, MIN_SIDE, load_slice
-from bt_demo.phantom import flair_phantom
+from bt_demo.io import MAX_PIXELS, MIN_SIDE, load_slice
+from bt_demo.sim.phantom import flair_phantom
 from bt_demo.ui import handlers as H
 from bt_demo.ui.state import Session
 

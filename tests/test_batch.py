@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _nifti(path: Path, seed: int, z: int = 6, fourd: bool = False) -> Path:
     import nibabel as nib
 
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
 
     sl = [(flair_phantom((48, 48), seed=seed + k)[0] * 1000).astype(np.int16).T for k in range(z)]
     vol = np.stack(sl, axis=-1)

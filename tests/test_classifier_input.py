@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bt_demo.models.sizing import fit_square
-from bt_demo.phantom import flair_phantom
+from bt_demo.sim.phantom import flair_phantom
 
 
 def _head():

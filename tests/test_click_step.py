@@ -89,7 +89,7 @@ def test_lab_augmentation_keeps_the_mask_aligned_with_a_cropped_slice():
     from train.lab_augment import lab_augment
 
     rng = np.random.default_rng(0)
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
 
     x, m = flair_phantom(seed=4)
     assert lab_augment(x, m, rng, 0.0)[0] is x  # p = 0: untouched

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
-from bt_demo import clustering as cl
+from bt_demo.studies import clustering as cl
 from bt_demo.errors import InputError
-from bt_demo.preprocess import estimate_brain_mask, run_pipeline
+from bt_demo.image.preprocess import estimate_brain_mask, run_pipeline
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LEVELS = (0.2, 0.5, 0.8)

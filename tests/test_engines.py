@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bt_demo.geometry import Geometry
+from bt_demo.image.geometry import Geometry
 from bt_demo.models import weights
 from bt_demo.models.base import NoImageError, SegResult
 from bt_demo.models.classical import RandomWalkerEngine

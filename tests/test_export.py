@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bt_demo import metrics as M
-from bt_demo.annotations import check_deidentified
+from bt_demo.studies import metrics as M
+from bt_demo.io.corrections import check_deidentified
 from bt_demo.errors import InputError
-from bt_demo.export import DISCLAIMER, build_report, mask_nifti, mask_png, write_bundle
-from bt_demo.imaging import load_slice
-from bt_demo.phantom import flair_phantom
+from bt_demo.io.export import DISCLAIMER, build_report, mask_nifti, mask_png, write_bundle
+from bt_demo.io import load_slice
+from bt_demo.sim.phantom import flair_phantom
 
 
 def asymmetric_mask(shape=(37, 53)) -> np.ndarray:
@@ -227,7 +227,7 @@ def test_nifti_slice_export_lands_on_the_same_voxels_of_the_source(name, tmp_pat
     """A mask drawn on a NIfTI slice, exported, reloaded: its voxels are the source's voxels, in world mm."""
     import nibabel as nib
 
-    from bt_demo.imaging import load_slice
+    from bt_demo.io import load_slice
 
     if name == "reoriented":  # a copy stored in another orientation (LPS-ish), same anatomy
         src = nib.load(_nib("anatomical.nii"))
@@ -268,7 +268,7 @@ def test_dicom_slice_export_lands_at_its_patient_position():
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from bt_demo.imaging import load_slice
+    from bt_demo.io import load_slice
 
     path = get_testdata_file("MR_small.dcm")
     ds = pydicom.dcmread(path)

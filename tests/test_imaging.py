@@ -1,4 +1,4 @@
-"""bt_demo.imaging: every upload format -> one Slice, and every bad upload -> InputError.
+"""bt_demo.io: every upload format -> one Slice, and every bad upload -> InputError.
 
 All files are generated here (Pillow, tifffile, pydicom, nibabel); no real data.
 """
@@ -26,7 +26,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from bt_demo.errors import InputError
-from bt_demo.imaging import (
+from bt_demo.io import (
     MAX_ASPECT,
     MAX_PIXELS,
     MAX_VOLUME_VOXELS,

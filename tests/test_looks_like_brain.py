@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_demo import looks_like_brain as L
-from bt_demo.decoys import KINDS, decoy
-from bt_demo.phantom import flair_phantom
+from bt_demo.image import looks_like_brain as L
+from bt_demo.sim.decoys import KINDS, decoy
+from bt_demo.sim.phantom import flair_phantom
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -89,7 +89,8 @@ def test_bad_spacing_is_rejected_with_what_to_pass(bad):
 
 
 def test_every_caller_uses_the_one_spacing_rule():
-    from bt_demo import annotations, export, measure, metrics
+    from bt_demo.io import corrections, export
+    from bt_demo.studies import measure, metrics
 
     m = np.zeros((8, 8), bool)
     m[2:5, 2:5] = True

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bt_demo.errors import InputError
-from bt_demo.geometry import Geometry
+from bt_demo.image.geometry import Geometry
 from bt_demo.models import medsam
 from bt_demo.models.base import NoImageError, PromptPredictor
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bt_demo import metrics as M
+from bt_demo.studies import metrics as M
 
 
 def square(shape, r0, c0, size_r, size_c=None):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bt_demo.imaging import load_slice
-from bt_demo.phantom import flair_phantom, flair_phantom_volume, write_examples
+from bt_demo.io import load_slice
+from bt_demo.sim.phantom import flair_phantom, flair_phantom_volume, write_examples
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED_FILES = {
@@ -212,7 +212,7 @@ def test_shipped_examples_folder(tmp_path):
     """assets/examples holds exactly the generated, synthetic files, and they open."""
     shipped = REPO / "assets" / "examples"
     if not shipped.is_dir():
-        pytest.skip("assets/examples not generated yet: python -m bt_demo.phantom --out assets/examples")
+        pytest.skip("assets/examples not generated yet: python -m bt_demo.sim.phantom --out assets/examples")
     assert {p.name for p in shipped.iterdir()} == EXPECTED_FILES
     assert sum(p.stat().st_size for p in shipped.iterdir()) < MAX_FOLDER_BYTES
     for name, mask in PAIRS.items():
@@ -222,7 +222,7 @@ def test_shipped_examples_folder(tmp_path):
 
 
 def test_dicom_example_bytes_carry_no_identity():
-    from bt_demo.phantom import _dicom_bytes
+    from bt_demo.sim.phantom import _dicom_bytes
 
     img, _ = flair_phantom((32, 32), seed=0)
     raw = _dicom_bytes(img, 0.9)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from bt_demo import preprocess as pp
+from bt_demo.image import preprocess as pp
 from bt_demo.errors import InputError
-from bt_demo.preprocess import Param
+from bt_demo.image.preprocess import Param
 
 
 # ---------------------------------------------------------------------------
@@ -377,15 +377,17 @@ def test_crop_geometry_round_trip_lands_on_the_lesion():
 
 
 def test_hole_filling_matches_scipy():
+    from bt_demo.image.masks import fill_holes
+
     rng = np.random.default_rng(0)
     for _ in range(100):
         shape = (int(rng.integers(4, 40)), int(rng.integers(4, 40)))
         m = rng.random(shape) < rng.uniform(0.2, 0.8)
-        assert np.array_equal(pp._fill_holes(m), ndi.binary_fill_holes(m))
+        assert np.array_equal(fill_holes(m), ndi.binary_fill_holes(m))
 
 
 def test_models_get_only_the_brain_crop_unless_asked():
-    from bt_demo.preprocess import default_pipeline, model_steps, validate_params
+    from bt_demo.image.preprocess import default_pipeline, model_steps, validate_params
 
     spec = [("crop_brain", validate_params("crop_brain", None))] + default_pipeline() + \
         [("clahe", validate_params("clahe", None))]

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from bt_demo import render as R
-from bt_demo.metrics import agreement_map
+from bt_demo.studies.metrics import agreement_map
 
 H, W = 40, 60  # non-square on purpose: catches (x, y) / (row, col) swaps
 

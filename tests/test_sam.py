@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from bench import bench_sam as B  # noqa: E402
-from bt_demo.geometry import Geometry  # noqa: E402
+from bt_demo.image.geometry import Geometry  # noqa: E402
 from bt_demo.models import sam as S  # noqa: E402
 from bt_demo.models import weights  # noqa: E402
 from bt_demo.models.base import NoImageError, PromptPredictor  # noqa: E402

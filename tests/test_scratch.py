@@ -18,7 +18,7 @@ from bt_demo.ui import scratch
 
 
 def test_upload_leaves_gradio_cache_and_goes_with_the_session(engines, tmp_path, monkeypatch):
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
     from bt_demo.ui import handlers as H
     from bt_demo.ui.state import Session, delete_session
 
@@ -55,7 +55,7 @@ def test_upload_leaves_gradio_cache_and_goes_with_the_session(engines, tmp_path,
 
 
 def test_a_file_outside_gradios_cache_is_read_where_it_is(engines, tmp_path, monkeypatch):
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
     from bt_demo.ui import handlers as H
     from bt_demo.ui.state import Session
 

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from bt_demo import classical_seg as cs
-from bt_demo import intensity, measure as ms, uncertainty as un
-from bt_demo.geometry import Geometry
+from bt_demo.studies import classical_seg as cs
+from bt_demo.image import intensity
+from bt_demo.studies import measure as ms, uncertainty as un
+from bt_demo.image.geometry import Geometry
 
 
 def _dice(a, b):
@@ -263,7 +264,7 @@ def test_tta_uncertainty_real_unet_shapes(tmp_path):
 @pytest.mark.parametrize("name", ["watershed", "chan_vese", "geodesic"])
 def test_classical_on_flair_phantom_with_click(name):
     """A textured FLAIR-like lesion with a bright scalp around the brain: one click at the lesion suffices."""
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
 
     img, lesion = flair_phantom((192, 192), seed=1)
     ys, xs = np.nonzero(lesion)
@@ -273,7 +274,8 @@ def test_classical_on_flair_phantom_with_click(name):
 
 # ------------------------------------------------- consensus, summaries, report
 def test_vote_map_and_consensus_for_many_masks():
-    from bt_demo import metrics, render
+    from bt_demo import render
+    from bt_demo.studies import metrics
 
     masks = {}
     for i in range(5):
@@ -307,7 +309,7 @@ def test_uncertainty_summarise_matches_tta():
 
 
 def test_measurement_record_in_report():
-    from bt_demo import export
+    from bt_demo.io import export
 
     m = ms.measure(ellipse_mask((80, 90), (40, 40), 20, 10, 30), spacing=(0.5, 0.5))
     rec = export.measurement_record(m, "prompted")
@@ -341,8 +343,8 @@ def test_classical_on_lgg_with_one_click():
 
     from PIL import Image
 
-    from bt_demo.clicksim import first_click
-    from bt_demo.preprocess import default_pipeline, run_pipeline
+    from bt_demo.sim.clicksim import first_click
+    from bt_demo.image.preprocess import default_pipeline, run_pipeline
 
     if not (LGG / "slices.csv").is_file():
         pytest.skip(f"real data not found at {LGG} (it is beside the repository in CI)")

@@ -22,7 +22,7 @@ from PIL import Image
 
 from bt_demo.models.base import NoImageError, SegResult
 from bt_demo.models.registry import Engines
-from bt_demo.phantom import flair_phantom, write_examples
+from bt_demo.sim.phantom import flair_phantom, write_examples
 from bt_demo.ui import handlers as H
 from bt_demo.ui import views as V
 from bt_demo.ui.state import PredictorSlot, Session
@@ -177,7 +177,7 @@ def test_window_and_spacing(engines, phantom):
 # preprocessing
 # ---------------------------------------------------------------------------
 def test_step_toggle_and_param_change(engines, phantom):
-    from bt_demo.preprocess import STEPS, default_pipeline
+    from bt_demo.image.preprocess import STEPS, default_pipeline
 
     path, _, _ = phantom
     s = loaded(engines, path)
@@ -229,7 +229,7 @@ def test_lab_steps_reach_the_models_only_when_asked(engines, phantom):
     """Issue 13: ticking skull stripping + CLAHE changes the display and K-Means but not the U-Net's mask, the
     click model's answer or the classifier, which see the slice they were trained on; the checkbox 'Feed the
     lab's output to the models' gives them the processed slice, and the export says which input they saw."""
-    from bt_demo.preprocess import validate_params
+    from bt_demo.image.preprocess import validate_params
 
     path, _, (cx, cy) = phantom
     s = loaded(engines, path)
@@ -347,7 +347,7 @@ def test_box_by_two_clicks_and_by_numbers(engines, phantom):
 
 
 def test_engine_switch_random_walker_finds_the_lesion(engines, phantom):
-    from bt_demo.metrics import dice
+    from bt_demo.studies.metrics import dice
 
     path, mask, (cx, cy) = phantom
     s = loaded(engines, path)
@@ -501,7 +501,7 @@ def test_classifier_says_when_the_slice_is_unlike_its_training_data(engines):
 def test_export_files_are_valid_and_randomly_named(engines, phantom):
     import nibabel as nib
 
-    from bt_demo.imaging import load_slice
+    from bt_demo.io import load_slice
 
     path, _, (cx, cy) = phantom
     s = loaded(engines, path)
@@ -531,7 +531,7 @@ def test_export_files_are_valid_and_randomly_named(engines, phantom):
 
 
 def test_accept_correction_is_stored_without_file_name(engines, phantom, tmp_path):
-    from bt_demo.annotations import CorrectionStore
+    from bt_demo.io.corrections import CorrectionStore
 
     path, mask, (cx, cy) = phantom
     root = tmp_path / "store"

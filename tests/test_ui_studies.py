@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bt_demo.models.registry import Engines
-from bt_demo.phantom import flair_phantom
+from bt_demo.sim.phantom import flair_phantom
 from bt_demo.ui import handlers as H
 from bt_demo.ui import views as V
 from bt_demo.ui.state import Session
@@ -152,7 +152,7 @@ def test_classical_parameters_validated_and_used(engines, phantom):
     path, _, (cx, cy) = phantom
     s = loaded(engines, path)
     keys = H.classical_param_keys()
-    from bt_demo.classical_seg import CLASSICAL
+    from bt_demo.studies.classical_seg import CLASSICAL
 
     defaults = [p.default for name in CLASSICAL for p in CLASSICAL[name].params]
     assert len(keys) == len(defaults)
@@ -172,7 +172,7 @@ def test_classical_parameters_validated_and_used(engines, phantom):
 
 def test_classical_uses_clicks_through_a_crop(engines, phantom):
     """Clicks are in slice pixels; with crop-to-brain the classical mask still comes back in slice pixels."""
-    from bt_demo.preprocess import STEPS
+    from bt_demo.image.preprocess import STEPS
 
     crop = next(n for n, st in STEPS.items() if st.changes_geometry)
     path, lesion, (cx, cy) = phantom
@@ -187,7 +187,7 @@ def test_classical_uses_clicks_through_a_crop(engines, phantom):
 
 
 def test_classical_failure_is_a_message(engines, phantom, monkeypatch):
-    import bt_demo.classical_seg as cs
+    import bt_demo.studies.classical_seg as cs
 
     path, _, _ = phantom
     s = loaded(engines, path)
@@ -212,7 +212,7 @@ def test_classical_failure_is_a_message(engines, phantom, monkeypatch):
 # measurement
 # ---------------------------------------------------------------------------
 def test_measurement_shown_in_px_then_mm_and_in_the_report(engines, phantom):
-    from bt_demo.measure import measure
+    from bt_demo.studies.measure import measure
 
     path, lesion, (cx, cy) = phantom
     s, view = H.load_file(Session(), engines, str(path))
@@ -281,7 +281,7 @@ def test_measure_with_no_unet(empty_engines, phantom):
 # uncertainty
 # ---------------------------------------------------------------------------
 def test_uncertainty_with_tiny_unet(engines, phantom, monkeypatch):
-    import bt_demo.uncertainty as un
+    import bt_demo.studies.uncertainty as un
 
     path, _, _ = phantom
     s, view = H.load_file(Session(), engines, str(path))

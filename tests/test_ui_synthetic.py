@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bt_demo.models.registry import Engines
-from bt_demo.phantom import flair_phantom
+from bt_demo.sim.phantom import flair_phantom
 from bt_demo.ui import handlers as H
 from bt_demo.ui import synthetic_panel as SP
 from bt_demo.ui.state import Session

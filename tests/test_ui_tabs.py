@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_demo.phantom import flair_phantom
+from bt_demo.sim.phantom import flair_phantom
 from bt_demo.ui import handlers as H
 from bt_demo.ui.state import Session
 

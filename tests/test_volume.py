@@ -71,7 +71,7 @@ def test_nifti_volume_export_overlays_its_source_to_the_voxel(name, tmp_path):
 
 
 def test_a_slice_of_the_volume_is_the_slice_the_app_shows():
-    from bt_demo.imaging import load_slice
+    from bt_demo.io import load_slice
 
     raw = _nib("anatomical.nii").read_bytes()
     vol = load_volume(raw)
@@ -197,7 +197,7 @@ def test_volume_numbers_and_postprocessing():
 
 
 def test_segment_and_propagate_run_through_the_real_engines(engines):
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
     from bt_demo.volume.segment import propagate, segment_volume
 
     imgs, masks = zip(*[flair_phantom((64, 64), seed=s) for s in range(6)])

@@ -78,9 +78,9 @@ def test_a_multiframe_whose_header_and_pixels_disagree_is_refused():
 
 
 def test_a_nifti_is_budgeted_from_its_header(tmp_path):
-    from bench.bad_inputs import _nifti
+    from bench.bad_inputs import nifti_bytes
 
-    raw = bytearray(_nifti(np.zeros((32, 32, 8), np.int16)))
+    raw = bytearray(nifti_bytes(np.zeros((32, 32, 8), np.int16)))
     import struct
 
     struct.pack_into("<8h", raw, 40, 3, 1024, 1024, 512, 1, 1, 1, 1)  # dim: 1024 x 1024 x 512, data absent

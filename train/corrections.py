@@ -1,4 +1,4 @@
-"""Stored corrections (bt_demo.annotations.CorrectionStore) as a training set.
+"""Stored corrections (bt_demo.io.corrections.CorrectionStore) as a training set.
 
     from train.corrections import load_corrections
     extra = load_corrections("corrections", size=256)   # -> train.lgg.LggSet
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_demo.annotations import CorrectionStore, CorruptRecordError
+from bt_demo.io.corrections import CorrectionStore, CorruptRecordError
 from train.lgg import LggSet
 
 

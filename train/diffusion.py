@@ -89,9 +89,9 @@ def _grid(engine, tops: np.ndarray, masks: np.ndarray, out: Path, top_title: str
 
 def sample_grid(engine, out: Path, n: int = 6, steps: int = 25) -> Path:
     """PNG that ships with the weights: synthetic slices drawn for the lesion masks of the project's own
-    phantom (bt_demo.phantom; top row), the last two for an empty mask. No patient image or expert mask goes
+    phantom (bt_demo.sim.phantom; top row), the last two for an empty mask. No patient image or expert mask goes
     into the repository, so the side-by-side with real slices stays in the run folder (``sample_grid_vs_real``)."""
-    from bt_demo.phantom import flair_phantom
+    from bt_demo.sim.phantom import flair_phantom
 
     size = 256
     tops, masks = [], []

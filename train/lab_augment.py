@@ -2,7 +2,7 @@
 
 A clinician may tick any of the lab's steps before the models run; a network that only ever saw raw slices
 can fail on a skull-stripped or CLAHE-equalised one (measured: Dice 0.94 -> empty mask). Here each training
-slice goes, with probability ``p``, through a random subset of the lab's own steps (``bt_demo.preprocess``,
+slice goes, with probability ``p``, through a random subset of the lab's own steps (``bt_demo.image.preprocess``,
 the same code the app runs) with parameters drawn over the sliders' ranges; the mask follows any crop.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bt_demo import preprocess
+from bt_demo.image import preprocess
 
 STEP_PROB = 0.4  # chance of each step inside an augmented slice (about 2-3 steps of the 7)
 

@@ -7,7 +7,7 @@ with the pipeline's geometry, the card's threshold and clean-up) on every slice 
 and the per-patient Dice against the expert masks is compared with the raw slice's. The bound the app
 promises (issue 13): no configuration changes the mean per-patient Dice by more than 0.03.
 
-By default the models get the app's default input (``bt_demo.preprocess.model_steps``: the brain crop only,
+By default the models get the app's default input (``bt_demo.image.preprocess.model_steps``: the brain crop only,
 the lab's intensity steps feed the display and the classical tools); ``--lab-output`` measures the option
 "Feed the lab's output to the models", which the card keeps as ``lab_robustness_lab_output`` so the app can
 say what that option costs.
@@ -27,7 +27,7 @@ BOUND = 0.03
 
 
 def configurations() -> dict[str, list[tuple[str, dict]]]:
-    from bt_demo import preprocess
+    from bt_demo.image import preprocess
 
     out = {"none (raw slice)": [], "default pipeline": preprocess.default_pipeline()}
     for name in preprocess.STEPS:
@@ -41,7 +41,7 @@ def measure(engine, images_u8: np.ndarray, masks: np.ndarray, patients: np.ndarr
     """{config: {"patient_dice_mean", "change", "per_patient", "seconds"}} with change = mean - raw mean.
 
     lab_output: the models see every ticked step (the app's option) instead of the app's default input."""
-    from bt_demo.preprocess import model_steps, run_pipeline
+    from bt_demo.image.preprocess import model_steps, run_pipeline
     from train.seg_eval import seg_metrics
 
     configs = configs or configurations()

@@ -298,7 +298,7 @@ def lab_robustness(paths: list[tuple[str, Path]]) -> list[str]:
     configs = list(docs[0][1]["configs"])
     lines = ["## Preprocessing lab: does the automatic mask hold when a step is ticked?", "",
              f"The U-Net exactly as the app runs it (the lab's pipeline — or, by default since issue 13, only its "
-             f"brain crop, `bt_demo.preprocess.model_steps` — then the engine with its threshold and clean-up, mapped "
+             f"brain crop, `bt_demo.image.preprocess.model_steps` — then the engine with its threshold and clean-up, mapped "
              f"back through any crop) on every slice of the {docs[0][1]['split']} patients; change = mean per-patient "
              f"Dice minus the raw slice's. Bound: {docs[0][1]['bound']}. Decided by these measurements: training with "
              f"the lab's steps as random augmentation (50 % of slices) halved the worst change but left it far outside "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bt_demo.clicksim import first_click, next_click
+from bt_demo.sim.clicksim import first_click, next_click
 from bt_demo.models.input_prep import prepare_batch
 from bt_demo.models.postprocess import binarize
 

@@ -1,4 +1,5 @@
-"""One mask coercion and one pixel-spacing check, used by metrics, export, annotations and measurement.
+"""One mask coercion and one pixel-spacing check, used by metrics, export, the correction store and
+measurement; and the small morphology helpers (disk, components, holes, Otsu) the masks are made with.
 
 Both raise :class:`bt_demo.errors.InputError` (a ``ValueError``) with a message that says what to pass instead.
 
@@ -11,11 +12,15 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from bt_demo.errors import InputError
 
-__all__ = ["MAX_SPACING_MM", "as_mask", "check_spacing"]
+__all__ = [
+    "MAX_SPACING_MM", "as_mask", "check_spacing", "disk", "fill_holes", "large_components", "largest_component",
+    "otsu_u8", "smooth",
+]
 
 MAX_SPACING_MM = 100.0
 """Largest pixel side accepted, in mm (a 10 cm pixel is no MRI slice; the readers treat larger as unknown)."""
@@ -67,3 +72,56 @@ def check_spacing(spacing) -> tuple[float, float] | None:
     if len(values) != 2 or not all(math.isfinite(v) and 0.0 < v <= MAX_SPACING_MM for v in values):
         raise InputError(msg)
     return values[0], values[1]
+
+
+# --------------------------------------------------------------------------
+# morphology helpers
+# --------------------------------------------------------------------------
+def disk(radius: int) -> np.ndarray:
+    """uint8 elliptical structuring element of radius ``radius`` px (``2r + 1`` a side) for OpenCV."""
+    r = max(0, int(radius))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """bool (H, W) -> bool (H, W): the largest 8-connected component (empty stays empty)."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return lab == best
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """bool (H, W): ``mask`` with every background region not 4-connected to the border filled
+    (what ``scipy.ndimage.binary_fill_holes`` does, via one OpenCV flood fill)."""
+    h, w = mask.shape
+    pad = np.zeros((h + 2, w + 2), np.uint8)
+    pad[1:-1, 1:-1] = mask
+    cv2.floodFill(pad, None, (0, 0), 2, flags=4)
+    return pad[1:-1, 1:-1] != 2
+
+
+def large_components(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """bool (H, W): the 8-connected components with at least ``fraction`` of the largest one's area."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    keep = areas >= fraction * areas[1:].max()
+    keep[0] = False
+    return keep[lab]
+
+
+def otsu_u8(img: np.ndarray) -> tuple[np.ndarray, int]:
+    """Min-max stretch to uint8 and Otsu threshold it: (u8 image, threshold)."""
+    lo, hi = float(img.min()), float(img.max())
+    u8 = np.clip(np.rint((img - lo) / max(hi - lo, 1e-12) * 255.0), 0, 255).astype(np.uint8)
+    t, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return u8, int(t)
+
+
+def smooth(img: np.ndarray) -> np.ndarray:
+    """Gaussian blur with sigma = max(1, min(H, W) / 256) px (the head mask's pre-smoothing)."""
+    sigma = max(1.0, min(img.shape) / 256.0)
+    return cv2.GaussianBlur(img, (0, 0), sigma)

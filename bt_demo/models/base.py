@@ -50,7 +50,7 @@ class PromptPredictor(Protocol):
     name: str
 
     def set_image(self, image: np.ndarray, geometry=None, key: str | None = None) -> None:
-        """image: float32 (h, w) in [0, 1], the PROCESSED image; geometry: bt_demo.geometry.Geometry
+        """image: float32 (h, w) in [0, 1], the PROCESSED image; geometry: bt_demo.image.geometry.Geometry
         from the original slice to it (None: identity); key: content key for caches."""
 
     def predict(self, points: Sequence[Sequence[float]], labels: Sequence[int], box: Sequence[float] | None = None,

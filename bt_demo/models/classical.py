@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bt_demo.geometry import Geometry
+from bt_demo.image.geometry import Geometry
 from bt_demo.models.base import NoImageError, SegResult
 from bt_demo.models.postprocess import keep_components_touching
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bt_demo.domain import notices as domain_notices  # noqa: F401 - the UI asks the classifier module for them
+from bt_demo.image.domain import notices as domain_notices  # noqa: F401 - the UI asks the classifier module for them
 from bt_demo.models import weights
 from bt_demo.models.sizing import fit_square
 

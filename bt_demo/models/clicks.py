@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bt_demo.geometry import Geometry
+from bt_demo.image.geometry import Geometry
 from bt_demo.models import weights
 from bt_demo.models.base import NoImageError, SegResult
 from bt_demo.models.click_step import click_input, click_output, run_batch

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from bt_demo.errors import InputError
-from bt_demo.geometry import Geometry
+from bt_demo.image.geometry import Geometry
 from bt_demo.models.base import NoImageError, SegResult
 
 ENGINE_NAME = "MedSAM (LiteMedSAM)"

@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from bt_demo.geometry import Geometry
+from bt_demo.image.geometry import Geometry
 from bt_demo.models import weights
 from bt_demo.models.base import NoImageError, SegResult
 

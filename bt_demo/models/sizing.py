@@ -84,7 +84,7 @@ class SquareFit:
 
     @classmethod
     def fit(cls, img: np.ndarray, size: int, margin: float = 0.04, equalize: bool = False) -> "SquareFit":
-        from bt_demo.preprocess import head_mask
+        from bt_demo.image.preprocess import head_mask
 
         img = np.asarray(img, np.float32)
         h, w = img.shape

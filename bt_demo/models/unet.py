@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from bt_demo.geometry import Geometry
+from bt_demo.image.geometry import Geometry
 from bt_demo.models import weights
 from bt_demo.models.base import SegResult
 from bt_demo.models.input_prep import prepare

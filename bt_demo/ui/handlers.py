@@ -134,7 +134,7 @@ def display_to_original(index_xy: Sequence[float], factor: float, shape: tuple[i
 # ---------------------------------------------------------------------------
 def _pipeline(s: Session) -> list:
     if s.pipeline is None:
-        from bt_demo.preprocess import default_pipeline
+        from bt_demo.image.preprocess import default_pipeline
 
         s.pipeline = [(name, dict(params)) for name, params in default_pipeline()]
     return s.pipeline
@@ -185,7 +185,7 @@ def _run_unet(s: Session, engines, *, rerun: bool) -> str | None:
 
 
 def _run_kmeans(s: Session) -> None:
-    from bt_demo import clustering
+    from bt_demo.studies import clustering
 
     p = s.processed
     key = (p.key, int(s.kmeans_k))
@@ -214,7 +214,7 @@ def _run_classifier(s: Session, engines) -> str | None:
 
 def _notices(s: Session) -> tuple[str, ...]:
     """Why the slice is unlike the training data: what its file says, then what its pixels look like."""
-    from bt_demo import domain, looks_like_brain
+    from bt_demo.image import domain, looks_like_brain
 
     return domain.notices(s.slice.metadata) + looks_like_brain.notices(s.unit)
 
@@ -280,7 +280,7 @@ def _refresh_prompts(s: Session, engines, view: dict, *, allow_slow: bool) -> bo
 
 def _model_input(s: Session):
     """What the learned engines get: the slice through the brain crop only, or the lab's output on request."""
-    from bt_demo.preprocess import model_steps, run_pipeline
+    from bt_demo.image.preprocess import model_steps, run_pipeline
 
     spec = model_steps(s.processed.steps, lab_output=s.models_see_lab)
     return s.processed if spec == s.processed.steps else run_pipeline(s.unit, steps=spec)
@@ -288,7 +288,7 @@ def _model_input(s: Session):
 
 def _recompute(s: Session, engines, *, new_image: bool) -> dict:
     """unit image -> preprocessing -> every automatic panel (+ prompts when cheap). Returns the full view."""
-    from bt_demo.preprocess import run_pipeline
+    from bt_demo.image.preprocess import run_pipeline
 
     t0 = time.perf_counter()
     s.unit = s.slice.unit(s.window)
@@ -356,7 +356,7 @@ def _prompt_and_compare(s: Session, view: dict | None = None) -> dict:
 # 1. the slice
 # ---------------------------------------------------------------------------
 def _load(source, selectors: dict):
-    from bt_demo.imaging import load_slice
+    from bt_demo.io import load_slice
 
     return load_slice(source, **selectors)
 
@@ -554,7 +554,7 @@ def set_preprocessing(s: Session, engines, spec: Sequence[tuple[str, dict]]) -> 
     Parameters are checked with ``bt_demo.preprocess.validate_params``; a bad
     value is a warning and the previous pipeline stays.
     """
-    from bt_demo.preprocess import STEPS, validate_params
+    from bt_demo.image.preprocess import STEPS, validate_params
 
     clean = []
     for name, params in spec:
@@ -771,7 +771,7 @@ def set_k(s: Session, k) -> dict:
 @_handler("scoring K = 2…12", heavy=True)
 def run_sweep(s: Session) -> dict:
     """The K-selection curves for this processed slice (1-3 s; cached until the image changes)."""
-    from bt_demo import clustering
+    from bt_demo.studies import clustering
 
     _need_slice(s)
     if s.sweep is None or s.sweep_key != s.processed.key:
@@ -886,8 +886,9 @@ def export(s: Session, which: str = "prompted", engines=None) -> dict:
     Measure tab follows). The report holds the mask's measurements (area, RANO diameters, centroid,
     box, side) under ``measurement``. File names are random (never the upload's).
     """
-    from bt_demo import export as bt_export, metrics
-    from bt_demo.measure import measure
+    from bt_demo.io import export as bt_export
+    from bt_demo.studies import metrics
+    from bt_demo.studies.measure import measure
 
     _need_slice(s)
     _ensure_models(s, engines)  # the report carries the U-Net and classifier results
@@ -950,7 +951,7 @@ def _forget_exports(s: Session, keep: list[str]) -> None:
 
 def _load_mask_file(path, shape: tuple[int, int]) -> np.ndarray:
     """A user-supplied corrected mask (any image format) -> bool (H, W): tumour where above half its maximum."""
-    from bt_demo.imaging import load_slice
+    from bt_demo.io import load_slice
 
     sl = load_slice(path)
     px = sl.pixels
@@ -1023,7 +1024,7 @@ def accept_correction(s: Session, store_root, source: str = "prompted", mask_fil
 
 
 def _accept_correction(s: Session, store_root, source, mask_file, editor_value, note, max_records) -> dict:
-    from bt_demo.annotations import CorrectionStore, note_problem, shared_store
+    from bt_demo.io.corrections import CorrectionStore, note_problem, shared_store
 
     _need_slice(s)
     if s.slice.source == "synthetic":
@@ -1078,7 +1079,7 @@ def _run_classical(s: Session, names: Sequence[str]) -> list[str]:
     image's geometry by ``run_classical``), else start from the brightest K-Means cluster. A box is
     not used by them.
     """
-    from bt_demo.classical_seg import run_classical
+    from bt_demo.studies.classical_seg import run_classical
 
     if not s.loaded:
         return []
@@ -1136,7 +1137,7 @@ def show_tab(s: Session, tab: str, engines=None) -> dict:
 
 def classical_param_keys() -> list[tuple[str, str]]:
     """The order of the classical segmenters' parameter controls ``layout`` builds: ``(segmenter, param)``."""
-    from bt_demo.classical_seg import CLASSICAL
+    from bt_demo.studies.classical_seg import CLASSICAL
 
     return [(name, p.name) for name, entry in CLASSICAL.items() for p in entry.params]
 
@@ -1150,7 +1151,7 @@ def set_classical(s: Session, chosen, values: Sequence = ()) -> dict:
     current parameters). A value out of its range is a warning and nothing changes.
     The chosen segmenters run now (watershed ~0.1 s, each snake 0.3–0.7 s on a 256² slice).
     """
-    from bt_demo.classical_seg import CLASSICAL, validate_classical_params
+    from bt_demo.studies.classical_seg import CLASSICAL, validate_classical_params
 
     chosen = [c for c in (chosen or [])]
     unknown = [c for c in chosen if c not in CLASSICAL]
@@ -1217,7 +1218,7 @@ def run_uncertainty(s: Session, engines, n: int = 8) -> dict:
     Cached until the image or the preprocessing changes; moving the threshold re-summarises it
     without running the network again. An unavailable U-Net is a warning saying why.
     """
-    from bt_demo.uncertainty import tta_uncertainty
+    from bt_demo.studies.uncertainty import tta_uncertainty
 
     _need_slice(s)
     _ensure_models(s, engines)

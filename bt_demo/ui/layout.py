@@ -76,8 +76,8 @@ def build_demo(engines, annotations_dir: str | None = None, examples_dir: str | 
     max_corrections: the store's cap on records (``--max-corrections``).
     examples_dir: folder of example files (default ``assets/examples``).
     """
-    from bt_demo.classical_seg import CLASSICAL
-    from bt_demo.preprocess import STEPS, default_pipeline
+    from bt_demo.studies.classical_seg import CLASSICAL
+    from bt_demo.image.preprocess import STEPS, default_pipeline
 
     # wait=False: an engine still loading (see Engines.preload) is shown as such; the page refreshes on load
     statuses_md = H.engines_status(engines, wait=False)

@@ -252,7 +252,7 @@ class Session:
 
     def classical_settings(self, name: str) -> dict:
         """The validated parameters of classical segmenter ``name`` (the registry's defaults unless set)."""
-        from bt_demo.classical_seg import validate_classical_params
+        from bt_demo.studies.classical_seg import validate_classical_params
 
         return validate_classical_params(name, self.classical_params.get(name))
 

@@ -90,7 +90,7 @@ def as_slice(syn: dict):
     """The generated image as a ``Slice`` the other panels read like an upload (source "synthetic")."""
     import cv2
 
-    from bt_demo.imaging import Slice
+    from bt_demo.io import Slice
 
     big = cv2.resize(syn["image"], (LOADED_SIZE, LOADED_SIZE), interpolation=cv2.INTER_LINEAR)
     px = np.clip(big, 0, 1) * 255.0

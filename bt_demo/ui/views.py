@@ -18,7 +18,8 @@ from collections.abc import Mapping
 import gradio as gr
 import numpy as np
 
-from bt_demo import metrics, render
+from bt_demo import render
+from bt_demo.studies import metrics
 
 
 def esc(text) -> str:
@@ -156,7 +157,7 @@ def processed_in_original(s) -> np.ndarray:
 # the slice: info, index controls, window
 # ---------------------------------------------------------------------------
 def slice_info(s) -> str:
-    from bt_demo.imaging import describe_indices
+    from bt_demo.io import describe_indices
 
     sl = s.slice
     h, w = sl.shape
@@ -483,7 +484,7 @@ def measurement_markdown(m: dict, name: str, spacing_note: str) -> str:
 
 def measure_view(s) -> dict:
     """Measure tab: the chosen mask's contour, box and RANO diameters on the slice, and its numbers."""
-    from bt_demo.measure import draw_measurement, measure
+    from bt_demo.studies.measure import draw_measurement, measure
 
     key = s.chosen_mask if s.chosen_mask in MASK_KEYS else "prompted"
     name = MASK_KEYS[key]
@@ -529,7 +530,7 @@ HIST_SCOPES = {"brain": "brain only (estimated brain mask)", "whole": "whole ima
 
 def intensity_view(s) -> dict:
     """Histogram + CDF of the slice before and after preprocessing, K-Means boundaries and window marked."""
-    from bt_demo import intensity
+    from bt_demo.image import intensity
 
     p, sl = s.processed, s.slice
     px = np.asarray(sl.pixels, np.float32)
@@ -582,7 +583,7 @@ def _secs(t: float) -> str:
 
 
 def uncertainty_view(s) -> dict:
-    from bt_demo.uncertainty import summarise
+    from bt_demo.studies.uncertainty import summarise
 
     if s.unet_reason:
         return {"uncertainty_image": None,
@@ -633,7 +634,7 @@ def unet_view(s) -> dict:
 
 
 def kmeans_view(s) -> dict:
-    from bt_demo import clustering
+    from bt_demo.studies import clustering
 
     km = s.kmeans
     if km is None:
@@ -656,7 +657,7 @@ def kmeans_view(s) -> dict:
 
 
 def sweep_view(s) -> dict:
-    from bt_demo import clustering
+    from bt_demo.studies import clustering
 
     if s.sweep is None:
         return {"sweep_plot": None, "sweep_info": "Press the button to score K = 2…12 on this slice (1–3 s)."}

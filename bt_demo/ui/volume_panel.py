@@ -195,7 +195,7 @@ def jump(s: Session, index) -> dict:
 @_handler("exporting the volume", heavy=True)
 def export(s: Session, engines) -> dict:
     """The chosen 3-D mask as NIfTI (source grid), DICOM SEG (DICOM sources) and a JSON report."""
-    from bt_demo.export import DISCLAIMER
+    from bt_demo.io.export import DISCLAIMER
     from bt_demo.volume.export import dicom_seg, mask_nifti_3d
     from bt_demo.volume.segment import volume_numbers
 

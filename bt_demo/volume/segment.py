@@ -114,7 +114,7 @@ def segment_volume(vol: Volume, unet, *, threshold: float | None = None, min_sha
 def volume_numbers(vol: Volume, mask: np.ndarray) -> dict:
     """Tumour volume (mL when the spacing is known, voxels always), per-slice areas, largest slice, extent in
     slices and mm, and the RANO diameters on the largest slice. JSON-safe."""
-    from bt_demo.measure import measure
+    from bt_demo.studies.measure import measure
 
     mask = np.asarray(mask, bool)
     areas = mask.reshape(len(mask), -1).sum(1)

@@ -7,7 +7,7 @@ never by file name; one series chosen when several are present), and a multi-fra
 carry their positions. Unequal slice spacing, missing slices and mixed orientations are refused with a
 message that says which, never turned silently into a wrong volume.
 
-Display orientation (the same as :func:`bt_demo.imaging.load_slice` shows an axial NIfTI slice): the
+Display orientation (the same as :func:`bt_demo.io.load_slice` shows an axial NIfTI slice): the
 volume is brought to the closest canonical RAS+ orientation (nibabel), then ``data[z, row, col]`` with
 ``z`` from inferior to superior, row 0 anterior, column 0 the patient's right (radiological).
 """
@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from bt_demo.errors import InputError
-from bt_demo.imaging import MAX_PIXELS, MAX_VOLUME_VOXELS, MIN_SIDE, read_upload
 from bt_demo.io.memory import LOAD_BYTES_PER_VOXEL
 from bt_demo.io.memory import SERVER as SERVER_MEMORY
+from bt_demo.io.slice import MAX_PIXELS, MAX_VOLUME_VOXELS, MIN_SIDE
+from bt_demo.io.sniff import read_upload
 from bt_demo.io.upload import Member, Upload, UploadLimits, refuse_nested_archive
 
 SPACING_TOLERANCE = 0.05  # relative difference of slice gaps accepted as equal (rounding in headers)
@@ -121,7 +122,8 @@ def _nifti_volume(raw: bytes, on_wait=None) -> Volume:
     """A NIfTI volume: its header gives the budget (shape x datatype) before any voxel is read."""
     import nibabel as nib
 
-    from bt_demo.imaging import gunzip_bounded, nifti_header_info, sniff
+    from bt_demo.io.nifti import nifti_header_info
+    from bt_demo.io.sniff import gunzip_bounded, sniff
 
     if raw[:2] == b"\x1f\x8b":
         raw = gunzip_bounded(raw)  # bounded: only as far as the header says the data goes
@@ -320,7 +322,7 @@ def _dicom_series(items, series_index: int | None = None, on_wait=None, limits: 
 
 
 def _stack_series(group: list[_Image], on_wait=None) -> Volume:
-    from bt_demo.imaging import dicom_rescale
+    from bt_demo.io.dicom import dicom_rescale
 
     if len(group) < 2:
         raise InputError("a volume needs at least 2 slices of one series; open a single image as a slice instead")
@@ -397,7 +399,7 @@ def _even_gaps(pos_sorted: np.ndarray, what: str, plural: str) -> float:
 def _multiframe(im: _Image, on_wait=None) -> Volume:
     """A multi-frame DICOM: the frame count and every frame's position come from the header, checked
     before the pixel data is read."""
-    from bt_demo.imaging import dicom_functional, dicom_rescale
+    from bt_demo.io.dicom import dicom_functional, dicom_rescale
 
     hdr, n = im.header, im.frames
     per_frame = hdr.get("PerFrameFunctionalGroupsSequence")

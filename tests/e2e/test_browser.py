@@ -195,7 +195,7 @@ def _skip_reason() -> str | None:
     except ImportError:
         return "the playwright Python package is not installed"
     if not EXAMPLE.exists():
-        return f"{EXAMPLE} is missing (python -m bt_demo.phantom --out assets/examples)"
+        return f"{EXAMPLE} is missing (python -m bt_demo.sim.phantom --out assets/examples)"
     return None
 
 
@@ -216,7 +216,7 @@ def test_upload_preprocess_click_compare(app_url):
         src0 = wait_for_image(page, "Click on the tumour", timeout_s=90)
 
         # toggle a preprocessing step (one that is off by default): the processed image is recomputed
-        from bt_demo.preprocess import STEPS
+        from bt_demo.image.preprocess import STEPS
 
         step = next(s for s in STEPS.values() if not s.default_enabled and not s.changes_geometry)
         page.get_by_label(step.label, exact=True).check()

@@ -73,9 +73,10 @@ from typing import Callable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .errors import InputError
-from .geometry import Geometry
-from .image.params import Param, check_params
+from bt_demo.errors import InputError
+from bt_demo.image.geometry import Geometry
+from bt_demo.image.masks import disk, fill_holes, large_components, largest_component, otsu_u8, smooth
+from bt_demo.image.params import Param, check_params
 
 __all__ = [
     "Param", "Step", "STEPS", "get_step", "validate_params", "default_pipeline", "PipelineSpec",
@@ -145,54 +146,6 @@ def _to_u8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def _disk(radius: int) -> np.ndarray:
-    r = max(0, int(radius))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """bool (H, W) -> bool (H, W): the largest 8-connected component (empty stays empty)."""
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros(mask.shape, bool)
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return lab == best
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """bool (H, W): ``mask`` with every background region not 4-connected to the border filled
-    (what ``scipy.ndimage.binary_fill_holes`` does, via one OpenCV flood fill)."""
-    h, w = mask.shape
-    pad = np.zeros((h + 2, w + 2), np.uint8)
-    pad[1:-1, 1:-1] = mask
-    cv2.floodFill(pad, None, (0, 0), 2, flags=4)
-    return pad[1:-1, 1:-1] != 2
-
-
-def _large_components(mask: np.ndarray, fraction: float) -> np.ndarray:
-    """bool (H, W): the 8-connected components with at least ``fraction`` of the largest one's area."""
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros(mask.shape, bool)
-    areas = stats[:, cv2.CC_STAT_AREA]
-    keep = areas >= fraction * areas[1:].max()
-    keep[0] = False
-    return keep[lab]
-
-
-def _otsu_u8(img: np.ndarray) -> tuple[np.ndarray, int]:
-    """Min-max stretch to uint8 and Otsu threshold it: (u8 image, threshold)."""
-    lo, hi = float(img.min()), float(img.max())
-    u8 = np.clip(np.rint((img - lo) / max(hi - lo, 1e-12) * 255.0), 0, 255).astype(np.uint8)
-    t, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return u8, int(t)
-
-
-def _smooth(img: np.ndarray) -> np.ndarray:
-    sigma = max(1.0, min(img.shape) / 256.0)
-    return cv2.GaussianBlur(img, (0, 0), sigma)
-
-
 # --------------------------------------------------------------------------
 # brain / head mask
 # --------------------------------------------------------------------------
@@ -211,12 +164,12 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     img = as_unit_float(image)
     if _is_constant(img):
         return np.ones(img.shape, bool)
-    u8, t = _otsu_u8(_smooth(img))
-    mask = _large_components(u8 > t, 0.1)
+    u8, t = otsu_u8(smooth(img))
+    mask = large_components(u8 > t, 0.1)
     if mask.any():
         r = max(1, int(round(min(img.shape) / 64.0)))
-        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, _disk(r)) > 0
-        mask = _fill_holes(mask)
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, disk(r)) > 0
+        mask = fill_holes(mask)
     if not mask.any():
         mask = img > 0
     if not mask.any():
@@ -250,7 +203,7 @@ def estimate_brain_mask(image: np.ndarray) -> np.ndarray:
     area = int(head.sum())
     r = int(round(0.06 * np.sqrt(4.0 * area / np.pi)))
     if r >= 1:
-        peeled = _largest_component(cv2.erode(head.astype(np.uint8), _disk(r)) > 0)
+        peeled = largest_component(cv2.erode(head.astype(np.uint8), disk(r)) > 0)
         if peeled.sum() >= max(16, 0.25 * area):
             return peeled
     return head
@@ -283,16 +236,16 @@ def _crop_brain(img: np.ndarray, margin: int) -> tuple[np.ndarray, tuple[int, in
 def _morphological_brain(img: np.ndarray, erosion: int) -> np.ndarray:
     """bool brain mask: tissue threshold, erode, pick the brain component, dilate back, fill."""
     head = head_mask(img)
-    sm = _smooth(img)
-    u8, t = _otsu_u8(sm)
+    sm = smooth(img)
+    u8, t = otsu_u8(sm)
     tissue = (u8 > t) & head
-    er = cv2.erode(tissue.astype(np.uint8), _disk(erosion)) if erosion > 0 else tissue.astype(np.uint8)
+    er = cv2.erode(tissue.astype(np.uint8), disk(erosion)) if erosion > 0 else tissue.astype(np.uint8)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(er, connectivity=8)
     if n <= 1:
         return head
     # The outer band of the head is scalp/skull: prefer the largest component not touching it.
     band_w = max(2, erosion + 1)
-    band = head & ~(cv2.erode(head.astype(np.uint8), _disk(band_w)) > 0)
+    band = head & ~(cv2.erode(head.astype(np.uint8), disk(band_w)) > 0)
     touching = np.zeros(n, bool)
     touching[np.unique(lab[band])] = True
     areas = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
@@ -301,8 +254,8 @@ def _morphological_brain(img: np.ndarray, erosion: int) -> np.ndarray:
     best = int(np.argmax(inner)) if inner.max() > 0 else int(np.argmax(areas))
     brain = (lab == best).astype(np.uint8)
     if erosion > 0:
-        brain = cv2.dilate(brain, _disk(erosion))
-    brain = _fill_holes((brain > 0) & head)
+        brain = cv2.dilate(brain, disk(erosion))
+    brain = fill_holes((brain > 0) & head)
     return brain if brain.any() else head
 
 
@@ -317,10 +270,10 @@ def _snake_brain(img: np.ndarray, erosion: int, iterations: int) -> np.ndarray:
     small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA) if f < 1 else img
     init_s = cv2.resize(init.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0 if f < 1 else init
     # Keep the snake near the initial brain: the skull further out is hidden from it.
-    reach = cv2.dilate(init_s.astype(np.uint8), _disk(3)) > 0
+    reach = cv2.dilate(init_s.astype(np.uint8), disk(3)) > 0
     ls = morphological_chan_vese(np.where(reach, small, 0).astype(np.float64), num_iter=int(iterations),
                                  init_level_set=init_s.astype(np.int8), smoothing=1)
-    seg = _fill_holes(_largest_component((ls > 0) & reach))
+    seg = fill_holes(largest_component((ls > 0) & reach))
     if f < 1:
         seg = cv2.resize(seg.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
     return seg if seg.any() else init

@@ -1,7 +1,7 @@
 """Intensity histograms and cumulative distributions, before and after preprocessing.
 
 Images here are 2-D ``(H, W)`` grey images, converted by
-:func:`bt_demo.preprocess.as_unit_float` to float32 in ``[0, 1]`` (uint8 ->
+:func:`bt_demo.image.preprocess.as_unit_float` to float32 in ``[0, 1]`` (uint8 ->
 ``/ 255``, uint16 / ints / floats outside ``[0, 1]`` -> min-max rescaled, floats
 already in ``[0, 1]`` kept). Histograms always use ``bins`` equal bins over
 ``[0, 1]`` (the same edges as ``np.histogram(x, bins, range=(0, 1))``), so the
@@ -31,7 +31,7 @@ def _check_bins(bins) -> int:
 
 def _values(image, brain_mask, what: str) -> np.ndarray:
     """float64 1-D: the [0, 1] intensities of ``image`` (inside ``brain_mask`` when given)."""
-    from .preprocess import as_unit_float
+    from bt_demo.image.preprocess import as_unit_float
 
     img = as_unit_float(image)
     if brain_mask is None:

@@ -170,7 +170,7 @@ class Record:
 
 
 # ---------------------------------------------------------------------------
-# de-identification and JSON safety (also used by bt_demo.export)
+# de-identification and JSON safety (also used by bt_demo.io.export)
 # ---------------------------------------------------------------------------
 def _norm_key(key: str) -> str:
     return re.sub(r"[\s_.\-]", "", key).lower()

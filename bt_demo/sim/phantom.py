@@ -2,7 +2,7 @@
 
 Every example image shipped in ``assets/examples/`` is drawn by this module
 from random numbers, so it carries no patient, no scanner and no hospital.
-Run ``python -m bt_demo.phantom --out assets/examples`` to draw them again.
+Run ``python -m bt_demo.sim.phantom --out assets/examples`` to draw them again.
 
 What :func:`flair_phantom` draws (an axial FLAIR look, intensities in
 ``[0, 1]``):
@@ -29,7 +29,7 @@ Rician noise (``sqrt((s + n1)^2 + n2^2)``) finish the look. The lesion mask is
 the ground truth *before* blur and noise.
 
 Coordinates: arrays are ``(H, W)`` = (rows, columns); row 0 is anterior (top
-of the picture) as in the radiological display of :mod:`bt_demo.imaging`.
+of the picture) as in the radiological display of :mod:`bt_demo.io`.
 """
 
 from __future__ import annotations
@@ -139,9 +139,9 @@ def _smooth_fields(rng: np.random.Generator, shape: tuple[int, ...], spacing: tu
         sig = [max(sigma_mm / sp, 0.3) for sp in spacing]
         # wide fields are drawn on a coarser grid (>= 3 grid steps per sigma) and interpolated up
         step = [max(1, int(s // 3)) for s in sig]
-        coarse = tuple(max(4, math.ceil(n / k) + 1) for n, k in zip(shape, step))
+        coarse = tuple(max(4, math.ceil(n / k) + 1) for n, k in zip(shape, step, strict=False))
         noise = rng.standard_normal(coarse).astype(np.float32)
-        f = ndimage.gaussian_filter(noise, [s / k for s, k in zip(sig, step)], mode="reflect")
+        f = ndimage.gaussian_filter(noise, [s / k for s, k in zip(sig, step, strict=False)], mode="reflect")
         if coarse != tuple(shape):
             f = _upsample(f, tuple(shape))
         out[name] = (f - f.mean()) / max(float(f.std()), 1e-6)
@@ -351,10 +351,10 @@ _README = """\
 Synthetic example images for the brain-tumour MRI demo
 ======================================================
 
-Every file here is drawn from random numbers by bt_demo/phantom.py; none comes
+Every file here is drawn from random numbers by bt_demo/sim/phantom.py; none comes
 from a patient or a scanner. Regenerate them with
 
-    python -m bt_demo.phantom --out assets/examples
+    python -m bt_demo.sim.phantom --out assets/examples
 
 Each image has a *_mask.png beside it: the ground-truth lesion (0 / 255),
 in the pixels of the slice the app shows, for trying "upload a corrected mask".
@@ -435,11 +435,11 @@ def _dicom_bytes(img: np.ndarray, spacing_mm: float) -> bytes:
 
 
 def _nifti_volume_bytes(vol: np.ndarray, spacing: float, dtype, top: float) -> bytes:
-    """(Z, H, W) display-ordered stack -> .nii.gz bytes that bt_demo.imaging shows the same way.
+    """(Z, H, W) display-ordered stack -> .nii.gz bytes that bt_demo.io shows the same way.
 
     Stored as data[i, j, k] = vol[k, j, i] with affine diag(-s, -s, s): the
     array axes run to the patient's left, posterior and superior (DICOM's LPS
-    pixel order), which :func:`bt_demo.imaging.load_slice` displays with row 0
+    pixel order), which :func:`bt_demo.io.load_slice` displays with row 0
     anterior and column 0 the patient's right, exactly as ``vol[k]``."""
     import nibabel as nib
 
@@ -471,7 +471,7 @@ def write_examples(folder: str | Path = "assets/examples") -> list[Path]:
     * ``README.txt``: what these are and how to regenerate them
 
     Each ``<stem>_mask.png`` (``phantom_flair_dcm_mask.png`` for the DICOM) is
-    8-bit 0/255 and aligned with the slice :func:`bt_demo.imaging.load_slice`
+    8-bit 0/255 and aligned with the slice :func:`bt_demo.io.load_slice`
     shows for its image.
     """
     import tifffile
@@ -514,7 +514,7 @@ def write_examples(folder: str | Path = "assets/examples") -> list[Path]:
     vol_bytes = _nifti_volume_bytes(vol, 1.5, np.int16, 1000.0)
     put("phantom_volume.nii.gz", vol_bytes)
     put("phantom_volume_mask.nii.gz", _nifti_volume_bytes(vmask, 1.5, np.uint8, 0))
-    from bt_demo.imaging import load_slice
+    from bt_demo.io import load_slice
 
     shown = load_slice(vol_bytes)  # the slice the app opens first
     k = shown.index["slice"][0]
@@ -528,7 +528,7 @@ def write_examples(folder: str | Path = "assets/examples") -> list[Path]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bt_demo.phantom", description="Write the synthetic example images.")
+    p = argparse.ArgumentParser(prog="python -m bt_demo.sim.phantom", description="Write the synthetic example images.")
     p.add_argument("--out", default="assets/examples", help="folder to write into (default: assets/examples)")
     args = p.parse_args(argv)
     paths = write_examples(args.out)

@@ -1,8 +1,8 @@
 """Does the picture itself look like an MRI slice of a head? An image-content check, never a block.
 
-:mod:`bt_demo.domain` reads what a file says (DICOM Modality, BodyPartExamined);
+:mod:`bt_demo.image.domain` reads what a file says (DICOM Modality, BodyPartExamined);
 a PNG or JPEG says nothing, so this looks at the pixels. A head slice is one
-dominant, rounded, solid bright shape (:func:`bt_demo.preprocess.head_mask`)
+dominant, rounded, solid bright shape (:func:`bt_demo.image.preprocess.head_mask`)
 on a dark, quiet background, with a noisy soft-tissue interior (solidity is
 measured but not used: skull-base slices are as concave as any decoy). A chest radiograph
 fills the frame, a blank or a gradient has no such shape, a screenshot or a
@@ -45,7 +45,8 @@ def facts(image: np.ndarray) -> dict:
     """Measurements of a 2-D grey image (any range; converted to [0, 1]) that the rules use."""
     import cv2
 
-    from bt_demo.preprocess import _otsu_u8, _smooth, as_unit_float, head_mask
+    from bt_demo.image.masks import otsu_u8, smooth
+    from bt_demo.image.preprocess import as_unit_float, head_mask
 
     img = _shrink(as_unit_float(np.asarray(image, np.float32)))
     out = {"std": float(img.std())}
@@ -64,7 +65,7 @@ def facts(image: np.ndarray) -> dict:
     u8_raw = np.rint(img * 255).astype(np.uint8)
     lo, hi = cv2.erode(u8_raw, np.ones((3, 3), np.uint8)), cv2.dilate(u8_raw, np.ones((3, 3), np.uint8))
     out["flat"] = float((hi == lo)[mask].mean()) if mask.any() else 1.0
-    u8, t = _otsu_u8(_smooth(img))
+    u8, t = otsu_u8(smooth(img))
     n, _, stats, _ = cv2.connectedComponentsWithStats((u8 > t).astype(np.uint8), connectivity=8)
     out["parts"] = int((stats[1:, cv2.CC_STAT_AREA] >= max(2, 0.0002 * img.size)).sum())
     return out

@@ -6,7 +6,7 @@ are stable (label 0 = outside the mask, 1 = darkest cluster, k = brightest),
 and the brightest cluster is the tumour candidate (FLAIR lesions are bright).
 
 Image convention: float32 ``(H, W)`` in ``[0, 1]`` (other dtypes/ranges are
-converted by :func:`bt_demo.preprocess.as_unit_float`); masks are bool
+converted by :func:`bt_demo.image.preprocess.as_unit_float`); masks are bool
 ``(H, W)``. No Gradio, and plotly only inside :func:`sweep_figure`.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from bt_demo.errors import InputError
 
 __all__ = ["KMeansResult", "kmeans_segment", "colorize_labels", "tumour_candidate", "KSweep", "k_sweep",
            "sweep_figure", "elbow", "K_RANGE"]
@@ -68,7 +68,7 @@ def _check_positive_int(name: str, v, minimum: int = 1) -> int:
 
 def _pixels(image, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unit image, bool mask, float64 intensities of the masked pixels)."""
-    from .preprocess import as_unit_float, estimate_brain_mask
+    from bt_demo.image.preprocess import as_unit_float, estimate_brain_mask
 
     img = as_unit_float(image)
     if mask is None:
@@ -127,7 +127,7 @@ def kmeans_segment(image: np.ndarray, k: int = 4, mask: np.ndarray | None = None
     k: number of clusters, a whole number in [2, 12] (``ValueError`` otherwise).
         With fewer distinct intensities than k inside the mask, k is reduced to
         that number with a ``RuntimeWarning`` (a constant image gives k = 1).
-    mask: bool ``(H, W)``; None -> :func:`bt_demo.preprocess.estimate_brain_mask`.
+    mask: bool ``(H, W)``; None -> :func:`bt_demo.image.preprocess.estimate_brain_mask`.
         An all-False mask raises :class:`InputError`.
     seed: seeds k-means++ and the subsample, so results are reproducible.
     max_fit_samples: most points the KMeans fit sees (see below).

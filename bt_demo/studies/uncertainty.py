@@ -98,7 +98,7 @@ def tta_uncertainty(unet_engine, image: np.ndarray, n: int = 8, seed: int = 0, s
     unet_engine: object with ``probabilities(img) -> float (h, w) in [0, 1]`` and
         optionally ``threshold`` (float in [0, 1]; 0.5 when absent).
     image: PROCESSED float32 ``(h, w)`` in [0, 1] (others converted by
-        :func:`bt_demo.preprocess.as_unit_float`).
+        :func:`bt_demo.image.preprocess.as_unit_float`).
     n: augmentations, a whole number in [2, 32] (see :func:`augmentations`).
     seed: whole number >= 0, seeds the random augmentations beyond the 8 fixed ones.
     std_threshold: in (0, 0.5]; a pixel is "uncertain" when its std exceeds it.
@@ -113,7 +113,7 @@ def tta_uncertainty(unet_engine, image: np.ndarray, n: int = 8, seed: int = 0, s
     """
     import cv2
 
-    from .preprocess import as_unit_float
+    from bt_demo.image.preprocess import as_unit_float
 
     t0 = time.perf_counter()
     n = _check_int("n", n, *N_RANGE)

@@ -9,16 +9,16 @@ the allowed range), runs the method and returns a
 Inputs, for every method:
 
 * ``image``: the PROCESSED 2-D image ``(h, w)``, ideally float32 in ``[0, 1]``
-  (others converted by :func:`bt_demo.preprocess.as_unit_float`).
+  (others converted by :func:`bt_demo.image.preprocess.as_unit_float`).
 * ``points``: ``(N, 2)`` as ``(x, y)`` in ORIGINAL slice pixels; ``labels``
   ``(N,)``, 1 = tumour (positive), 0 = not tumour (negative). They are mapped
   with ``geometry.to_processed``; points outside the processed image are ignored.
-* ``geometry``: :class:`bt_demo.geometry.Geometry` from the original slice to
+* ``geometry``: :class:`bt_demo.image.geometry.Geometry` from the original slice to
   ``image`` (None: identity); the mask comes back through ``map_to_original``.
 
 Without any positive click every method starts from the brightest K-Means
-cluster (:func:`bt_demo.clustering.kmeans_segment` on the smoothed image inside
-:func:`bt_demo.preprocess.estimate_brain_mask`, holes filled, largest
+cluster (:func:`bt_demo.studies.clustering.kmeans_segment` on the smoothed image inside
+:func:`bt_demo.image.preprocess.estimate_brain_mask`, holes filled, largest
 component): "the brightest blob" is the tumour guess, as on FLAIR.
 
 No Gradio import here (``bt_demo`` is the core); scikit-image is imported lazily.
@@ -33,10 +33,10 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .geometry import Geometry
-from .image.params import Param, check_params
-from .models.base import SegResult
-from .preprocess import _disk, _largest_component  # the same morphology helpers as the lab
+from bt_demo.image.geometry import Geometry
+from bt_demo.image.masks import disk, largest_component  # the same morphology helpers as the lab
+from bt_demo.image.params import Param, check_params
+from bt_demo.models.base import SegResult
 
 __all__ = ["Classical", "CLASSICAL", "SNAKE_SIDE", "validate_classical_params", "run_classical",
            "watershed_segment", "chan_vese_segment", "geodesic_segment"]
@@ -84,7 +84,7 @@ def _click_disks(shape, points, labels, radius: int, want: int) -> np.ndarray:
 
 def _keep_clicked(mask: np.ndarray, points, labels) -> np.ndarray:
     """Components containing a positive click; with none inside any component, the largest one."""
-    from .models.postprocess import keep_components_touching
+    from bt_demo.models.postprocess import keep_components_touching
 
     if not mask.any():
         return mask
@@ -93,7 +93,7 @@ def _keep_clicked(mask: np.ndarray, points, labels) -> np.ndarray:
     h, w = mask.shape
     hit = any(0 <= int(round(y)) < h and 0 <= int(round(x)) < w and mask[int(round(y)), int(round(x))]
               for x, y in pos)
-    return kept if hit else _largest_component(mask)
+    return kept if hit else largest_component(mask)
 
 
 def bright_candidate(img: np.ndarray, k: int = 3, sigma: float = 1.0) -> np.ndarray:
@@ -102,8 +102,8 @@ def bright_candidate(img: np.ndarray, k: int = 3, sigma: float = 1.0) -> np.ndar
 
     img: float32 ``(h, w)`` in [0, 1]. k: clusters in [2, 12]. sigma: Gaussian smoothing in px (>= 0).
     """
-    from .clustering import kmeans_segment
-    from .preprocess import estimate_brain_mask
+    from bt_demo.image.preprocess import estimate_brain_mask
+    from bt_demo.studies.clustering import kmeans_segment
 
     if float(img.max()) - float(img.min()) < 1e-6:
         return np.zeros(img.shape, bool)
@@ -114,7 +114,7 @@ def bright_candidate(img: np.ndarray, k: int = 3, sigma: float = 1.0) -> np.ndar
         res = kmeans_segment(sm, k=k, mask=brain)
     if res.k < 2:
         return np.zeros(img.shape, bool)
-    return _largest_component(_fill_holes(res.labels == res.k))
+    return largest_component(_fill_holes(res.labels == res.k))
 
 
 def _equiv_radius(mask: np.ndarray) -> float:
@@ -134,7 +134,7 @@ def watershed_segment(img: np.ndarray, points=(), labels=(), sigma: float = 1.0,
 
     * with a positive click: disks of ``marker_radius`` px at positive clicks (2);
       disks at negative clicks, the 1-px image border, the dark background
-      outside the head (:func:`bt_demo.preprocess.head_mask` dilated by 2 px),
+      outside the head (:func:`bt_demo.image.preprocess.head_mask` dilated by 2 px),
       and every pixel whose smoothed intensity lies on the brain's side of
       ``level = b + background_level * (c - b)`` (1), where c is the median
       smoothed intensity under the positive disks and b the median of the
@@ -154,7 +154,7 @@ def watershed_segment(img: np.ndarray, points=(), labels=(), sigma: float = 1.0,
     from skimage.filters import sobel
     from skimage.segmentation import watershed
 
-    from .preprocess import estimate_brain_mask, head_mask
+    from bt_demo.image.preprocess import estimate_brain_mask, head_mask
 
     h, w = img.shape
     if float(img.max()) - float(img.min()) < 1e-6:
@@ -164,7 +164,7 @@ def watershed_segment(img: np.ndarray, points=(), labels=(), sigma: float = 1.0,
     markers = np.zeros((h, w), np.int32)
     border = np.zeros((h, w), bool)
     border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    outside_head = ~(cv2.dilate(head_mask(img).astype(np.uint8), _disk(2)) > 0)
+    outside_head = ~(cv2.dilate(head_mask(img).astype(np.uint8), disk(2)) > 0)
     background = border | outside_head | _click_disks((h, w), points, labels, marker_radius, 0)
     tumour = _click_disks((h, w), points, labels, marker_radius, 1)
     if tumour.any():
@@ -178,16 +178,16 @@ def watershed_segment(img: np.ndarray, points=(), labels=(), sigma: float = 1.0,
             far = (sm < level) if c > b else (sm > level)
             # opened, so that speckle inside a textured tumour seeds no background
             r_open = max(1, int(round(min(h, w) / 128)))
-            background |= cv2.morphologyEx(far.astype(np.uint8), cv2.MORPH_OPEN, _disk(r_open)) > 0
+            background |= cv2.morphologyEx(far.astype(np.uint8), cv2.MORPH_OPEN, disk(r_open)) > 0
     else:
         cand = bright_candidate(img, k=k, sigma=sigma)
         if not cand.any():
             return np.zeros((h, w), bool)
         r = _equiv_radius(cand)
-        tumour = cv2.erode(cand.astype(np.uint8), _disk(max(0, int(r / 4)))) > 0
+        tumour = cv2.erode(cand.astype(np.uint8), disk(max(0, int(r / 4)))) > 0
         if not tumour.any():
             tumour = cand
-        background |= ~(cv2.dilate(cand.astype(np.uint8), _disk(max(3, int(r / 2)))) > 0)
+        background |= ~(cv2.dilate(cand.astype(np.uint8), disk(max(3, int(r / 2)))) > 0)
     markers[background] = 1
     markers[tumour] = 2  # a click wins over the background where they overlap
     seg = _fill_holes(watershed(grad, markers) == 2)
@@ -215,12 +215,12 @@ def _flatten_outside_brain(small: np.ndarray, init: np.ndarray) -> np.ndarray:
     and the bright scalp neither pull a Chan–Vese contour nor stop a geodesic one."""
     import cv2
 
-    from .preprocess import estimate_brain_mask
+    from bt_demo.image.preprocess import estimate_brain_mask
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         brain = estimate_brain_mask(small)
-    keep = cv2.dilate((brain | init).astype(np.uint8), _disk(3)) > 0
+    keep = cv2.dilate((brain | init).astype(np.uint8), disk(3)) > 0
     if keep.all() or not brain.any():
         return small
     out = small.copy()
@@ -234,7 +234,7 @@ def _far_from_tumour(small: np.ndarray, init: np.ndarray, level: float = 0.5) ->
     to drop speckle; None when there is no contrast (|c - b| < 0.02). As the watershed's background."""
     import cv2
 
-    from .preprocess import estimate_brain_mask
+    from bt_demo.image.preprocess import estimate_brain_mask
 
     sm = _smooth(small, 1.0)
     with warnings.catch_warnings():
@@ -248,7 +248,7 @@ def _far_from_tumour(small: np.ndarray, init: np.ndarray, level: float = 0.5) ->
     t = b + level * (c - b)
     far = (sm < t) if c > b else (sm > t)
     r_open = max(1, int(round(min(small.shape) / 128)))
-    return cv2.morphologyEx(far.astype(np.uint8), cv2.MORPH_OPEN, _disk(r_open)) > 0
+    return cv2.morphologyEx(far.astype(np.uint8), cv2.MORPH_OPEN, disk(r_open)) > 0
 
 
 def _snake(img: np.ndarray, points, labels, method: str, iterations: int, smoothing: int, radius: int,
@@ -378,7 +378,7 @@ def get_classical(name: str) -> Classical:
 
 
 def validate_classical_params(name: str, params: Mapping | None) -> dict:
-    """Check and complete the parameters of segmenter ``name`` (as :func:`bt_demo.preprocess.validate_params`).
+    """Check and complete the parameters of segmenter ``name`` (as :func:`bt_demo.image.preprocess.validate_params`).
 
     Missing ones take their defaults; ints as int, floats as float. ``KeyError`` for an
     unknown segmenter; ``ValueError`` for an unknown parameter or a value out of its
@@ -411,7 +411,7 @@ def run_classical(name: str, image: np.ndarray, points=(), labels=(), geometry: 
     the segmenter's label, ``seconds`` the wall time, ``extra`` the parameters used,
     the method name and whether clicks or the brightest cluster started it.
     """
-    from .preprocess import as_unit_float
+    from bt_demo.image.preprocess import as_unit_float
 
     entry = get_classical(name)
     p = validate_classical_params(name, params)

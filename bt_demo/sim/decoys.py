@@ -1,4 +1,4 @@
-"""Synthetic pictures that are NOT brain MRI, for testing and measuring :mod:`bt_demo.looks_like_brain`.
+"""Synthetic pictures that are NOT brain MRI, for testing and measuring :mod:`bt_demo.image.looks_like_brain`.
 
 Drawn from random numbers (no real data): a chest-radiograph look, a blank,
 a gradient, a page of text, a screenshot, and a photograph-like scene. Each

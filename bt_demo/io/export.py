@@ -13,7 +13,7 @@ The 2-D mask is stored as a 3-D volume ``data`` of shape ``(W, H, 1)``,
 ``diag(-col_mm, -row_mm, 1, 1)`` (qform and sform code 1, units mm). So array
 axis ``i`` (the mask's columns) runs to the patient's *left* and ``j`` (its
 rows) to *posterior*: DICOM's LPS pixel order, the layout ITK-SNAP, 3D Slicer
-and nibabel expect. :func:`bt_demo.imaging.load_slice` reorients NIfTI to RAS+
+and nibabel expect. :func:`bt_demo.io.load_slice` reorients NIfTI to RAS+
 and displays it radiologically (anterior at the top, the patient's right on
 the image's left), which puts ``data[i, j, 0]`` back at row ``j``, column
 ``i``: reading the file with ``load_slice`` gives ``pixels == mask`` and
@@ -28,7 +28,7 @@ the mask lies on its slice of the source in any viewer. When ``spacing`` is
 Nothing exported carries a file name or a patient field: names are
 ``mask_<id>.png`` etc. with a random id, the PNG has no text chunks, the NIfTI
 ``descrip`` is a fixed string, and :func:`build_report` refuses identifying
-keys and file-name-like values (the rules of :mod:`bt_demo.annotations`).
+keys and file-name-like values (the rules of :mod:`bt_demo.io.corrections`).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_demo.annotations import check_deidentified, to_jsonable
 from bt_demo.errors import InputError
 from bt_demo.image.masks import as_mask, check_spacing
+from bt_demo.io.corrections import check_deidentified, to_jsonable
 
 __all__ = ["DISCLAIMER", "REPORT_SCHEMA_VERSION", "build_report", "mask_nifti", "mask_png", "measurement_record",
            "write_bundle"]
@@ -84,7 +84,7 @@ def mask_nifti(mask, spacing=None, affine=None) -> bytes:
         mask: ``(H, W)`` bool or numeric (``> 0`` = lesion).
         spacing: ``(row_mm, col_mm)`` or ``None``.
         affine: the slice's ``(column, row, 0, 1) -> world`` matrix
-            (:attr:`bt_demo.imaging.Slice.affine`) or ``None``. With it the mask
+            (:attr:`bt_demo.io.Slice.affine`) or ``None``. With it the mask
             sits on its slice of the source volume in any viewer (sform and
             qform code 1, "scanner"); without it but with a spacing, the
             module docstring's layout; with neither, the voxel size is written
@@ -109,7 +109,7 @@ def mask_nifti(mask, spacing=None, affine=None) -> bytes:
         affine, code = None, 0  # the size is unknown
     if not code:
         # no orientation (nibabel then reads the axes as LAS, Analyze's default) and voxel size 0 = unknown: stored
-        # so that such a reader, showing it radiologically (bt_demo.imaging), gets the mask back as drawn
+        # so that such a reader, showing it radiologically (bt_demo.io), gets the mask back as drawn
         data = np.ascontiguousarray(m[::-1, :].T[:, :, None].astype(np.uint8))
     img = nib.Nifti1Image(data, affine if code else None)  # None: nibabel writes no qform/sform (code 0)
     img.header.set_data_dtype(np.uint8)
@@ -124,7 +124,7 @@ def mask_nifti(mask, spacing=None, affine=None) -> bytes:
 
 
 def measurement_record(m: dict, mask_name: str | None = None) -> dict:
-    """The report's ``measurement`` section from a :func:`bt_demo.measure.measure` result.
+    """The report's ``measurement`` section from a :func:`bt_demo.studies.measure.measure` result.
 
     Keeps the numbers (area, RANO diameters and their product, bounding box,
     centroid, side of the brain with its caveat) rounded to 0.01, with every
@@ -132,7 +132,7 @@ def measurement_record(m: dict, mask_name: str | None = None) -> dict:
     the outline). Coordinates ``(x, y)`` are slice pixels whatever the unit.
     """
     if not isinstance(m, dict) or "long_diameter" not in m:
-        raise InputError("m must be the dict returned by bt_demo.measure.measure(mask)")
+        raise InputError("m must be the dict returned by bt_demo.studies.measure.measure(mask)")
 
     def r(v):
         return None if v is None else round(float(v), 2)
@@ -178,8 +178,8 @@ def build_report(*, engines: dict, preprocessing: list, prompts: dict, metrics: 
         engines: per engine, what it did (name, weights, timing, ...).
         preprocessing: the steps applied, in order (e.g. ``[{"name": ..., "params": {...}}]``).
         prompts: the clicks / box given (coordinates ``(x, y)`` in slice pixels).
-        metrics: e.g. :func:`bt_demo.metrics.pairwise_table` output keyed as you like.
-        areas: e.g. :func:`bt_demo.metrics.area_table` rows.
+        metrics: e.g. :func:`bt_demo.studies.metrics.pairwise_table` output keyed as you like.
+        areas: e.g. :func:`bt_demo.studies.metrics.area_table` rows.
         classifier: probabilities and the like, or ``None``.
         spacing: ``(row_mm, col_mm)`` or ``None``.
         shape: ``(H, W)`` of the slice the masks live on.

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .image.masks import as_mask, check_spacing
-from .render import COLORS
+from bt_demo.errors import InputError
+from bt_demo.image.masks import as_mask, check_spacing
+from bt_demo.render import COLORS
 
 __all__ = ["SIDE_CAVEAT", "measure", "draw_measurement"]
 
@@ -210,13 +210,13 @@ def draw_measurement(rgb: np.ndarray, m: dict, color=COLORS["prompt"], axis_colo
     """
     import cv2
 
-    from .render import to_rgb
+    from bt_demo.render import to_rgb
 
     if isinstance(thickness, bool) or not isinstance(thickness, (int, np.integer)) or thickness < 1:
         raise ValueError(f"thickness must be a whole number >= 1 (pixels), got {thickness!r}")
     out = to_rgb(rgb)
     if not isinstance(m, dict) or "contours" not in m:
-        raise ValueError("m must be the dict returned by bt_demo.measure.measure(mask)")
+        raise ValueError("m must be the dict returned by bt_demo.studies.measure.measure(mask)")
     col = tuple(int(c) for c in color)
     cs = [np.asarray(c, np.int32).reshape(-1, 1, 2) for c in m["contours"] if len(c)]
     if cs:
