@@ -167,6 +167,18 @@ def summary() -> str:
                        f"slice: mean 3-D Dice {ls['propagated_dice_3d_mean']:.3f} inside the U-Net gate "
                        f"({ls.get('propagated_dice_3d_mean_without_gate', float('nan')):.3f} without it).")
         out.append("")
+    if (co := _load("cohort")):
+        out += ["## Cohort batch on Dask (`python -m bench.bench_volume --cohort N --workers 1,2`)", "",
+                f"{co['volumes']} phantom volumes of {'×'.join(map(str, co['shape_zyx']))} voxels (NIfTI), the "
+                "shipped U-Net:", "",
+                "| how | seconds | volumes / min | after the cluster started | masks as one 1-thread process |",
+                "|---|---|---|---|---|"]
+        out += [f"| {r['mode']} | {r['seconds']} | {r['volumes_per_min']} | {r.get('volumes_per_min_after_start', '')} "
+                f"| {r.get('masks_identical_to_1_thread_process', '')} |" for r in co["rows"]]
+        out += ["", f"The scheduler's overhead: {co['scheduler_overhead_ms_per_task']} ms per task (no-op tasks on 2 "
+                f"workers). On paper, from {co['seconds_per_volume_one_process']} s per volume on one core: 1,000 "
+                "volumes take " + ", ".join(f"{p['minutes_for_1000']} min on {p['workers']} worker(s)"
+                                             for p in co["paper_1000_volumes"]) + f" ({co['paper_note']}).", ""]
     d, c = _load("corpus"), _load("crash_store")
     dom = _load("domain_check")
     if dom:
@@ -192,6 +204,8 @@ def summary() -> str:
                        f"{r['slowest_request_ms'] / 1000:.1f} s, server memory +{r['rss_mb_rise']:.0f} MB at peak, "
                        f"victim click p95 {_ms(r['victim_click_p95_ms'])} ms (max {_ms(r['victim_click_max_ms'])}, "
                        f"{r['victim_clicks']} clicks, {len(r['victim_errors'])} errors).")
+            if (v := r.get("volumes")):
+                out.append(_hostile_volume_lines(v))
         if (s := _load("soak")):
             r = s["rows"][0]
             out.append(f"- Soak, {r['cycles']} upload → click → export cycles of one session: server memory "
@@ -208,6 +222,22 @@ def summary() -> str:
                        f"{c['readable']} records readable, {c['partial']} partial, {c['lost']} lost.")
         out.append("")
     return "\n".join(out)
+
+
+def _hostile_volume_lines(v: dict) -> str:
+    """The volume path of the hostile bench (issue 26) as one README item."""
+    one, three, b = v["one_by_one_server"], v["three_at_once_server"], v["batch"]
+    slow = max(r["ms"] for r in v["one_by_one"] + v["three_at_once"])
+    return (f"- Hostile volume uploads (`bench/hostile_volumes.py`: zips of zips of 512² and 2048² DICOM files, "
+            f"a zip of 2048² files over the voxel budget, a series with one 20000² slice, a multi-frame file "
+            f"declaring 4000 frames, a zip member inflating past its declared size, and one legitimate series) "
+            f"through the Volume tab while a victim clicks: one by one, slowest request {slow / 1000:.1f} s, server "
+            f"memory +{one['rss_mb_rise']:.0f} MB, victim click p95 {_ms(one['victim_click_p95_ms'])} ms; three "
+            f"sessions at once: +{three['rss_mb_rise']:.0f} MB, victim click p95 "
+            f"{_ms(three['victim_click_p95_ms'])} ms ({three['victim_clicks']} clicks, "
+            f"{len(three['victim_errors'])} errors), server up: {three['server_alive']}; the batch command on the "
+            f"same files: {b['seconds']} s, peak memory {b.get('driver_peak_rss_mb')} MB (driver) and "
+            f"{b.get('largest_worker_peak_rss_mb')} MB (largest worker), every file with its row.")
 
 
 def update_readme(text: str) -> bool:
