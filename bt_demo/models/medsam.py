@@ -22,6 +22,7 @@ Public API
 ``embed(image) -> float32 (256, 64, 64)``, ``encode(image, stages=True) -> Encoded``,
 ``stage_maps(image) -> dict``, ``pooled_features(image) -> float32 (D,)``, ``pool_stages(stages, valid_hw)``,
 ``MedSamEngine`` (``load``, ``new_session``, ``set_image``, ``predict``, ``has_image``, ``is_cached``),
+``decode(...)`` (the batched click step, ``medsam_decode``),
 ``save_override(folder, tensors, config)`` (what a fine-tuned prompt-encoder / mask-decoder folder holds),
 ``encoder_calls()``, ``clear_caches()``.
 
@@ -51,6 +52,7 @@ import numpy as np
 from bt_demo.errors import InputError
 from bt_demo.image.geometry import Geometry
 from bt_demo.models.base import NoImageError, SegResult
+from bt_demo.models.medsam_decode import decode
 
 ENGINE_NAME = "MedSAM (LiteMedSAM)"
 ENGINE_NAME_CLICKS = "MedSAM clicks (LiteMedSAM, fine-tuned decoder)"
@@ -287,7 +289,7 @@ def _run_encoder(x, device: str | None = None, stages: bool = False):
                     t = t.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
                 feats[name] = t
             return hook
-        for (name, _c, side), layer in zip(STAGES[:4], enc.layers):
+        for (name, _c, side), layer in zip(STAGES[:4], enc.layers, strict=True):
             hooks.append(layer.blocks[-1].register_forward_hook(grab(name, side)))
     try:
         with torch.inference_mode():
@@ -484,6 +486,8 @@ class MedSamEngine:
     Attributes: ``name``, ``device``, ``clicks_folder`` (a fine-tuned decoder folder or None),
     ``feed_previous`` (whether ``previous``'s logits go in as the mask prompt; off for the base checkpoint,
     which was trained without mask prompts, on when the override's config says ``"mask_prompt": true``),
+    ``multimask_single`` (SAM's three candidates for a lone click; off when the override's config says
+    ``"multimask": false``, i.e. it was trained to answer one click with one mask),
     ``encoder_calls`` (encoder runs by this engine).
     """
 
@@ -495,6 +499,7 @@ class MedSamEngine:
         self.name = ENGINE_NAME if clicks_folder is None else ENGINE_NAME_CLICKS
         self.card_line = CARD_LINE
         self.feed_previous = bool(cfg.get("mask_prompt", False))
+        self.multimask_single = bool(cfg.get("multimask", True))
         self.cache = cache if cache is not None else _shared_cache()
         self.encoder_calls = 0
         self._current: _Current | None = None
@@ -602,7 +607,8 @@ class MedSamEngine:
         with boxes only: points without a box give poor masks with the published weights.
         previous: one of this engine's last 8 results on this image; its 256 x 256 logits go in as SAM's
         mask prompt when ``feed_previous`` is on. multimask: three candidates with predicted IoU for a
-        single point without a box (SAM's rule); one mask otherwise.
+        single point without a box (SAM's rule; not with a decoder whose config says ``"multimask": false``);
+        one mask otherwise.
 
         Returns ``SegResult`` (mask bool (H, W), prob float32 (H, W) in [0, 1], engine name, candidates and
         scores). Raises ``NoImageError`` before ``set_image``; ``InputError`` for bad prompts (no prompt,
@@ -642,14 +648,13 @@ class MedSamEngine:
                 raise InputError("the box lies outside the part of the slice kept by preprocessing (crop); "
                                  "draw it inside the brain or turn the crop off")
             mbox = np.clip(mbox, 0, [nw - 1, nh - 1, nw - 1, nh - 1])
-        multi = bool(multimask) and len(pts) == 1 and bx is None
+        multi = bool(multimask) and self.multimask_single and len(pts) == 1 and bx is None
         dev = cur.entry.embedding.device
-        pt_arg = None
+        pt_arg = lab_arg = None
         if len(pts):
-            mp = mg.to_processed(pts)
-            pt_arg = (torch.tensor(mp, dtype=torch.float32, device=dev)[None],
-                      torch.tensor(labs, dtype=torch.float32, device=dev)[None])
-        box_arg = torch.tensor(mbox, dtype=torch.float32, device=dev)[None, None] if mbox is not None else None
+            pt_arg = torch.tensor(mg.to_processed(pts), dtype=torch.float32, device=dev)[None]
+            lab_arg = torch.tensor(labs, dtype=torch.float32, device=dev)[None]
+        box_arg = torch.tensor(mbox, dtype=torch.float32, device=dev)[None] if mbox is not None else None
         mask_arg, refined = None, False
         if previous is not None and self.feed_previous:
             prev = self._recent.get(previous.extra.get("medsam_token", ""))
@@ -657,13 +662,9 @@ class MedSamEngine:
                 mask_arg, refined = prev.to(dev), True
 
         with torch.inference_mode():
-            sparse, dense = self.prompt_encoder(points=pt_arg, boxes=box_arg, masks=mask_arg)
-            low, iou = self.mask_decoder(image_embeddings=cur.entry.embedding,
-                                         image_pe=self.prompt_encoder.get_dense_pe(),
-                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                         multimask_output=multi)
+            low, iou = decode(self.prompt_encoder, self.mask_decoder, cur.entry.embedding, pt_arg, lab_arg,
+                              box_arg, mask_arg, multimask=multi)
         # low: (1, K, 256, 256) logits in the padded 256 frame; the image is rows < nh, columns < nw
-        low = low.float()
         logits = low[0, :, :nh, :nw].cpu().numpy()
         scores = iou[0].float().cpu().numpy().astype(np.float64)
         orig = [mg.map_to_original(np.ascontiguousarray(l), fill=_OUTSIDE_LOGIT, order=1) for l in logits]
@@ -697,6 +698,7 @@ __all__ = [
     "checkpoint_path",
     "checkpoint_status",
     "clear_caches",
+    "decode",
     "embed",
     "encode",
     "encoder_calls",
