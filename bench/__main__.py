@@ -5,6 +5,8 @@ Suites (default: all but ``sam``, which downloads nothing but takes ~8 min):
   engines   U-Net, classifier, Grad-CAM, click model (1..20 clicks), random walker (256², 512², 1024²)
   volume    volume mode: a 155x240x240 volume segmented (time, peak memory), a 30-slice propagation, and the
             numbers on the LGG test patients (3-D Dice, volume error, propagated Dice)
+  cohort    the batch command on Dask: 20 volumes in one process, then on LocalClusters of 1 and 2 workers
+            (volumes per minute), the scheduler's overhead per task, 1,000 volumes on 1/8/64 workers on paper
   studies   histogram/CDF view, watershed, snakes, measurement, TTA uncertainty (256², 512²)
   ui        the app's handlers: upload -> panels, click -> mask, preprocessing change, K change
   startup   cold start of `python app.py` to the first served page (default flags offline; --sam-model none)
@@ -36,7 +38,7 @@ from pathlib import Path
 from bench.common import RESULTS, machine
 
 SUITES = ["core", "engines", "studies", "ui", "startup", "browser", "corpus", "crash", "load", "soak", "hostile",
-          "domain", "volume", "sam"]
+          "domain", "volume", "cohort", "sam"]
 
 
 def _weights(wdir: str | None) -> str | None:
@@ -64,6 +66,8 @@ def _calls(name: str, quick: bool, wdir: str | None) -> list[tuple[str, list[str
         "hostile": [("bench.soak_hostile", ["hostile"] + w)],
         "domain": [("bench.bench_domain", ["--per-source", "200" if quick else "1000"])],
         "browser": [("bench.bench_browser", ["--clicks", "6" if quick else "12"] + w)],
+        "cohort": [("bench.bench_volume", ["--cohort", "6" if quick else "20", "--workers", "1,2"]
+                    + (["--weights-dir", wdir] if wdir else []))],
         "volume": [("bench.bench_volume", (["--weights-dir", wdir] if wdir else []) + (["--part", "speed"] if quick else []))],
         "sam": [("bench.bench_sam", ["--repeats", "1" if quick else "3"])],
     }[name]
