@@ -1,4 +1,4 @@
-"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval,embeddings} ... (each has --help)."""
+"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval,embeddings,medsam-clicks} ... (each has --help)."""
 
 import sys
 
@@ -18,6 +18,7 @@ COMMANDS = {
     "diffusion-x0": "train.diffusion_x0",
     "evaluate": "train.evaluate",
     "embeddings": "train.embeddings",
+    "medsam-clicks": "train.medsam_clicks",
 }
 
 
