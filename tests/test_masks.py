@@ -99,4 +99,4 @@ def test_every_caller_uses_the_one_spacing_rule():
         assert call((0.5, 0.5)) is not None
         with pytest.raises(InputError, match="row_mm, col_mm"):
             call((0.5, 150.0))  # over 100 mm: the cap every caller shares now
-    assert annotations.check_spacing is check_spacing and metrics.check_spacing is check_spacing
+    assert corrections.check_spacing is check_spacing and metrics.check_spacing is check_spacing

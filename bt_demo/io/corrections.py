@@ -458,7 +458,7 @@ class CorrectionStore:
         data = Path("/data")
         if data.is_dir() and os.access(data, os.W_OK | os.X_OK):
             return data / "corrections"
-        return Path(__file__).resolve().parent.parent / "corrections"
+        return Path(__file__).resolve().parents[2] / "corrections"
 
     # -- listing ------------------------------------------------------------
     def _clean_tmp(self) -> None:
