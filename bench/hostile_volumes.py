@@ -57,7 +57,7 @@ def dicom_bytes(rows: int, cols: int, k: int = 0, *, series_uid: str = "1.2.826.
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [1.0, 1.0]
+    ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], gap
     ds.ImagePositionPatient = [0.0, 0.0, k * gap]
     n_pix = 1
     if frames is not None:

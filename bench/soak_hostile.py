@@ -248,11 +248,12 @@ def _send_volume(url, ep, path, pts, side, seg_id: int, file: Path) -> dict:
         out = d._call(seg_id, [handle_file(str(file))], 0)
         info = next((v for v in (out if isinstance(out, (list, tuple)) else [out])
                      if isinstance(v, str) and ("slices" in v or "volume" in v.lower())), "")
-        row["answer"] = " ".join(str(info).split())[:160]
+        row["answer"] = " ".join(str(info).split())[:160] or f"no volume shown: {' '.join(str(out).split())[:160]}"
     except Exception as exc:  # noqa: BLE001 - a refusal raised as gr.Error is an answer too
         row["answer"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
     row["ms"] = round((time.perf_counter() - t0) * 1000, 1)
-    row["answer"] = row["answer"] or "refused (the reason is shown to the user as a warning)"
+    if row["answer"].startswith("no volume shown"):
+        row["answer"] = "refused (the reason is shown to the user as a warning)" + row["answer"][15:]
     d.close()
     return row
 

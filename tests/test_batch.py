@@ -184,3 +184,26 @@ def test_inputs_from_a_csv_list_and_a_cohort_folder(tmp_path):
     series.mkdir()
     (series / "1.dcm").write_bytes(b"\0" * 128 + b"DICM")
     assert expand_inputs([series]) == [series]  # a folder of one DICOM series is one input
+
+
+def test_a_series_a_seg_cannot_be_written_for_keeps_its_mask_and_says_why(weights, tmp_path):
+    """A DICOM series without SliceThickness (highdicom must copy it into a SEG): mask and numbers stand."""
+    import io
+
+    import pydicom
+
+    from bench.hostile_volumes import dicom_bytes
+    from bt_demo.volume.batch import run_cohort
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for k in range(4):
+        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(32, 32, k, series_uid="1.2.3.9")))
+        del ds.SliceThickness
+        ds.save_as(folder / f"{k}.dcm", enforce_file_format=True)
+    rows = run_cohort([folder], tmp_path / "out", _settings(weights), workers=0)
+    assert rows[0]["status"] == "ok"
+    out = Path(rows[0]["output"])
+    rep = json.loads((out / "report.json").read_text())
+    assert "SliceThickness" in rep["seg_not_written"] and (out / "mask.nii.gz").exists()
+    assert not (out / "seg.dcm").exists() and rep["files"] == ["mask.nii.gz", "report.json"]

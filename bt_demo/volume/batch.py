@@ -211,8 +211,12 @@ def process(n: int, path: str, out: str, settings: Settings, force: bool = False
         return _row(n, p, "failed", " ".join(str(e).split())[:300] or type(e).__name__)
     nums = volume_numbers(vol, res.mask)
     files = {"mask.nii.gz": mask_nifti_3d(vol, res.mask)}
+    seg_note = None
     if vol.source.startswith("dicom"):
-        files["seg.dcm"] = dicom_seg(vol, res.mask)
+        try:
+            files["seg.dcm"] = dicom_seg(vol, res.mask)
+        except InputError as e:  # the mask and the numbers stand; the report says why there is no SEG
+            seg_note = str(e)
     report = {"disclaimer": "Research demo, not for diagnosis.", "source_format": vol.source,
               "shape_zyx": list(vol.shape), "volume": nums | {"areas_px": None},
               "areas_px_per_slice": nums["areas_px"], "engine": res.engine, "settings": res.settings,
@@ -220,6 +224,8 @@ def process(n: int, path: str, out: str, settings: Settings, force: bool = False
               "seconds": round(res.seconds, 2), "files": sorted(files) + ["report.json"],
               "placement": "mask.nii.gz has the source's own voxel grid and affine" if vol.source_affine
               is not None else "no source geometry"}
+    if seg_note:
+        report["seg_not_written"] = seg_note
     files["report.json"] = (json.dumps(report, indent=1) + "\n").encode()
     _write_atomically(dst, files)
     return _row_from_report(n, p, dst, report, "ok", time.perf_counter() - t0)

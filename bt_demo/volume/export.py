@@ -72,12 +72,18 @@ def dicom_seg(vol: Volume, mask: np.ndarray, *, engine: str = "U-Net") -> bytes:
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name=f"bt_demo {engine}", version="1", family=codes.DCM.ArtificialIntelligence))
-    seg = hd.seg.Segmentation(
-        source_images=list(vol.series), pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=900,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="bt_demo (research demo)",
-        manufacturer_model_name="bt_demo", software_versions="1", device_serial_number="none",
-        series_description="bt_demo tumour mask (research demo, not for diagnosis)")
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(vol.series), pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=900,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="bt_demo (research demo)",
+            manufacturer_model_name="bt_demo", software_versions="1", device_serial_number="none",
+            series_description="bt_demo tumour mask (research demo, not for diagnosis)")
+    except (AttributeError, KeyError) as e:  # highdicom reads attributes a DICOM SEG must copy from its source
+        missing = str(e).split("attribute")[-1].strip(" '\"") if isinstance(e, AttributeError) else str(e)
+        raise InputError(f"a DICOM SEG cannot be written for this series: its files lack {missing or 'an attribute'}, "
+                         "which a SEG must copy from its source; the NIfTI mask is not affected") from None
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
