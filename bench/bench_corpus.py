@@ -38,17 +38,17 @@ def _phantom_png(folder: Path, seed: int) -> Path:
 
 def run_corpus(engines, folder: Path) -> list[dict]:
     from bench.bad_inputs import make_corpus
-    from bt_demo.ui import handlers as H
+    from bt_demo.ui.panels import upload as UP
     from bt_demo.ui.state import Session
 
     good = _phantom_png(folder, 1)
     rows = []
     for case in make_corpus(folder / "corpus"):
-        s, _ = H.load_file(Session(), engines, str(good))
+        s, _ = UP.load_file(Session(), engines, str(good))
         before = s.slice
         t0 = time.perf_counter()
         try:
-            s, view = H.load_file(s, engines, str(case.path))
+            s, view = UP.load_file(s, engines, str(case.path))
             crashed = None
         except Exception as e:  # noqa: BLE001 - a bench records what a test would fail on
             crashed, view = type(e).__name__, {}
@@ -61,7 +61,7 @@ def run_corpus(engines, folder: Path) -> list[dict]:
             ok, got = clean and s.slice is before, msgs[0] if msgs else "accepted"
         else:
             ok, got = not msgs and s.slice is not before, "loaded" if not msgs else msgs[0]
-        s, view2 = H.load_file(s, engines, str(good))
+        s, view2 = UP.load_file(s, engines, str(good))
         recovered = not view2.get("_messages")
         rows.append({"case": case.name, "expected": case.expected, "passed": bool(ok and recovered),
                      "next_good_upload_ok": recovered, "ms": round(ms, 1), "message": got})

@@ -6,7 +6,7 @@
 Measures, on the 256 x 256 phantom (assets/examples/phantom_flair.png):
 
 * upload -> every automatic panel (read, preprocess, U-Net, K-Means,
-  classifier + Grad-CAM, render): ``handlers.load_file`` on a fresh session;
+  classifier + Grad-CAM, render): ``panels.upload.load_file`` on a fresh session;
 * the chained ``prepare_prompts`` (the predictor's ``set_image``);
 * a click -> prompted mask + comparison (click model, then random walker);
 * a preprocessing change, a U-Net threshold change, a K change, the K sweep.
@@ -59,7 +59,12 @@ def main(argv=None) -> int:
 
     from bench.common import time_it, write
     from bt_demo.models.registry import Engines
-    from bt_demo.ui import handlers as H
+    from bt_demo.ui import compute as C
+    from bt_demo.ui.panels import compare as CMP
+    from bt_demo.ui.panels import kmeans as KM
+    from bt_demo.ui.panels import preprocessing as PP
+    from bt_demo.ui.panels import prompts as PR
+    from bt_demo.ui.panels import upload as UP
     from bt_demo.ui.state import Session
 
     example = REPO / "assets" / "examples" / "phantom_flair.png"
@@ -80,8 +85,8 @@ def main(argv=None) -> int:
         return [(x + 0.5) * f - 0.5, (y + 0.5) * f - 0.5]
 
     def loaded():
-        s, _ = H.load_file(Session(), engines, str(example))
-        s, _ = H.prepare_prompts(s, engines)
+        s, _ = UP.load_file(Session(), engines, str(example))
+        s, _ = C.prepare_prompts(s, engines)
         return s
 
     rows = []
@@ -91,32 +96,32 @@ def main(argv=None) -> int:
         rows.append({"event": name, **r})
         print(f"{name:<52} median {r['median_ms']:8.1f} ms   p95 {r['p95_ms']:8.1f} ms")
 
-    add("upload -> all automatic panels (load_file)", lambda: H.load_file(Session(), engines, str(example)))
+    add("upload -> all automatic panels (load_file)", lambda: UP.load_file(Session(), engines, str(example)))
     parts = []
     for _ in range(args.repeats):
-        _, v = H.load_file(Session(), engines, str(example))
+        _, v = UP.load_file(Session(), engines, str(example))
         parts.append(v["_timings"])
     breakdown = {k: round(1000 * float(np.median([t[k] for t in parts])), 1) for k in parts[0]}
     print("  breakdown (median ms):", breakdown)
 
-    s0, _ = H.load_file(Session(), engines, str(example))
-    add("chained prepare_prompts (new predictor + set_image)", lambda: H.prepare_prompts(fresh_slot(s0), engines))
+    s0, _ = UP.load_file(Session(), engines, str(example))
+    add("chained prepare_prompts (new predictor + set_image)", lambda: C.prepare_prompts(fresh_slot(s0), engines))
 
     s = loaded()
     add("click -> mask + comparison (click model)",
-        lambda: H.click(copy_session(s), engines, display(s, cx, cy), "positive"))
-    s_rw, _ = H.switch_engine(loaded(), engines, "random_walker")
+        lambda: PR.click(copy_session(s), engines, display(s, cx, cy), "positive"))
+    s_rw, _ = PR.switch_engine(loaded(), engines, "random_walker")
     add("click -> mask + comparison (random walker)",
-        lambda: H.click(copy_session(s_rw), engines, display(s_rw, cx, cy), "positive"))
+        lambda: PR.click(copy_session(s_rw), engines, display(s_rw, cx, cy), "positive"))
 
     from bt_demo.image.preprocess import default_pipeline
 
     spec = list(default_pipeline()) + [("clahe", {})]
     add("preprocessing change (+CLAHE) -> every panel",
-        lambda: H.set_preprocessing(loaded_fresh_pipeline(s), engines, spec))
-    add("U-Net threshold change (cached probabilities)", lambda: H.set_threshold(s, engines, 0.4))
-    add("K change (K-Means re-fit)", lambda: H.set_k(s, 5 if s.kmeans_k != 5 else 6))
-    add("K sweep 2..12", lambda: H.run_sweep(uncached_sweep(s)), repeats=max(2, args.repeats // 2))
+        lambda: PP.set_preprocessing(loaded_fresh_pipeline(s), engines, spec))
+    add("U-Net threshold change (cached probabilities)", lambda: CMP.set_threshold(s, engines, 0.4))
+    add("K change (K-Means re-fit)", lambda: KM.set_k(s, 5 if s.kmeans_k != 5 else 6))
+    add("K sweep 2..12", lambda: KM.run_sweep(uncached_sweep(s)), repeats=max(2, args.repeats // 2))
 
     out = write("ui_latency", rows, {"models": kind, "threads": threads, "image": "phantom_flair.png 256x256",
                                       "upload_breakdown_ms": breakdown}, args.out)

@@ -27,7 +27,7 @@ from bench.bad_inputs import KINDS, make_corpus
 from bt_demo.errors import InputError
 from bt_demo.io import MAX_PIXELS, MIN_SIDE, load_slice
 from bt_demo.sim.phantom import flair_phantom
-from bt_demo.ui import handlers as H
+from bt_demo.ui.panels import upload as UP
 from bt_demo.ui.state import Session
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),
@@ -57,7 +57,7 @@ def good(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _load_ok(s: Session, engines, path: Path) -> Session:
-    s, view = H.load_file(s, engines, str(path))
+    s, view = UP.load_file(s, engines, str(path))
     assert not view.get("_messages"), view.get("_messages")
     assert s.loaded and s.source_path == str(path)
     return s
@@ -86,7 +86,7 @@ def test_corpus_file_through_the_upload_handler(name, corpus, good, engines):
     s = _load_ok(Session(), engines, good[0])
     before = (s.slice, s.source_path, s.window, s.processed, s.prompts, s.selectors)
 
-    s, view = H.load_file(s, engines, str(case.path))
+    s, view = UP.load_file(s, engines, str(case.path))
     messages = view.get("_messages", [])
     if case.expected == "error":
         assert len(messages) == 1, f"{name}: expected one message, got {messages}"
@@ -110,7 +110,7 @@ def test_refused_file_on_a_fresh_session_leaves_it_empty(corpus, good, engines):
     for case in corpus.values():
         if case.expected != "error":
             continue
-        s, view = H.load_file(Session(), engines, str(case.path))
+        s, view = UP.load_file(Session(), engines, str(case.path))
         assert not s.loaded and view.get("_messages"), case.name
         assert "previous image" not in view["status"]
         _load_ok(s, engines, good[0])
@@ -121,7 +121,7 @@ def test_the_whole_corpus_in_one_session(corpus, good, engines):
     s = _load_ok(Session(), engines, good[0])
     current = s.slice
     for case in corpus.values():
-        s, view = H.load_file(s, engines, str(case.path))
+        s, view = UP.load_file(s, engines, str(case.path))
         if case.expected == "ok":
             assert s.slice is not current and not view.get("_messages"), case.name
             current = s.slice

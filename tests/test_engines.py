@@ -296,11 +296,11 @@ def test_first_ask_without_waiting_loads_in_the_background(wdir):
     t0 = time.perf_counter()
     assert "still loading" in eng.new_predictor("sam", wait=False)
     assert time.perf_counter() - t0 < 1.0  # it returned at once, the loader waits on the gate
-    from bt_demo.ui import handlers as H
+    from bt_demo.ui.panels import engines as EN
 
-    keys = [k for _, k in H.engine_choices(eng)]
-    assert "sam" in keys and "(loading…)" in dict((k, lab) for lab, k in H.engine_choices(eng))["sam"]
-    *_, loading = H.refresh_engines(eng)
+    keys = [k for _, k in EN.engine_choices(eng)]
+    assert "sam" in keys and "(loading…)" in dict((k, lab) for lab, k in EN.engine_choices(eng))["sam"]
+    *_, loading = EN.refresh_engines(eng)
     assert loading is True
     gate.set()
     for _ in range(200):
@@ -309,9 +309,9 @@ def test_first_ask_without_waiting_loads_in_the_background(wdir):
         time.sleep(0.01)
     assert "because test" in eng.new_predictor("sam", wait=False)
     # an engine that cannot load is no longer offered; the Engines tab says why
-    assert "sam" not in [k for _, k in H.engine_choices(eng)]
+    assert "sam" not in [k for _, k in EN.engine_choices(eng)]
     for _ in range(600):  # the page's timer polls until the other engines (started by that ask) are ready too
-        summary, status, choices, loading = H.refresh_engines(eng)
+        summary, status, choices, loading = EN.refresh_engines(eng)
         if not loading:
             break
         time.sleep(0.05)

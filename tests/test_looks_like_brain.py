@@ -28,18 +28,18 @@ def test_pictures_that_are_not_brain_mri_get_a_notice(kind, seed):
 
 def test_the_notice_shows_on_the_status_line_and_beside_the_classifier(tmp_path):
     from bt_demo.models.registry import Engines
-    from bt_demo.ui import handlers as H
+    from bt_demo.ui.panels import upload as UP
     from bt_demo.ui.state import Session
     from tests.tiny_models import make_weights_dir
 
     engines = Engines(weights_dir=str(make_weights_dir(tmp_path / "w")), sam_model="none", device="cpu")
     xray = tmp_path / "chest.png"
     Image.fromarray(np.rint(decoy("chest_xray", 128, 0) * 255).astype(np.uint8)).save(xray)
-    s, view = H.load_file(Session(), engines, str(xray))
+    s, view = UP.load_file(Session(), engines, str(xray))
     assert s.loaded  # read like any slice: a notice, not a refusal
     assert "does not look like a brain MRI slice" in view["status"]
     assert "Unlike the training data" in view["class_info"]
     brain = tmp_path / "brain.png"
     Image.fromarray(np.rint(flair_phantom((128, 128), seed=1)[0] * 255).astype(np.uint8)).save(brain)
-    s, view = H.load_file(s, engines, str(brain))
+    s, view = UP.load_file(s, engines, str(brain))
     assert "does not look like" not in view["status"] and "Unlike the training data" not in view["class_info"]

@@ -19,7 +19,7 @@ from bt_demo.ui import scratch
 
 def test_upload_leaves_gradio_cache_and_goes_with_the_session(engines, tmp_path, monkeypatch):
     from bt_demo.sim.phantom import flair_phantom
-    from bt_demo.ui import handlers as H
+    from bt_demo.ui.panels import upload as UP
     from bt_demo.ui.state import Session, delete_session
 
     monkeypatch.setenv("BT_SCRATCH_DIR", str(tmp_path / "scratch"))
@@ -29,7 +29,7 @@ def test_upload_leaves_gradio_cache_and_goes_with_the_session(engines, tmp_path,
     img, _ = flair_phantom((96, 96), seed=1)
     Image.fromarray((img * 255).astype(np.uint8)).save(cached)
     data = cached.read_bytes()
-    s, view = H.load_file(Session(), engines, str(cached))
+    s, view = UP.load_file(Session(), engines, str(cached))
     assert s.loaded
     assert not cached.exists() and not cached.parent.exists()  # nothing left in Gradio's cache
     assert Path(s.source_path).parent == Path(s.workdir) and "Doe" not in s.source_path
@@ -39,13 +39,13 @@ def test_upload_leaves_gradio_cache_and_goes_with_the_session(engines, tmp_path,
     second.parent.mkdir()
     Image.fromarray((img[::-1] * 255).astype(np.uint8)).save(second)
     first_copy = s.source_path
-    s, _ = H.load_file(s, engines, str(second))
+    s, _ = UP.load_file(s, engines, str(second))
     assert not Path(first_copy).exists() and len(os.listdir(s.workdir)) == 1
     # a refused upload is deleted too, and the previous image stays
     bad = tmp_path / "gcache" / "0bad" / "bad.png"
     bad.parent.mkdir()
     bad.write_bytes(b"not an image at all")
-    s, view = H.load_file(s, engines, str(bad))
+    s, view = UP.load_file(s, engines, str(bad))
     assert "could not be opened" in view["status"] and not bad.exists() and len(os.listdir(s.workdir)) == 1
     workdir = s.workdir
     delete_session(s)  # what Gradio calls when the tab closes or the session expires
@@ -56,14 +56,14 @@ def test_upload_leaves_gradio_cache_and_goes_with_the_session(engines, tmp_path,
 
 def test_a_file_outside_gradios_cache_is_read_where_it_is(engines, tmp_path, monkeypatch):
     from bt_demo.sim.phantom import flair_phantom
-    from bt_demo.ui import handlers as H
+    from bt_demo.ui.panels import upload as UP
     from bt_demo.ui.state import Session
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gcache"))
     mine = tmp_path / "mine.png"
     img, _ = flair_phantom((64, 64), seed=2)
     Image.fromarray((img * 255).astype(np.uint8)).save(mine)
-    s, _ = H.load_file(Session(), engines, str(mine))
+    s, _ = UP.load_file(Session(), engines, str(mine))
     assert s.loaded and mine.exists() and s.source_path == str(mine)
 
 

@@ -16,7 +16,10 @@ from PIL import Image
 
 from bt_demo.models import medsam
 from bt_demo.models.registry import Engines
-from bt_demo.ui import handlers as H
+from bt_demo.ui import compute as C
+from bt_demo.ui.panels import export as EX
+from bt_demo.ui.panels import prompts as PR
+from bt_demo.ui.panels import upload as UP
 from bt_demo.ui.state import Session
 from tests.tiny_models import make_weights_dir
 
@@ -53,21 +56,21 @@ def test_medsam_is_offered_with_its_citation_and_answers_a_box_where_it_was_draw
     assert "medsam" in engines.available_prompt_engines()
     status = {st.key: st for st in engines.statuses()}["medsam"]
     assert status.available and "LiteMedSAM" in status.reason and "Apache-2.0" in status.reason
-    s, _ = H.load_file(Session(), engines, str(path))
-    s, _ = H.prepare_prompts(s, engines)
-    s, view = H.switch_engine(s, engines, "medsam")
+    s, _ = UP.load_file(Session(), engines, str(path))
+    s, _ = C.prepare_prompts(s, engines)
+    s, view = PR.switch_engine(s, engines, "medsam")
     # the switch answers without the embedding and says it is preparing; the chained event computes it
     assert s.slot.engine_key == "medsam" and s.slot.image_key is None
     assert "Preparing MedSAM" in view["prompt_info"]
-    s, view = H.after_new_image(s, engines)
+    s, view = C.after_new_image(s, engines)
     assert s.slot.image_key == s.model_input.key
     assert "choose *box*" in view["prompt_info"]
-    s, view = H.set_box(s, engines, box[2], box[3], box[0], box[1])  # corners in any order
+    s, view = PR.set_box(s, engines, box[2], box[3], box[0], box[1])  # corners in any order
     res = s.prompts.result
     assert res.engine == medsam.ENGINE_NAME and res.mask.shape == lesion.shape
     assert _dice(res.mask, lesion) > 0.8
     assert "MedSAM (LiteMedSAM)" in view["prompt_info"] and "Apache-2.0" in view["prompt_info"]
-    s, view = H.export(s, "prompted", engines)
+    s, view = EX.export(s, "prompted", engines)
     report = next(Path(f) for f in view["export_files"] if str(f).endswith(".json"))
     rep = json.loads(report.read_text())
     assert rep["prompts"]["engine"] == medsam.ENGINE_NAME, rep["prompts"]
@@ -76,12 +79,12 @@ def test_medsam_is_offered_with_its_citation_and_answers_a_box_where_it_was_draw
 
 def test_a_click_given_while_medsam_prepares_waits_for_it(engines, slice_with_lesion):
     path, lesion, box = slice_with_lesion
-    s, _ = H.load_file(Session(), engines, str(path))
-    s, _ = H.switch_engine(s, engines, "medsam")
+    s, _ = UP.load_file(Session(), engines, str(path))
+    s, _ = PR.switch_engine(s, engines, "medsam")
     done = threading.Event()
 
     def prepare():
-        H.after_new_image(s, engines)
+        C.after_new_image(s, engines)
         done.set()
 
     t = threading.Thread(target=prepare)
@@ -89,7 +92,7 @@ def test_a_click_given_while_medsam_prepares_waits_for_it(engines, slice_with_le
     while s.busy_with is None and not done.is_set():
         time.sleep(0.01)
     t0 = time.perf_counter()
-    s2, view = H.set_box(s, engines, *box)  # heavy: it would be turned away after 1 s, but waits for MedSAM
+    s2, view = PR.set_box(s, engines, *box)  # heavy: it would be turned away after 1 s, but waits for MedSAM
     t.join()
     assert not any("Still working" in m for m in view.get("_messages", [])), view.get("_messages")
     assert s2.prompts.result is not None and _dice(s2.prompts.result.mask, lesion) > 0.8

@@ -19,8 +19,16 @@ from PIL import Image
 
 from bt_demo.models.registry import Engines
 from bt_demo.sim.phantom import flair_phantom
-from bt_demo.ui import handlers as H
+from bt_demo.ui import compute as C
 from bt_demo.ui import views as V
+from bt_demo.ui.panels import compare as CMP
+from bt_demo.ui.panels import export as EX
+from bt_demo.ui.panels import kmeans as KM
+from bt_demo.ui.panels import measure as MS
+from bt_demo.ui.panels import preprocessing as PP
+from bt_demo.ui.panels import prompts as PR
+from bt_demo.ui.panels import uncertainty as UN
+from bt_demo.ui.panels import upload as UP
 from bt_demo.ui.state import Session
 
 SIDE = 160
@@ -58,9 +66,9 @@ def to_display(s: Session, xy) -> list[float]:
 
 
 def loaded(engines, path) -> Session:
-    s, view = H.load_file(Session(), engines, str(path))
+    s, view = UP.load_file(Session(), engines, str(path))
     assert not view.get("_messages"), view.get("_messages")
-    s, _ = H.prepare_prompts(s, engines)
+    s, _ = C.prepare_prompts(s, engines)
     return s
 
 
@@ -78,7 +86,7 @@ def value(update):
 # ---------------------------------------------------------------------------
 def test_histogram_is_shown_on_upload_and_follows_scope_k_and_preprocessing(engines, phantom):
     path, _, _ = phantom
-    s, view = H.load_file(Session(), engines, str(path))
+    s, view = UP.load_file(Session(), engines, str(path))
     fig = view["intensity_plot"]
     assert [t.name for t in fig.data] == ["before", "before CDF", "after", "after CDF", "K-Means boundary",
                                           "display window"]  # the last two: legend entries of the marks
@@ -88,20 +96,20 @@ def test_histogram_is_shown_on_upload_and_follows_scope_k_and_preprocessing(engi
     n_brain = int(np.sum(fig.data[0].y))
     assert 0 < n_brain < SIDE * SIDE
 
-    s, view = H.set_histogram_scope(s, "whole")
+    s, view = PP.set_histogram_scope(s, "whole")
     assert s.hist_scope == "whole" and "whole image" in view["intensity_info"]
     assert int(np.sum(view["intensity_plot"].data[0].y)) == SIDE * SIDE
 
-    s, view = H.set_k(s, 6)
+    s, view = KM.set_k(s, 6)
     assert len(view["intensity_plot"].layout.shapes) == (s.kmeans.k - 1) + 2
 
     # a preprocessing change redraws the "after" curve
     before_after = np.asarray(view["intensity_plot"].data[2].y)
-    s, view = H.set_preprocessing(s, engines, [("clahe", {})])
+    s, view = PP.set_preprocessing(s, engines, [("clahe", {})])
     assert not view.get("_messages"), messages(view)
     assert not np.array_equal(np.asarray(view["intensity_plot"].data[2].y), before_after)
 
-    s, view = H.set_histogram_scope(s, "everything")
+    s, view = PP.set_histogram_scope(s, "everything")
     assert "choose what the histogram counts" in messages(view) and s.hist_scope == "whole"
 
 
@@ -113,7 +121,7 @@ def test_classical_segmenter_chosen_appears_in_table_overlay_and_agreement(engin
     s = loaded(engines, path)
     # nothing classical runs on upload (upload-to-panels stays as fast as before)
     assert s.classical == {} and s.classical_on == ()
-    s, view = H.set_classical(s, ["watershed"])
+    s, view = CMP.set_classical(s, ["watershed"])
     assert not view.get("_messages"), messages(view)
     res = s.classical_result("watershed")
     assert res is not None and res.extra["started_from"] == "brightest K-Means cluster"
@@ -126,19 +134,19 @@ def test_classical_segmenter_chosen_appears_in_table_overlay_and_agreement(engin
     assert view["overlay_chan_vese"]["visible"] is False
 
     # a click: the click answer comes at once (watershed marked as updating), the chained refresh uses the click
-    s, view = H.click(s, engines, to_display(s, (cx, cy)), "positive")
+    s, view = PR.click(s, engines, to_display(s, (cx, cy)), "positive")
     assert "Updating: watershed" in view["compare_info"]
     assert "U-Net vs watershed" not in list(view["metrics_table"]["pair"])
-    s, view = H.update_classical(s)
+    s, view = C.update_classical(s)
     res = s.classical_result("watershed")
     assert res.extra["started_from"] == "clicks" and dice(res.mask, lesion) >= 0.8
     assert "U-Net vs watershed" in list(view["metrics_table"]["pair"])
     assert "from clicks" in view["overlay_watershed"]["label"]
-    s, again = H.update_classical(s)
+    s, again = C.update_classical(s)
     assert again == {}  # nothing stale: nothing recomputed or redrawn
 
     # all three snakes + U-Net, prompted, K-Means = 6 masks: the agreement map counts votes
-    s, view = H.set_classical(s, ["watershed", "chan_vese", "geodesic"])
+    s, view = CMP.set_classical(s, ["watershed", "chan_vese", "geodesic"])
     assert not view.get("_messages"), messages(view)
     assert len(view["metrics_table"]) == 15
     for name in ("chan_vese", "geodesic"):
@@ -151,22 +159,22 @@ def test_classical_segmenter_chosen_appears_in_table_overlay_and_agreement(engin
 def test_classical_parameters_validated_and_used(engines, phantom):
     path, _, (cx, cy) = phantom
     s = loaded(engines, path)
-    keys = H.classical_param_keys()
+    keys = CMP.classical_param_keys()
     from bt_demo.studies.classical_seg import CLASSICAL
 
     defaults = [p.default for name in CLASSICAL for p in CLASSICAL[name].params]
     assert len(keys) == len(defaults)
     vals = list(defaults)
     vals[keys.index(("chan_vese", "iterations"))] = 5
-    s, view = H.set_classical(s, ["chan_vese"], vals)
+    s, view = CMP.set_classical(s, ["chan_vese"], vals)
     assert not view.get("_messages") and s.classical_settings("chan_vese")["iterations"] == 5
     assert s.classical_result("chan_vese").extra["params"]["iterations"] == 5
     bad = list(vals)
     bad[keys.index(("watershed", "sigma"))] = 99
-    s, view = H.set_classical(s, ["chan_vese", "watershed"], bad)
+    s, view = CMP.set_classical(s, ["chan_vese", "watershed"], bad)
     assert "watershed.sigma must be in" in messages(view)
     assert s.classical_on == ("chan_vese",) and s.classical_settings("watershed")["sigma"] == 1.0  # unchanged
-    s, view = H.set_classical(s, ["nope"])
+    s, view = CMP.set_classical(s, ["nope"])
     assert "unknown classical segmenter" in messages(view)
 
 
@@ -177,10 +185,10 @@ def test_classical_uses_clicks_through_a_crop(engines, phantom):
     crop = next(n for n, st in STEPS.items() if st.changes_geometry)
     path, lesion, (cx, cy) = phantom
     s = loaded(engines, path)
-    s, view = H.set_preprocessing(s, engines, [(crop, {})])
+    s, view = PP.set_preprocessing(s, engines, [(crop, {})])
     assert not view.get("_messages") and not s.processed.geometry.is_identity
-    s, _ = H.click(s, engines, to_display(s, (cx, cy)), "positive")
-    s, view = H.set_classical(s, ["watershed"])
+    s, _ = PR.click(s, engines, to_display(s, (cx, cy)), "positive")
+    s, view = CMP.set_classical(s, ["watershed"])
     res = s.classical_result("watershed")
     assert res.mask.shape == (SIDE, SIDE) and res.mask[int(cy), int(cx)]
     assert dice(res.mask, lesion) >= 0.8
@@ -196,7 +204,7 @@ def test_classical_failure_is_a_message(engines, phantom, monkeypatch):
         raise ValueError("points must be finite")
 
     monkeypatch.setattr(cs, "run_classical", bad)
-    s, view = H.set_classical(s, ["watershed"])
+    s, view = CMP.set_classical(s, ["watershed"])
     assert "points must be finite" in messages(view) and s.classical_on == ()
 
     def boom(*a, **kw):
@@ -204,7 +212,7 @@ def test_classical_failure_is_a_message(engines, phantom, monkeypatch):
 
     monkeypatch.setattr(cs, "run_classical", boom)
     with pytest.raises(gr.Error) as info:
-        H.set_classical(s, ["geodesic"])
+        CMP.set_classical(s, ["geodesic"])
     assert "secret internals" not in str(info.value) and s.classical_on == ()
 
 
@@ -215,12 +223,12 @@ def test_measurement_shown_in_px_then_mm_and_in_the_report(engines, phantom):
     from bt_demo.studies.measure import measure
 
     path, lesion, (cx, cy) = phantom
-    s, view = H.load_file(Session(), engines, str(path))
+    s, view = UP.load_file(Session(), engines, str(path))
     assert "no prompted mask yet" in view["measure_table"]
     assert view["measure_image"].shape[:2] == (SIDE, SIDE)  # the slice, nothing drawn
 
     # the K-Means mask: numbers in px, drawing on the (upscaled) slice
-    s, view = H.choose_mask(s, "kmeans")
+    s, view = MS.choose_mask(s, "kmeans")
     assert view["measure_which"] == "kmeans" and view["export_which"] == "kmeans"
     m = view["_measurement"]
     ref = measure(s.kmeans_mask)
@@ -235,16 +243,16 @@ def test_measurement_shown_in_px_then_mm_and_in_the_report(engines, phantom):
     assert img.shape == (int(SIDE * f), int(SIDE * f), 3)
 
     # typed pixel spacing: mm, and the lengths scale
-    s, view = H.set_spacing(s, 0.5)
+    s, view = UP.set_spacing(s, 0.5)
     m2 = view["_measurement"]
     assert m2["unit"] == "mm" and m2["long_diameter"] == pytest.approx(0.5 * ref["long_diameter"], rel=0.02)
     assert "lengths in **mm**" in view["measure_table"] and "mm²" in view["measure_table"]
 
     # a classical mask chosen to measure is computed on demand; export writes its measurement into the report
-    s, _ = H.click(s, engines, to_display(s, (cx, cy)), "positive")
-    s, view = H.choose_mask(s, "watershed")
+    s, _ = PR.click(s, engines, to_display(s, (cx, cy)), "positive")
+    s, view = MS.choose_mask(s, "watershed")
     assert "watershed mask" in view["measure_table"] and s.classical_result("watershed") is not None
-    s, view = H.export(s, "watershed")
+    s, view = EX.export(s, "watershed")
     assert not view.get("_messages"), messages(view)
     rep_path = next(Path(p) for p in view["export_files"] if p.endswith(".json"))
     rep = json.loads(rep_path.read_text())
@@ -261,19 +269,19 @@ def test_measurement_shown_in_px_then_mm_and_in_the_report(engines, phantom):
     assert view["export_which"] == "watershed" and s.chosen_mask == "watershed"
 
     # exporting the prompted mask switches the Measure tab to it
-    s, view = H.export(s, "prompted")
+    s, view = EX.export(s, "prompted")
     assert "prompted mask" in view["measure_table"] and view["measure_which"] == "prompted"
 
-    s, view = H.choose_mask(s, "everything")
+    s, view = MS.choose_mask(s, "everything")
     assert "choose a mask" in messages(view)
 
 
 def test_measure_with_no_unet(empty_engines, phantom):
     path, _, _ = phantom
-    s, _ = H.load_file(Session(), empty_engines, str(path))
-    s, view = H.choose_mask(s, "unet")
+    s, _ = UP.load_file(Session(), empty_engines, str(path))
+    s, view = MS.choose_mask(s, "unet")
     assert "no U-Net mask" in view["measure_table"] and "unavailable" in view["measure_table"]
-    s, view = H.export(s, "unet")
+    s, view = EX.export(s, "unet")
     assert "no U-Net mask to export" in messages(view)
 
 
@@ -284,12 +292,12 @@ def test_uncertainty_with_tiny_unet(engines, phantom, monkeypatch):
     import bt_demo.studies.uncertainty as un
 
     path, _, _ = phantom
-    s, view = H.load_file(Session(), engines, str(path))
+    s, view = UP.load_file(Session(), engines, str(path))
     assert view["uncertainty_image"] is None and "Press **Uncertainty map (TTA)**" in view["uncertainty_info"]
     calls = []
     real = un.tta_uncertainty
     monkeypatch.setattr(un, "tta_uncertainty", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    s, view = H.run_uncertainty(s, engines)
+    s, view = UN.run_uncertainty(s, engines)
     assert not view.get("_messages"), messages(view)
     img = view["uncertainty_image"]
     f = s.display_factor  # shown upscaled, like the clickable image
@@ -299,26 +307,26 @@ def test_uncertainty_with_tiny_unet(engines, phantom, monkeypatch):
     assert "8 augmented copies" in info and s.uncertainty["uncertainty_orig"].shape == (SIDE, SIDE)
     assert 0.0 <= s.uncertainty["high_fraction"] <= 1.0
     # cached: pressing again does not run the network again; the threshold re-summarises
-    s, _ = H.run_uncertainty(s, engines)
+    s, _ = UN.run_uncertainty(s, engines)
     assert len(calls) == 1
-    s, view = H.set_threshold(s, engines, 0.95)
+    s, view = CMP.set_threshold(s, engines, 0.95)
     assert "≥ 0.95" in view["uncertainty_info"] and len(calls) == 1
     # an intensity step does not reach the U-Net (it sees the slice it was trained on): the map stays
-    s, view = H.set_preprocessing(s, engines, [])
+    s, view = PP.set_preprocessing(s, engines, [])
     assert view["uncertainty_image"] is not None
     # a change of the U-Net's input (the brain crop) invalidates it
-    s, view = H.set_preprocessing(s, engines, [("crop_brain", {"margin": 2})])
+    s, view = PP.set_preprocessing(s, engines, [("crop_brain", {"margin": 2})])
     assert view["uncertainty_image"] is None and "Press" in view["uncertainty_info"]
 
 
 def test_uncertainty_without_unet_says_why(empty_engines, phantom):
     path, _, _ = phantom
-    s, view = H.load_file(Session(), empty_engines, str(path))
+    s, view = UP.load_file(Session(), empty_engines, str(path))
     assert "Uncertainty map unavailable because the U-Net is unavailable" in view["uncertainty_info"]
-    s, view = H.run_uncertainty(s, empty_engines)
+    s, view = UN.run_uncertainty(s, empty_engines)
     assert "needs the U-Net, which is unavailable" in messages(view)
     assert view["uncertainty_image"] is None and "unavailable because" in view["uncertainty_info"]
-    s, view = H.run_uncertainty(Session(), empty_engines)
+    s, view = UN.run_uncertainty(Session(), empty_engines)
     assert "upload a slice first" in messages(view)
 
 
@@ -330,12 +338,12 @@ def test_studies_state_is_per_session(engines, phantom):
 
     path, _, _ = phantom
     a = loaded(engines, path)
-    a, _ = H.set_classical(a, ["watershed"])
-    a, _ = H.set_histogram_scope(a, "whole")
+    a, _ = CMP.set_classical(a, ["watershed"])
+    a, _ = PP.set_histogram_scope(a, "whole")
     b = copy.deepcopy(Session())
     assert b.classical_on == () and b.classical == {} and b.hist_scope == "brain" and b.uncertainty is None
     c = copy.deepcopy(a)
-    c, _ = H.set_classical(c, [])
+    c, _ = CMP.set_classical(c, [])
     assert a.classical_on == ("watershed",) and c.classical_on == ()
 
 

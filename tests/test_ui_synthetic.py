@@ -10,8 +10,9 @@ import pytest
 
 from bt_demo.models.registry import Engines
 from bt_demo.sim.phantom import flair_phantom
-from bt_demo.ui import handlers as H
-from bt_demo.ui import synthetic_panel as SP
+from bt_demo.ui.panels import export as EX
+from bt_demo.ui.panels import synthetic as SP
+from bt_demo.ui.panels import upload as UP
 from bt_demo.ui.state import Session
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"), pytest.mark.usefixtures("one_thread")]
@@ -35,13 +36,13 @@ def test_generate_without_a_tumour_then_load_it_like_an_upload(engines, tmp_path
     assert s.slice.source == "synthetic" and s.slice.shape == (SP.LOADED_SIZE, SP.LOADED_SIZE)
     assert "SYNTHETIC" in view["status"]
     # the export's files and its report say so
-    s, ex = H.export(s, "unet", engines)
+    s, ex = EX.export(s, "unet", engines)
     names = [Path(f).name for f in ex["export_files"]]
     assert names and all(n.startswith("SYNTHETIC_") for n in names), names
     report = json.loads(Path(next(f for f in ex["export_files"] if f.endswith(".json"))).read_text())
     assert report["synthetic"]["synthetic"] is True and report["synthetic"]["seed"] == 7
     # never stored as a correction
-    s, cv = H.accept_correction(s, str(tmp_path / "store"), "unet", None, None, "", 100, engines)
+    s, cv = EX.accept_correction(s, str(tmp_path / "store"), "unet", None, None, "", 100, engines)
     assert "SYNTHETIC" in _messages(cv)
     assert not (tmp_path / "store").exists() or not any(p.is_file() for p in (tmp_path / "store").rglob("*"))
 
@@ -70,9 +71,9 @@ def test_a_real_upload_after_a_synthetic_one_is_not_marked(engines, tmp_path):
     img, _ = flair_phantom((128, 128), seed=2)
     p = tmp_path / "real.png"
     Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(p)
-    s, view = H.load_file(s, engines, str(p))
+    s, view = UP.load_file(s, engines, str(p))
     assert s.slice.source == "png" and "SYNTHETIC" not in view["status"]
-    s, ex = H.export(s, "unet", engines)
+    s, ex = EX.export(s, "unet", engines)
     assert not any(Path(f).name.startswith("SYNTHETIC_") for f in ex["export_files"])
 
 

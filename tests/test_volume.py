@@ -4,9 +4,9 @@ segmentation and numbers, propagation, and exports that overlay their source to 
 from __future__ import annotations
 
 import copy
-import json
 import gzip
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -250,15 +250,16 @@ def test_volume_tab_segments_propagates_jumps_and_exports(engines, tmp_path):
     """The Volume tab's handlers on the bundled synthetic NIfTI volume, as the page calls them."""
     import nibabel as nib
 
-    from bt_demo.ui import handlers as H
-    from bt_demo.ui import volume_panel as VP
+    from bt_demo.ui.panels import prompts as PR
+    from bt_demo.ui.panels import upload as UP
+    from bt_demo.ui.panels import volume as VP
     from bt_demo.ui.state import Session
 
     example = Path(__file__).resolve().parents[1] / "assets" / "examples" / "phantom_volume.nii.gz"
     s = Session()
     s, view = VP.segment(s, engines)
     assert "upload a NIfTI volume" in " ".join(view.get("_messages", []))
-    s, view = H.load_file(s, engines, str(example))
+    s, view = UP.load_file(s, engines, str(example))
     ticks = []
     s, view = VP.segment(s, engines, None, None, lambda t, **kw: ticks.append(t))
     Z = s.volume.shape[0]
@@ -274,7 +275,7 @@ def test_volume_tab_segments_propagates_jumps_and_exports(engines, tmp_path):
     k = s.slice.index["slice"][0]
     lesion = np.argwhere(s.slice.pixels >= np.percentile(s.slice.pixels, 99.5))[0]
     x, y = (lesion[1] + 0.5) * s.display_factor - 0.5, (lesion[0] + 0.5) * s.display_factor - 0.5
-    s, _ = H.click(s, engines, [x, y], "positive")
+    s, _ = PR.click(s, engines, [x, y], "positive")
     assert s.prompts.result is not None
     s, view = VP.propagate(s, engines)
     assert s.volume_which == "propagated" and s.volume_k == k

@@ -97,7 +97,7 @@ def _remove(f: Path) -> bool:
 def sweep_views(max_age_s: float = VIEW_MAX_AGE_S, now: float | None = None) -> int:
     """Delete the image views in Gradio's cache older than ``max_age_s`` (and its upload parser's stale empty
     temp files); returns how many. Exports and uploads keep their own names there and are left to Gradio's
-    sweep (uploads are moved out at once, ``handlers._adopt_upload``)."""
+    sweep (uploads are moved out at once, ``panels.upload.load_file``)."""
     root = gradio_cache()
     if not root.is_dir():
         return 0

@@ -122,7 +122,7 @@ class Session:
         classical_on: the classical segmenters shown in the comparison (keys of
             ``bt_demo.classical_seg.CLASSICAL``); classical_params: name -> validated params
             (missing: the registry's defaults); classical: name -> (key, SegResult in original
-            pixels), a result being current when its key is ``handlers._classical_key`` now.
+            pixels), a result being current when its key is :meth:`classical_key` now.
         chosen_mask: which mask the Measure and Export tabs use ("prompted", "unet", "kmeans"
             or a classical name).
         uncertainty: the last TTA uncertainty result (maps in ORIGINAL pixels) or None;
@@ -183,7 +183,7 @@ class Session:
         self.uncertainty: dict | None = None
         self.uncertainty_key: str | None = None
         self.workdir: str | None = None
-        # volume mode (bt_demo.ui.volume_panel): the loaded Volume, what it was loaded from, its masks
+        # volume mode (bt_demo.ui.panels.volume): the loaded Volume, what it was loaded from, its masks
         # ("unet" / "propagated" -> bool (Z, H, W)), their VolumeResults, the shown mask and slice
         self.volume: Any = None
         self.volume_key: tuple | None = None
@@ -198,7 +198,7 @@ class Session:
         self.stale: frozenset[str] = frozenset()
         # why this slice is unlike the training data: the file's fields (domain) and its pixels (looks_like_brain)
         self.notices: tuple[str, ...] = ()
-        # the last slice the Synthetic tab generated (ui.synthetic_panel): image, mask, seed, steps, ...
+        # the last slice the Synthetic tab generated (ui.panels.synthetic): image, mask, seed, steps, ...
         self.synthetic: dict | None = None
         self.exports: tuple[str, ...] = ()  # the latest export's files (older ones are removed)
         self.busy_with: str | None = None  # the heavy request holding the session now (ui.busy)

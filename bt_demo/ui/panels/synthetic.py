@@ -4,16 +4,19 @@ DDIM generator, and load it into the other panels like an upload.
 Everything made here is marked synthetic: the panel's title and image, the status line once loaded
 (source "synthetic"), exported file names (``SYNTHETIC_...``) and the JSON report (``"synthetic": true``
 with the generator, seed and steps). A synthetic slice is never stored as a correction. Handlers take
-the session first and return ``(session, view)`` like the rest of the UI (``bt_demo.ui.handlers``).
+the session first and return ``(session, view)`` like the rest of the UI (:mod:`bt_demo.ui.kit`).
 """
 
 from __future__ import annotations
 
+import gradio as gr
 import numpy as np
 
 from bt_demo import render
 from bt_demo.errors import InputError
-from bt_demo.ui import handlers as H
+from bt_demo.ui.compute import chosen_mask
+from bt_demo.ui.kit import EVERY_PANEL, SLICE_OUT, Page, editor_mask, handler, need_slice
+from bt_demo.ui.panels.upload import adopt_slice
 from bt_demo.ui.state import Session
 from bt_demo.ui.views import esc
 
@@ -27,14 +30,14 @@ def _mask_for(s: Session, source: str, editor_value) -> np.ndarray | None:
     if source == "none":
         return None
     if source == "drawn":
-        m = H._editor_mask(editor_value, (LOADED_SIZE, LOADED_SIZE))
+        m = editor_mask(editor_value, (LOADED_SIZE, LOADED_SIZE))
         if m is None:
             raise InputError("draw a tumour shape on the canvas first (or choose another mask)")
         return m
     if source not in ("prompted", "unet"):
         raise InputError(f"choose the mask to draw from: {', '.join(SOURCES.values())}")
-    H._need_slice(s)
-    m = H._chosen_mask(s, source)
+    need_slice(s)
+    m = chosen_mask(s, source)
     if m is None or not np.asarray(m).any():
         raise InputError(f"{SOURCES[source]} is empty: make one first (or choose another mask)")
     return np.asarray(m, bool)
@@ -57,7 +60,7 @@ def _show(img01: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return rgb
 
 
-@H._handler("generating a synthetic slice", heavy=True)
+@handler("generating a synthetic slice", heavy=True)
 def generate(s: Session, engines, source: str, editor_value, seed, steps, progress=None) -> dict:
     """A synthetic slice for the chosen mask (``SOURCES`` key), ``seed`` (whole number) and DDIM ``steps``."""
     gen = engines.generator()
@@ -99,12 +102,12 @@ def as_slice(syn: dict):
     return Slice(px.astype(np.float32), None, (127.5, 255.0), "synthetic", meta)
 
 
-@H._handler("loading the synthetic slice", heavy=True)
+@handler("loading the synthetic slice", heavy=True)
 def load(s: Session, engines) -> dict:
     """Make the last generated slice the session's slice: every panel follows, marked SYNTHETIC."""
     if not s.synthetic:
         raise InputError("generate a synthetic slice first")
-    return H.adopt_slice(s, engines, as_slice(s.synthetic), None)
+    return adopt_slice(s, engines, as_slice(s.synthetic), None)
 
 
 def is_synthetic(s: Session) -> bool:
@@ -119,3 +122,45 @@ def report_record(s: Session) -> dict | None:
     return {"synthetic": True, "note": "SYNTHETIC slice made by the generator; not a patient's image",
             "generator": m.get("generator"), "seed": int(m.get("seed", 0)), "ddim_steps": int(m.get("ddim_steps", 0)),
             "conditioning_mask": m.get("conditioning_mask")}
+
+
+# ---------------------------------------------------------------------------
+# the panel
+# ---------------------------------------------------------------------------
+def build(page: Page) -> list:
+    """The Synthetic tab's contents: generate (a progress bar over the DDIM steps), then load like an upload.
+    Returns the events that bring a new image."""
+    eng, session = page.engines, page.session
+    gr.Markdown("Make a **SYNTHETIC** FLAIR-like slice for a tumour shape (the DDIM generator "
+                "trained on the LGG training patients): for teaching and augmentation "
+                "experiments, never a patient's image. Everything made here is marked "
+                "synthetic.", label="Synthetic slices", elem_classes=["hint"])
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=260):
+            syn_source = gr.Radio(choices=[(v, k) for k, v in SOURCES.items()], value="none",
+                                  label="Tumour mask to draw the slice for")
+            syn_draw = gr.ImageEditor(
+                label="Draw a tumour shape (used with 'the mask drawn below')",
+                value={"background": np.zeros((LOADED_SIZE, LOADED_SIZE, 3), np.uint8),
+                       "layers": [], "composite": None},
+                type="numpy", image_mode="RGBA", sources=(), height=280,
+                brush=gr.Brush(colors=["#ff9900"], color_mode="fixed", default_size=12),
+                eraser=gr.Eraser(), layers=gr.LayerOptions(allow_additional_layers=False))
+            with gr.Row():
+                syn_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                syn_steps = gr.Slider(5, 100, value=DEFAULT_STEPS, step=1, label="DDIM steps")
+            syn_btn = gr.Button("Generate a synthetic slice", variant="primary")
+        with gr.Column(scale=3, min_width=300):
+            syn_image = gr.Image(label="SYNTHETIC slice (generated, not a patient)", type="numpy",
+                                 format="png", interactive=False, height=300)
+            syn_info = gr.Markdown("", label="Synthetic slice summary")
+            syn_load = gr.Button("Load it into the other panels (marked SYNTHETIC)", size="sm")
+
+    def syn_generate(s, src, drawn, seed, steps, progress=gr.Progress()):
+        s, view = generate(s, eng, src, drawn, seed, steps, progress)
+        return {session: s, **({syn_image: view["synthetic_image"]} if "synthetic_image" in view else {}),
+                **({syn_info: view["synthetic_info"]} if "synthetic_info" in view else {})}
+
+    syn_btn.click(syn_generate, [session, syn_source, syn_draw, syn_seed, syn_steps], [session, syn_image, syn_info],
+                  api_name="generate_synthetic", concurrency_id="generator", concurrency_limit=1)
+    return [page.wire(syn_load.click, lambda s: load(s, eng), [], SLICE_OUT + EVERY_PANEL, api_name="load_synthetic")]

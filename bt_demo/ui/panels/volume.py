@@ -1,7 +1,7 @@
 """The Volume tab: segment the whole series, read its numbers, propagate a clicked slice, export in 3-D.
 
 Handlers take the session (``Session``) first and return ``(session, view)`` like the rest of the UI (see
-``bt_demo.ui.handlers``); all algorithm work lives in :mod:`bt_demo.volume`.
+:mod:`bt_demo.ui.kit`); all algorithm work lives in :mod:`bt_demo.volume`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import json
 import os
 import secrets
 
+import gradio as gr
 import numpy as np
 
 from bt_demo import render
 from bt_demo.errors import InputError
-from bt_demo.ui.handlers import _engine_or_reason, _handler, notify
+from bt_demo.ui.kit import Page, engine_or_reason, handler, notify
 from bt_demo.ui.state import Session
 from bt_demo.ui.views import esc, fit, to_display
 
@@ -105,12 +106,12 @@ def _factor(vol) -> float:
     return display_factor(vol.shape[1:])
 
 
-@_handler("segmenting the volume", heavy=True)
+@handler("segmenting the volume", heavy=True)
 def segment(s: Session, engines, series_files=None, series_choice=None, progress=None) -> dict:
     """Load the volume (upload or series files), run the U-Net over every slice, show the numbers."""
     from bt_demo.volume.segment import propagation_gate, segment_volume
 
-    unet, reason = _engine_or_reason(engines.unet())
+    unet, reason = engine_or_reason(engines.unet())
     if unet is None:
         raise InputError(reason)
     _load(s, series_files, series_choice, progress)
@@ -129,7 +130,7 @@ def segment(s: Session, engines, series_files=None, series_choice=None, progress
     return _view(s) | {"volume_which": "unet"}
 
 
-@_handler("propagating the mask", heavy=True)
+@handler("propagating the mask", heavy=True)
 def propagate(s: Session, engines, series_files=None, series_choice=None, progress=None) -> dict:
     """Carry the prompted mask of the slice shown in the Prompts tab up and down the series."""
     from bt_demo.volume.segment import propagate as run
@@ -151,7 +152,7 @@ def propagate(s: Session, engines, series_files=None, series_choice=None, progre
         raise InputError(p)
 
     if s.volume_gate is None or s.volume_gate.shape != s.volume.shape:
-        unet, _ = _engine_or_reason(engines.unet())
+        unet, _ = engine_or_reason(engines.unet())
         if unet is not None:  # the U-Net's region keeps propagation from running past the tumour's end
             from bt_demo.volume.segment import propagation_gate, unet_probabilities, unit_volume
 
@@ -167,7 +168,7 @@ def propagate(s: Session, engines, series_files=None, series_choice=None, progre
     return _view(s) | {"volume_which": "propagated"}
 
 
-@_handler("showing the slice")
+@handler("showing the slice")
 def show(s: Session, k=None, which=None) -> dict:
     if s.volume is None:
         return {}
@@ -178,7 +179,7 @@ def show(s: Session, k=None, which=None) -> dict:
     return _view(s)
 
 
-@_handler("jumping to the slice")
+@handler("jumping to the slice")
 def jump(s: Session, index) -> dict:
     """A selection on the area plot (a slice number, or a range: the largest slice in it)."""
     if s.volume is None or index is None:
@@ -192,7 +193,7 @@ def jump(s: Session, index) -> dict:
     return _view(s)
 
 
-@_handler("exporting the volume", heavy=True)
+@handler("exporting the volume", heavy=True)
 def export(s: Session, engines) -> dict:
     """The chosen 3-D mask as NIfTI (source grid), DICOM SEG (DICOM sources) and a JSON report."""
     from bt_demo.io.export import DISCLAIMER
@@ -231,3 +232,58 @@ def export(s: Session, engines) -> dict:
     notify({}, "Exported the 3-D mask", level="info")
     kinds = ", ".join(os.path.basename(p) for p in files.values())
     return {"volume_files": list(files.values()), "volume_export_info": f"Exported {esc(kinds)}."}
+
+
+# ---------------------------------------------------------------------------
+# the panel
+# ---------------------------------------------------------------------------
+VOL_OUT = ["volume_info", "volume_image", "volume_plot", "volume_slice", "volume_which"]
+
+
+def build(page: Page) -> None:
+    """The Volume tab's contents (slow work: progress bars; one volume job at a time in the process)."""
+    eng, session = page.engines, page.session
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=260):
+            series_files = gr.File(
+                label="DICOM series: several files or a zip (else the uploaded NIfTI volume)",
+                file_count="multiple", type="filepath", height=90)
+            series_choice = gr.Number(value=0, precision=0, minimum=0,
+                                      label="Series number when the files hold several (0: list them)")
+            vol_btn = gr.Button("Segment the whole volume (U-Net)", variant="primary")
+            prop_btn = gr.Button("Propagate the clicked slice's mask through the series", size="sm")
+            volume_which = gr.Radio(choices=[(v, k) for k, v in MASKS.items()], value="unet",
+                                    label="Volume mask shown")
+            volume_info = gr.Markdown("No volume yet: segment one with the button above.", label="Volume summary")
+            vol_export_btn = gr.Button("Export the 3-D mask (NIfTI, DICOM SEG) and report", size="sm")
+            volume_export_info = gr.Markdown("", label="Volume export summary")
+            volume_files = gr.File(label="Exported volume files", file_count="multiple", interactive=False)
+        with gr.Column(scale=3, min_width=300):
+            volume_slice = gr.Slider(1, 2, value=1, step=1, label="Volume slice", visible=False)
+            volume_image = gr.Image(label="Volume slice and its mask", type="numpy",
+                                    format="jpeg", interactive=False, buttons=["fullscreen"])
+            volume_plot = gr.BarPlot(x="slice", y="area (px)", height=220,
+                                     label="Tumour area per slice (drag across it to jump)")
+    page.add(volume_info=volume_info, volume_image=volume_image, volume_plot=volume_plot, volume_slice=volume_slice,
+             volume_which=volume_which, volume_files=volume_files, volume_export_info=volume_export_info)
+    vol_outputs = page.outputs(VOL_OUT)
+
+    def vol_segment(s, files, choice, progress=gr.Progress()):
+        return page.adapt(segment(s, eng, files, choice, progress), VOL_OUT)
+
+    def vol_propagate(s, files, choice, progress=gr.Progress()):
+        return page.adapt(propagate(s, eng, files, choice, progress), VOL_OUT)
+
+    def vol_jump(s, evt: gr.SelectData):
+        return page.adapt(jump(s, evt.index), VOL_OUT)
+
+    vol_btn.click(vol_segment, [session, series_files, series_choice], vol_outputs, api_name="segment_volume",
+                  concurrency_id="volume", concurrency_limit=1)
+    prop_btn.click(vol_propagate, [session, series_files, series_choice], vol_outputs,
+                   api_name="propagate_volume", concurrency_id="volume", concurrency_limit=1)
+    page.wire(volume_slice.input, lambda s, k: show(s, k, None), [volume_slice], VOL_OUT,
+              trigger_mode="always_last", api_visibility="private")
+    page.wire(volume_which.input, lambda s, w: show(s, None, w), [volume_which], VOL_OUT, api_visibility="private")
+    volume_plot.select(vol_jump, [session], vol_outputs, api_visibility="private")
+    page.wire(vol_export_btn.click, lambda s: export(s, eng), [], ["volume_files", "volume_export_info"],
+              api_name="export_volume")
