@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from bt_demo.errors import InputError
+
 
 @dataclass(frozen=True)
 class SegResult:
@@ -64,3 +66,25 @@ class NoImageError(RuntimeError):
 
     def __init__(self, engine: str):
         super().__init__(f"{engine}: call set_image(image) before predict(); no image has been set")
+
+
+def check_prompts(points, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Points and labels as a promptable engine gets them -> float64 (N, 2) (x, y) and (N,) of 0/1.
+
+    None or empty points give (0, 2). Raises InputError (a ValueError) for another shape, a count that
+    differs from the labels', labels other than 0/1, or non-finite points. Where the points may lie is the
+    engine's business (each knows its slice).
+    """
+    pts = np.asarray(points if points is not None else [], dtype=np.float64)
+    if pts.size == 0:
+        pts = np.zeros((0, 2))
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InputError(f"points must be (N, 2) as (x, y), got shape {pts.shape}")
+    labs = np.asarray(labels if labels is not None else [], dtype=np.float64).reshape(-1)
+    if len(labs) != len(pts):
+        raise InputError(f"{len(pts)} points but {len(labs)} labels")
+    if not np.isin(labs, (0, 1)).all():
+        raise InputError(f"click labels must be 1 (tumour) or 0 (not tumour), got {sorted(set(labs.tolist()))}")
+    if not np.isfinite(pts).all():
+        raise InputError("clicks must be finite numbers")
+    return pts, labs

@@ -51,7 +51,7 @@ import numpy as np
 
 from bt_demo.errors import InputError
 from bt_demo.image.geometry import Geometry
-from bt_demo.models.base import NoImageError, SegResult
+from bt_demo.models.base import NoImageError, SegResult, check_prompts
 from bt_demo.models.medsam_decode import decode
 
 ENGINE_NAME = "MedSAM (LiteMedSAM)"
@@ -85,9 +85,7 @@ class CheckpointError(RuntimeError):
     """
 
 
-# ---------------------------------------------------------------------------
-# the checkpoint
-# ---------------------------------------------------------------------------
+# --- the checkpoint ---
 def checkpoint_path() -> Path:
     """Where the checkpoint should be: $BT_MEDSAM_CHECKPOINT, else the installed package's asset.
 
@@ -155,9 +153,7 @@ def checkpoint_status() -> str:
     return ""
 
 
-# ---------------------------------------------------------------------------
-# the model: built once per (checkpoint, device) per process
-# ---------------------------------------------------------------------------
+# --- the model: built once per (checkpoint, device) per process ---
 _models: dict[tuple[str, str], Any] = {}
 _model_lock = threading.Lock()
 _encoder_calls = 0
@@ -216,9 +212,7 @@ def encoder_calls() -> int:
     return _encoder_calls
 
 
-# ---------------------------------------------------------------------------
-# input preparation and the encoder
-# ---------------------------------------------------------------------------
+# --- input preparation and the encoder ---
 def resized_shape(shape: tuple[int, int], size: int = INPUT_SIZE) -> tuple[int, int]:
     """(new_h, new_w) after LiteMedSAM's longest-side resize: ``int(side * size / max(h, w) + 0.5)``."""
     h, w = int(shape[0]), int(shape[1])
@@ -348,9 +342,7 @@ def pooled_features(image: np.ndarray, device: str | None = None) -> np.ndarray:
     return pool_stages(e.stages, e.valid_hw)
 
 
-# ---------------------------------------------------------------------------
-# fine-tuned prompt encoder / mask decoder (weights/medsam_clicks)
-# ---------------------------------------------------------------------------
+# --- fine-tuned prompt encoder / mask decoder (weights/medsam_clicks) ---
 def save_override(folder: str | os.PathLike, tensors: dict, config: dict | None = None) -> Path:
     """Write a fine-tuned prompt-encoder / mask-decoder folder: model.safetensors (only ``tensors``, keys as
     in the LiteMedSAM state dict, e.g. ``mask_decoder.iou_token.weight``) + config.json (``config`` plus the
@@ -422,9 +414,7 @@ def _load_heads(folder: str | None, device: str | None):
     return out
 
 
-# ---------------------------------------------------------------------------
-# the shared, content-keyed embedding cache
-# ---------------------------------------------------------------------------
+# --- the shared, content-keyed embedding cache ---
 @dataclass(frozen=True)
 class _Entry:
     embedding: Any  # torch float32 (1, 256, 64, 64) on the model's device
@@ -619,18 +609,7 @@ class MedSamEngine:
         t0 = time.perf_counter()
         cur = self._require_image()
         H, W = cur.geometry.original_shape
-        pts = np.asarray(points if points is not None else [], dtype=np.float64)
-        if pts.size == 0:
-            pts = np.zeros((0, 2))
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise InputError(f"points must be (N, 2) as (x, y), got shape {pts.shape}")
-        labs = np.asarray(labels if labels is not None else [], dtype=np.float64).reshape(-1)
-        if len(labs) != len(pts):
-            raise InputError(f"{len(pts)} points but {len(labs)} labels")
-        if not np.isin(labs, (0, 1)).all():
-            raise InputError(f"click labels must be 1 (tumour) or 0 (not tumour), got {sorted(set(labs.tolist()))}")
-        if not np.isfinite(pts).all():
-            raise InputError("clicks must be finite numbers")
+        pts, labs = check_prompts(points, labels)
         if len(pts) and ((pts < -0.5).any() or (pts[:, 0] > W - 0.5).any() or (pts[:, 1] > H - 0.5).any()):
             raise InputError(f"a click lies outside the {W} x {H} slice")
         bx, swapped = (None, False) if box is None else self._check_box(box, (H, W))

@@ -73,7 +73,7 @@ import numpy as np
 
 from bt_demo.image.geometry import Geometry
 from bt_demo.models import weights
-from bt_demo.models.base import NoImageError, SegResult
+from bt_demo.models.base import NoImageError, SegResult, check_prompts
 
 log = logging.getLogger(__name__)
 
@@ -601,18 +601,7 @@ class SamEngine:
 
         t0 = time.perf_counter()
         cur = self._require_image()
-        pts = np.asarray(points if points is not None else [], dtype=np.float64)
-        if pts.size == 0:
-            pts = np.zeros((0, 2))
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise ValueError(f"points must be (N, 2) as (x, y), got shape {pts.shape}")
-        labs = np.asarray(labels if labels is not None else [], dtype=np.float64).reshape(-1)
-        if len(labs) != len(pts):
-            raise ValueError(f"{len(pts)} points but {len(labs)} labels")
-        if not np.isin(labs, (0, 1)).all():
-            raise ValueError(f"click labels must be 1 (tumour) or 0 (not tumour), got {sorted(set(labs.tolist()))}")
-        if not np.isfinite(pts).all():
-            raise ValueError("points must be finite numbers")
+        pts, labs = check_prompts(points, labels)
         bx = None
         if box is not None:
             bx = np.asarray(box, dtype=np.float64).reshape(-1)
