@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     if not sizes or min(sizes) < 32:
         p.error("--sizes must list sizes of at least 32 px")
 
-    from bt_demo.studies import clustering as cl
     from bt_demo.image import preprocess as pp
     from bt_demo.sim.phantom import flair_phantom
+    from bt_demo.studies import clustering as cl
 
     warnings.simplefilter("ignore")
     rows = []

@@ -38,14 +38,15 @@ def main(argv=None) -> int:
         p.error("--repeats must be >= 1")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
 
-    from bt_demo.studies import classical_seg as cs
     from bt_demo.image import intensity
-    from bt_demo.studies import measure as ms, uncertainty as un
-    from bt_demo.studies.clustering import kmeans_segment
+    from bt_demo.image.preprocess import estimate_brain_mask, run_pipeline
     from bt_demo.models.nets import SegNet
     from bt_demo.models.unet import UNetEngine
     from bt_demo.sim.phantom import flair_phantom
-    from bt_demo.image.preprocess import estimate_brain_mask, run_pipeline
+    from bt_demo.studies import classical_seg as cs
+    from bt_demo.studies import measure as ms
+    from bt_demo.studies import uncertainty as un
+    from bt_demo.studies.clustering import kmeans_segment
 
     warnings.simplefilter("ignore", RuntimeWarning)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,16 +63,17 @@ def main(argv=None) -> int:
             after = run_pipeline(img).image
             km = kmeans_segment(img, 4, mask=brain)
             items = [("histogram + CDF figure (before/after)",
-                      lambda: intensity.intensity_figure(img, after if after.shape == img.shape else None,
-                                                         brain_mask=brain, kmeans_centers=km.centers,
-                                                         window=(0.5, 0.6)), None)]
+                      lambda img=img, after=after, brain=brain, km=km: intensity.intensity_figure(
+                          img, after if after.shape == img.shape else None,
+                          brain_mask=brain, kmeans_centers=km.centers, window=(0.5, 0.6)), None)]
             for name in cs.CLASSICAL:
                 for label, pts in (("1 click", click), ("no click", [])):
-                    fn = (lambda n=name, q=pts: cs.run_classical(n, img, points=q, labels=[1] * len(q)))
+                    fn = (lambda n=name, q=pts, img=img: cs.run_classical(n, img, points=q, labels=[1] * len(q)))
                     items.append((f"{name} ({label})", fn, fn))
             items.append(("measure (lesion, spacing 0.5 mm)",
-                          lambda: ms.measure(lesion, spacing=(0.5, 0.5), brain_mask=brain), None))
-            items.append(("TTA uncertainty (random U-Net, n=8)", lambda: un.tta_uncertainty(engine, img, n=8), None))
+                          lambda lesion=lesion, brain=brain: ms.measure(lesion, spacing=(0.5, 0.5), brain_mask=brain),
+                          None))
+            items.append(("TTA uncertainty (random U-Net, n=8)", lambda img=img: un.tta_uncertainty(engine, img, n=8), None))
             for label, fn, seg in items:
                 row = {"size": size, "item": label, **time_it(fn, args.repeats)}
                 if seg is not None:

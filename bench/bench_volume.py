@@ -107,12 +107,11 @@ def cohort(wdir: str, n: int, workers: list[int], noop_tasks: int = 2000) -> dic
     LocalCluster of each worker count (end to end, cluster start included, and after the cluster has started);
     then the scheduler's overhead per task, from ``noop_tasks`` no-op tasks on 2 workers; then what 1,000
     volumes would cost on 1, 8 and 64 workers, on paper."""
+    import os
     import shutil
     import tempfile
 
     from bt_demo.volume import batch
-
-    import os
 
     tmp = Path(tempfile.mkdtemp(prefix="bt_cohort_"))
     (tmp / "in").mkdir()
@@ -176,9 +175,9 @@ def _dice(a, b) -> float:
 
 
 def lgg(wdir: str) -> dict:
-    from bt_demo.sim.clicksim import first_click
     from bt_demo.models.clicks import ClickEngine
     from bt_demo.models.unet import UNetEngine
+    from bt_demo.sim.clicksim import first_click
     from bt_demo.volume import Volume
     from bt_demo.volume.segment import GATE_LEVEL, postprocess_3d, propagate, propagation_gate, segment_volume
     from train import lgg as L

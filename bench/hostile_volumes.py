@@ -22,8 +22,6 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
 
 class Case(NamedTuple):
     name: str
@@ -39,7 +37,7 @@ def dicom_bytes(rows: int, cols: int, k: int = 0, *, series_uid: str = "1.2.826.
     data whatever NumberOfFrames says (a lying header)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import MRImageStorage, ExplicitVRLittleEndian
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

@@ -49,7 +49,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +237,7 @@ class SessionDriver:
         """Positive click number ``k`` of the cycle; returns {"area", "overlay", "info"}."""
         out = self._call(self.ep.click, "positive",
                          event_data={"index": self.display_points[k], "value": None, "selected": True})
-        out = dict(zip(self.ep.click_outputs, out if isinstance(out, (list, tuple)) else [out]))
+        out = dict(zip(self.ep.click_outputs, out if isinstance(out, (list, tuple)) else [out], strict=False))
 
         def labelled(prefix):  # labels are matched by their start, as find_endpoints does
             return next((v for k, v in out.items() if k.startswith(prefix)), None)

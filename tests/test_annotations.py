@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from bench.crash_store import KILLS, crash_test
+from bt_demo.errors import InputError
+from bt_demo.io import load_slice
 from bt_demo.io.corrections import (
     CorrectionStore,
     CorruptRecordError,
     StoreFullError,
     check_deidentified,
 )
-from bt_demo.errors import InputError
-from bt_demo.io import load_slice
 from bt_demo.sim.phantom import flair_phantom
 
 ID_RE = re.compile(r"^[0-9a-f]{16}$")

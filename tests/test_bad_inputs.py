@@ -94,7 +94,7 @@ def test_corpus_file_through_the_upload_handler(name, corpus, good, engines):
         assert "could not be opened" in view["status"] and "previous image is still shown" in view["status"]
         assert case.path.name not in messages[0]  # file names never come back from uploads
         after = (s.slice, s.source_path, s.window, s.processed, s.prompts, s.selectors)
-        assert all(a is b for a, b in zip(before, after)), f"{name}: the session changed on a refused file"
+        assert all(a is b for a, b in zip(before, after, strict=True)), f"{name}: the session changed on a refused file"
     else:
         assert not messages, f"{name}: {messages}"
         assert s.source_path == str(case.path) and s.slice is not before[0]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
-from bt_demo.studies import clustering as cl
 from bt_demo.errors import InputError
 from bt_demo.image.preprocess import estimate_brain_mask, run_pipeline
+from bt_demo.studies import clustering as cl
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LEVELS = (0.2, 0.5, 0.8)
@@ -169,7 +169,7 @@ def test_sweep_on_three_noisy_levels():
     assert "elbow" in sw.suggestion_method
     x = img[ALL].astype(np.float64)
     tss = ((x - x.mean()) ** 2).sum()
-    for k, w, b in zip(sw.ks, sw.wcss, sw.bcss):
+    for k, w, b in zip(sw.ks, sw.wcss, sw.bcss, strict=True):
         assert w + b == pytest.approx(tss, rel=1e-9)
         r = cl.kmeans_segment(img, k, mask=ALL)
         assert w == pytest.approx(r.inertia, rel=1e-9)
@@ -253,8 +253,8 @@ def test_brightest_cluster_overlaps_lgg_expert_masks_far_better_than_chance():
         assert proc.geometry.is_identity
         cands.append(cl.tumour_candidate(cl.kmeans_segment(proc.image, k=4)))
         gts.append(gt)
-    dice = np.array([_dice(c, g) for c, g in zip(cands, gts)])
-    mirrored = np.array([_dice(np.fliplr(c), g) for c, g in zip(cands, gts)])
+    dice = np.array([_dice(c, g) for c, g in zip(cands, gts, strict=True)])
+    mirrored = np.array([_dice(np.fliplr(c), g) for c, g in zip(cands, gts, strict=True)])
     other = np.array([_dice(c, gts[(i + 1) % len(gts)]) for i, c in enumerate(cands)])
     chance = max(mirrored.mean(), other.mean())
     print(f"\nK-Means (k=4, brightest cluster) vs expert FLAIR masks, {len(cases)} LGG patients: "

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bt_demo.studies import metrics as M
-from bt_demo.io.corrections import check_deidentified
 from bt_demo.errors import InputError
-from bt_demo.io.export import DISCLAIMER, build_report, mask_nifti, mask_png, write_bundle
 from bt_demo.io import load_slice
+from bt_demo.io.corrections import check_deidentified
+from bt_demo.io.export import DISCLAIMER, build_report, mask_nifti, mask_png, write_bundle
 from bt_demo.sim.phantom import flair_phantom
+from bt_demo.studies import metrics as M
 
 
 def asymmetric_mask(shape=(37, 53)) -> np.ndarray:

@@ -21,7 +21,7 @@ pytestmark = [
 
 def test_four_sessions_clicking_concurrently_have_no_errors_and_no_crosstalk(tmp_path):
     pytest.importorskip("gradio_client")
-    from bench.load_test import CYCLE, running_app, run
+    from bench.load_test import CYCLE, run, running_app
 
     with running_app(tmp_path) as url:
         result = run(url, sessions=4, seconds=8, side=64)

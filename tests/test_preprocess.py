@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from bt_demo.image import preprocess as pp
 from bt_demo.errors import InputError
+from bt_demo.image import preprocess as pp
 from bt_demo.image.preprocess import Param
 
 

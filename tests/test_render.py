@@ -296,7 +296,7 @@ def test_agreement_rgb_two_masks():
         ("only prompt", R.COLORS["only_b"]),
     ]
     np.testing.assert_array_equal(out[code == 0], base[code == 0])
-    for k, (_, color) in zip((3, 1, 2), legend):
+    for k, (_, color) in zip((3, 1, 2), legend, strict=True):
         np.testing.assert_array_equal(out[code == k], blend(base[code == k], color, 0.5))
 
 
@@ -363,6 +363,6 @@ def test_inputs_are_not_modified():
     R.agreement_rgb(rgb, code, ["a", "b"])
     R.side_by_side([rgb, g])
     R.upscale_for_display(rgb)
-    for before, after in zip(originals, (g, rgb, m, heat, labels, code)):
+    for before, after in zip(originals, (g, rgb, m, heat, labels, code), strict=True):
         np.testing.assert_array_equal(before, after)
     assert pts == [(5.0, 5.0)]

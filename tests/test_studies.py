@@ -8,10 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from bt_demo.studies import classical_seg as cs
 from bt_demo.image import intensity
-from bt_demo.studies import measure as ms, uncertainty as un
 from bt_demo.image.geometry import Geometry
+from bt_demo.studies import classical_seg as cs
+from bt_demo.studies import measure as ms
+from bt_demo.studies import uncertainty as un
 
 
 def _dice(a, b):
@@ -343,8 +344,8 @@ def test_classical_on_lgg_with_one_click():
 
     from PIL import Image
 
-    from bt_demo.sim.clicksim import first_click
     from bt_demo.image.preprocess import default_pipeline, run_pipeline
+    from bt_demo.sim.clicksim import first_click
 
     if not (LGG / "slices.csv").is_file():
         pytest.skip(f"real data not found at {LGG} (it is beside the repository in CI)")
@@ -362,7 +363,7 @@ def test_classical_on_lgg_with_one_click():
     truths = [np.asarray(Image.open(LGG / r["mask"]).convert("L")) > 127 for r in chosen]
     radius = float(np.median([np.sqrt(t.sum() / np.pi) for t in truths]))
     scores = {name: [] for name in (*cs.CLASSICAL, "disk baseline")}
-    for img, truth in zip(images, truths):
+    for img, truth in zip(images, truths, strict=True):
         x, y = first_click(truth)
         yy, xx = np.mgrid[:truth.shape[0], :truth.shape[1]]
         scores["disk baseline"].append(_dice((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2, truth))

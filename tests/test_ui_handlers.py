@@ -658,7 +658,7 @@ def test_two_sessions_interleaved_without_crosstalk(engines, phantom, phantom2):
     assert a.slice.shape != b.slice.shape
     clicks_a = [(c1, "positive"), ((8, 8), "negative"), ((c1[0] + 2, c1[1] + 1), "positive")]
     clicks_b = [(c2, "positive"), ((c2[0] - 3, c2[1]), "positive"), ((5, 9), "negative")]
-    for (xa, ma), (xb, mb) in zip(clicks_a, clicks_b):
+    for (xa, ma), (xb, mb) in zip(clicks_a, clicks_b, strict=True):
         a, _ = PR.click(a, engines, to_display(a, xa), ma)
         b, _ = PR.click(b, engines, to_display(b, xb), mb)
     # the same clicks in a fresh session, alone, give the same masks

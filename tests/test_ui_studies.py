@@ -20,7 +20,6 @@ from PIL import Image
 from bt_demo.models.registry import Engines
 from bt_demo.sim.phantom import flair_phantom
 from bt_demo.ui import compute as C
-from bt_demo.ui import views as V
 from bt_demo.ui.panels import compare as CMP
 from bt_demo.ui.panels import export as EX
 from bt_demo.ui.panels import kmeans as KM

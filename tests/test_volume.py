@@ -200,7 +200,7 @@ def test_segment_and_propagate_run_through_the_real_engines(engines):
     from bt_demo.sim.phantom import flair_phantom
     from bt_demo.volume.segment import propagate, segment_volume
 
-    imgs, masks = zip(*[flair_phantom((64, 64), seed=s) for s in range(6)])
+    imgs, masks = zip(*[flair_phantom((64, 64), seed=s) for s in range(6)], strict=True)
     vol = Volume.from_slices([i * 255 for i in imgs])
     seen = []
     res = segment_volume(vol, engines.unet(), progress=lambda i, n: seen.append((i, n)))

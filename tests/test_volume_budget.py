@@ -124,8 +124,9 @@ def test_the_server_budget_gives_up_with_a_message_and_refuses_what_can_never_fi
 def test_compressed_implicit_and_big_endian_series_give_the_same_volume(name):
     """The second pass reads only the pixel element where it can (native syntaxes) and the whole file where
     it cannot (encapsulated); every syntax gives the pixels of the plain file."""
-    from bench.bench_volume_load import _mr_small_series
     from pydicom.data import get_testdata_file
+
+    from bench.bench_volume_load import _mr_small_series
 
     want = load_volume(_mr_small_series(get_testdata_file("MR_small.dcm"), 4))
     got = load_volume(_mr_small_series(get_testdata_file(name), 4))

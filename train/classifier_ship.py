@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     cls_data.CACHE = Path(args.cache_dir)
     type_runs = [Path(r) for r in args.type_runs]
     t_res = [_load_results(r) for r in type_runs]
-    ship = [r for r, res in zip(type_runs, t_res) if res["split"].get("val_fold") == args.ship_fold]
+    ship = [r for r, res in zip(type_runs, t_res, strict=True) if res["split"].get("val_fold") == args.ship_fold]
     if not ship:
         raise SystemExit(f"no type run validated on fold {args.ship_fold} among {args.type_runs}")
     p_run = Path(args.presence_run)

@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import torch
 
-from bt_demo.sim.clicksim import first_click, next_click, random_clicks
 from bt_demo.models import weights
 from bt_demo.models.click_step import click_input, click_output, run_batch
+from bt_demo.sim.clicksim import first_click, next_click, random_clicks
 from train import common, lgg
 from train.augment import augment_pair
 from train.seg_eval import random_interior_click

@@ -280,7 +280,7 @@ def _seg_figure(rows: list[dict], out: Path) -> str:
     ax[0].set_xticks(range(1, len(rows) + 1), labels, rotation=60, ha="right", fontsize=6)
     ax[0].set_ylim(0, 1); ax[0].set_ylabel("per-patient Dice (10 validation patients)")
     ax[0].set_title("same image budget per row, from scratch", fontsize=9)
-    for r, lab in zip(rows, labels):
+    for r, lab in zip(rows, labels, strict=True):
         h = r.get("history") or []
         ax[1].plot([x["epoch"] for x in h], [x.get("patient_dice_mean", np.nan) for x in h], marker="o", ms=3,
                    label=lab.replace("\n", " "))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bt_demo.sim.clicksim import first_click, next_click
 from bt_demo.models.input_prep import prepare_batch
 from bt_demo.models.postprocess import binarize
+from bt_demo.sim.clicksim import first_click, next_click
 
 
 @torch.inference_mode()
@@ -110,7 +110,7 @@ def click_protocol(model, images_u8: np.ndarray, masks: np.ndarray, n_clicks: in
         labs = [[1] for _ in gts]
         prev: list[np.ndarray | None] = [None] * b
         for c in range(n_clicks):
-            inputs, frames = zip(*[click_input(model, imgs[i], pts[i], labs[i], prev[i]) for i in range(b)])
+            inputs, frames = zip(*[click_input(model, imgs[i], pts[i], labs[i], prev[i]) for i in range(b)], strict=True)
             probs = run_batch(model, list(inputs))
             for i in range(b):
                 _, pred = click_output(model, probs[i], frames[i], labs[i], imgs[i].shape)

@@ -88,3 +88,31 @@ def check_prompts(points, labels) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(pts).all():
         raise InputError("clicks must be finite numbers")
     return pts, labs
+
+
+def check_gray(image, who: str) -> np.ndarray:
+    """A 2-D numeric, finite gray image as float32; InputError (a ValueError) naming ``who`` otherwise."""
+    img = np.asarray(image)
+    if img.ndim != 2 or img.shape[0] < 1 or img.shape[1] < 1:
+        raise InputError(f"{who} needs a 2-D gray image (h, w), got shape {img.shape}")
+    if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer) or img.dtype == bool):
+        raise InputError(f"{who} needs a numeric image, got dtype {img.dtype}")
+    img = img.astype(np.float32, copy=False)
+    if not np.isfinite(img).all():
+        raise InputError("the image contains NaN or infinite values; normalise it to [0, 1] first")
+    return img
+
+
+def box_as_point(points, labels, box) -> tuple[list, list, tuple | None]:
+    """Points, labels and box as the click engines take them: lists of floats/ints, the box ordered
+    (x0, y0, x1, y1), and the box's centre added as a positive click when no click is positive (engines
+    without a box input read a box as "the tumour is in here")."""
+    pts = [tuple(map(float, p)) for p in points]
+    labs = [int(v) for v in labels]
+    if box is not None:
+        x0, y0, x1, y1 = map(float, box)
+        box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        if not any(v == 1 for v in labs):
+            pts.append(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+            labs.append(1)
+    return pts, labs, box

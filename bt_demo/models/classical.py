@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bt_demo.image.geometry import Geometry
-from bt_demo.models.base import NoImageError, SegResult
+from bt_demo.models.base import NoImageError, SegResult, box_as_point
 from bt_demo.models.postprocess import keep_components_touching
 
 WORK_SIDE = 160  # random walker cost grows fast with size; solve on a reduced grid
@@ -52,14 +52,7 @@ class RandomWalkerEngine:
         if self._img is None:
             raise NoImageError(self.name)
         t0 = time.perf_counter()
-        pts = [tuple(map(float, p)) for p in points]
-        labs = [int(l) for l in labels]
-        if box is not None:
-            x0, y0, x1, y1 = map(float, box)
-            box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-            if not any(l == 1 for l in labs):
-                pts.append(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
-                labs.append(1)
+        pts, labs, box = box_as_point(points, labels, box)
         if not any(l == 1 for l in labs):
             raise ValueError("add a positive point (on the tumour) or a box first")
         h, w = self._img.shape
@@ -73,7 +66,7 @@ class RandomWalkerEngine:
             outside[max(ya, 0):yb + 1, max(xa, 0):xb + 1] = False
             seeds[outside] = 2
         wp = self._geom.to_processed(np.asarray(pts, np.float64)) * self._scale
-        for (x, y), l in zip(wp, labs):
+        for (x, y), l in zip(wp, labs, strict=False):
             xi, yi = int(round(x)), int(round(y))
             if 0 <= xi < w and 0 <= yi < h:
                 cv2.circle(seeds, (xi, yi), self.seed_radius, 1 if l == 1 else 2, -1)

@@ -114,7 +114,7 @@ class ClassifierEngine:
         with torch.inference_mode():
             logits = net(x).float()[0]
         probs = torch.softmax(logits / net.temperature, dim=0).cpu().numpy()
-        return {n: float(v) for n, v in zip(net.class_names, probs)}
+        return {n: float(v) for n, v in zip(net.class_names, probs, strict=True)}
 
     def classify(self, image: np.ndarray, notices: tuple[str, ...] = ()) -> ClassResult:
         """image: float32 (h, w), any range (each net standardises its input). notices: the caller's

@@ -26,7 +26,7 @@ def click_maps(shape: tuple[int, int], points_xy: Sequence[Sequence[float]], lab
     if len(points_xy) != len(labels):
         raise ValueError(f"{len(points_xy)} points but {len(labels)} labels")
     r = max(1, int(round(radius)))
-    for (x, y), lab in zip(points_xy, labels):
+    for (x, y), lab in zip(points_xy, labels, strict=True):
         if lab not in (0, 1):
             raise ValueError(f"click labels must be 1 (positive) or 0 (negative), got {lab!r}")
         xi, yi = int(round(float(x))), int(round(float(y)))

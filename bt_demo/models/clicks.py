@@ -15,7 +15,7 @@ import numpy as np
 
 from bt_demo.image.geometry import Geometry
 from bt_demo.models import weights
-from bt_demo.models.base import NoImageError, SegResult
+from bt_demo.models.base import NoImageError, SegResult, box_as_point
 from bt_demo.models.click_step import click_input, click_output, run_batch
 
 DEFAULT_ID = "clicks"
@@ -71,16 +71,9 @@ class ClickEngine:
         if self._img is None:
             raise NoImageError(self.name)
         t0 = time.perf_counter()
-        pts = [tuple(map(float, p)) for p in points]
-        labs = [int(l) for l in labels]
-        if len(pts) != len(labs):
-            raise ValueError(f"{len(pts)} points but {len(labs)} labels")
-        if box is not None:
-            x0, y0, x1, y1 = map(float, box)
-            box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-            if not any(l == 1 for l in labs):
-                pts.append(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
-                labs.append(1)
+        if len(points) != len(labels):
+            raise ValueError(f"{len(points)} points but {len(labels)} labels")
+        pts, labs, box = box_as_point(points, labels, box)
         if not pts:
             raise ValueError("add a point or a box first")
         geom = self._geom

@@ -51,7 +51,7 @@ import numpy as np
 
 from bt_demo.errors import InputError
 from bt_demo.image.geometry import Geometry
-from bt_demo.models.base import NoImageError, SegResult, check_prompts
+from bt_demo.models.base import NoImageError, SegResult, check_gray, check_prompts
 from bt_demo.models.medsam_decode import decode
 
 ENGINE_NAME = "MedSAM (LiteMedSAM)"
@@ -221,15 +221,7 @@ def resized_shape(shape: tuple[int, int], size: int = INPUT_SIZE) -> tuple[int, 
 
 
 def _check_image(image) -> np.ndarray:
-    img = np.asarray(image)
-    if img.ndim != 2 or img.shape[0] < 1 or img.shape[1] < 1:
-        raise InputError(f"MedSAM needs a 2-D gray image (h, w), got shape {img.shape}")
-    if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer) or img.dtype == bool):
-        raise InputError(f"MedSAM needs a numeric image, got dtype {img.dtype}")
-    img = img.astype(np.float32, copy=False)
-    if not np.isfinite(img).all():
-        raise InputError("the image contains NaN or infinite values; normalise it to [0, 1] first")
-    return img
+    return check_gray(image, "MedSAM")
 
 
 def prepare(image: np.ndarray):

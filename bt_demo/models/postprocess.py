@@ -32,7 +32,7 @@ def keep_components_touching(mask: np.ndarray, points_xy, labels) -> np.ndarray:
     n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     h, w = mask.shape
     ids = set()
-    for (x, y), l in zip(points_xy, labels):
+    for (x, y), l in zip(points_xy, labels, strict=False):
         xi, yi = int(round(float(x))), int(round(float(y)))
         if l == 1 and 0 <= xi < w and 0 <= yi < h and lab[yi, xi] > 0:
             ids.add(int(lab[yi, xi]))

@@ -73,7 +73,7 @@ import numpy as np
 
 from bt_demo.image.geometry import Geometry
 from bt_demo.models import weights
-from bt_demo.models.base import NoImageError, SegResult, check_prompts
+from bt_demo.models.base import NoImageError, SegResult, check_gray, check_prompts
 
 log = logging.getLogger(__name__)
 
@@ -519,14 +519,7 @@ class SamEngine:
         it; None -> a hash of the quantised pixels and their shape. The
         encoder runs only when (model, key) is not in the shared cache.
         """
-        img = np.asarray(image)
-        if img.ndim != 2 or img.shape[0] < 1 or img.shape[1] < 1:
-            raise ValueError(f"expected a 2-D image (h, w), got shape {img.shape}")
-        if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer) or img.dtype == bool):
-            raise ValueError(f"expected a numeric image, got dtype {img.dtype}")
-        img = img.astype(np.float32, copy=False)
-        if not np.isfinite(img).all():
-            raise ValueError("the image contains NaN or infinite values; normalise it to [0, 1] first")
+        img = check_gray(image, "SAM")
         gray = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
         geometry = geometry or Geometry.identity(gray.shape)
         if tuple(geometry.processed_shape) != gray.shape:
