@@ -99,9 +99,8 @@ def main(argv=None) -> int:
 
     scratch.install()  # before Gradio is imported: its upload cache becomes ours, swept at start and exit
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from bt_demo.ui.layout import CSS, THEME
-
     from bt_demo.io.corrections import StoreError
+    from bt_demo.ui.layout import CSS, THEME
 
     try:
         demo = build(args)
