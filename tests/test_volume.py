@@ -288,3 +288,31 @@ def test_volume_tab_segments_propagates_jumps_and_exports(engines, tmp_path):
     assert nii.shape == src.shape[:3] and np.allclose(nii.affine, src.affine, atol=1e-4)
     rep = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
     assert rep["volume"]["mask"].startswith("propagated") and rep["volume"]["slices"] == Z
+
+
+def test_volume_export_of_a_series_a_seg_cannot_be_written_for_still_gives_mask_and_report(engines, tmp_path):
+    """A DICOM series without SliceThickness (a SEG must copy it): the page exports the NIfTI mask and the
+    report, says why there is no SEG, and the report says it too."""
+    import pydicom
+
+    from bench.hostile_volumes import dicom_bytes
+    from bt_demo.ui.panels import volume as VP
+    from bt_demo.ui.state import Session
+
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for k in range(4):
+            ds = pydicom.dcmread(io.BytesIO(dicom_bytes(32, 32, k, series_uid="1.2.3.9")))
+            del ds.SliceThickness
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            z.writestr(f"{k}.dcm", buf.getvalue())
+    s = Session()
+    s, _ = VP.segment(s, engines, [str(archive)])
+    assert s.volume is not None and s.volume.source.startswith("dicom")
+    s, view = VP.export(s, engines)
+    files = view["volume_files"]
+    assert not any(f.endswith(".dcm") for f in files) and any(f.endswith(".nii.gz") for f in files)
+    assert "No DICOM SEG" in view["volume_export_info"] and "SliceThickness" in view["volume_export_info"]
+    rep = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
+    assert "SliceThickness" in rep["seg_not_written"]

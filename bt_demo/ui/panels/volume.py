@@ -211,10 +211,16 @@ def export(s: Session, engines) -> dict:
     files["nifti"] = os.path.join(d, f"volume_mask_{rid}.nii.gz")
     with open(files["nifti"], "wb") as f:
         f.write(mask_nifti_3d(vol, mask))
+    seg_note = None
     if vol.source.startswith("dicom"):
-        files["seg"] = os.path.join(d, f"volume_seg_{rid}.dcm")
-        with open(files["seg"], "wb") as f:
-            f.write(dicom_seg(vol, mask, engine=s.volume_results[which].engine))
+        try:  # a series missing an attribute a SEG must copy: the mask and the numbers still go out
+            seg = dicom_seg(vol, mask, engine=s.volume_results[which].engine)
+        except InputError as e:
+            seg_note = str(e)
+        else:
+            files["seg"] = os.path.join(d, f"volume_seg_{rid}.dcm")
+            with open(files["seg"], "wb") as f:
+                f.write(seg)
     res = s.volume_results.get(which)
     n = volume_numbers(vol, mask)
     report = {"disclaimer": DISCLAIMER, "bundle_id": rid, "volume": {
@@ -226,12 +232,17 @@ def export(s: Session, engines) -> dict:
         "engine_settings": res.settings if res else None, "source_format": vol.source,
         "placement": "the NIfTI mask has the source's own voxel grid and affine" if vol.source_affine is not None
         else "no source geometry"}}
+    if seg_note:
+        report["seg_not_written"] = seg_note
     files["report"] = os.path.join(d, f"volume_report_{rid}.json")
     with open(files["report"], "w") as f:
         json.dump(report, f, indent=1, default=str)
     notify({}, "Exported the 3-D mask", level="info")
     kinds = ", ".join(os.path.basename(p) for p in files.values())
-    return {"volume_files": list(files.values()), "volume_export_info": f"Exported {esc(kinds)}."}
+    info = f"Exported {esc(kinds)}."
+    if seg_note:
+        info += f" No DICOM SEG: {esc(seg_note)}"
+    return {"volume_files": list(files.values()), "volume_export_info": info}
 
 
 # ---------------------------------------------------------------------------
