@@ -289,8 +289,10 @@ def hostile_volumes(url: str, info: dict, side: int, folder: Path, weights_dir: 
     # the batch command in its own process (2 Dask workers), its and its workers' peak memory
     args = [*map(str, (c.path for c in cases)), "--out", str(folder / "batch"), "--workers", "2"] + (
         ["--weights-dir", str(weights_dir)] if weights_dir else [])
-    code = ("import json, resource, sys; from bt_demo.volume.__main__ import main; rc = main(sys.argv[1:]); "
-            "print(json.dumps({'rc': rc, 'self_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
+    # the driver's own peak is VmHWM (ru_maxrss of RUSAGE_SELF keeps this bench's RSS from before the exec)
+    code = ("import json, re, resource, sys; from bt_demo.volume.__main__ import main; rc = main(sys.argv[1:]); "
+            "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+            "print(json.dumps({'rc': rc, 'self_mb': hwm / 1024, "
             "'worker_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))")
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, timeout=600)

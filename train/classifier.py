@@ -196,11 +196,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    common.set_seed(args.seed)
-    device = common.pick_device(args.device)
-    run = common.Run(args.run_dir, vars(args) | {"argv": sys.argv}, args.resume)
+    device, run = common.start_run(args)
     cls_data.CACHE = Path(args.cache_dir)
     train, val, names, split = head_data(args.head, args.input_size, args.fit, args.val_fold, args.val_patients,
                                          args.seed, args.data)

@@ -56,11 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-zoom-in", action="store_true", help="always show the whole slice (no crop around the mask)")
     p.add_argument("--val-clicks", type=int, default=10)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    common.set_seed(args.seed)
-    device = common.pick_device(args.device)
-    run = common.Run(args.run_dir, vars(args) | {"argv": sys.argv}, args.resume)
+    device, run = common.start_run(args)
     data = lgg.load_lgg(args.data)
     split = lgg.patient_split(data.patients, data.has_tumour, args.n_val, args.n_test,
                               seed=args.seed if args.split_seed is None else args.split_seed)

@@ -78,6 +78,15 @@ class Run:
             os.replace(self.dir / "best.pt.tmp", self.best_ckpt)
 
 
+def start_run(args) -> tuple[torch.device, Run]:
+    """The start of every training command: torch threads (--threads, 0 = torch's default), the seed, the
+    device, and the run folder (--run-dir, --resume) with the arguments and the command line in args.json."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    return pick_device(args.device), Run(args.run_dir, vars(args) | {"argv": sys.argv}, args.resume)
+
+
 def export_weights(model: torch.nn.Module, out_dir: str | Path, fp16: bool = True) -> Path:
     """save_pretrained a copy of ``model`` (float16 on disk by default) into out_dir."""
     out = Path(out_dir)

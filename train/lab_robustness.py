@@ -124,7 +124,9 @@ def write_card_summary(card_p: Path, doc: dict) -> None:
         "worst_abs_change": round(doc["worst_abs_change"], 4), "worst_configuration": worst_cfg,
         "change_by_configuration": {k: round(v["change"], 4) for k, v in doc["configs"].items()},
         "command": doc["command"]}
-    card_p.write_text(json.dumps(card, indent=1))
+    from train.evaluate import write_card  # the one writer of card.json and card.md
+
+    write_card(card_p.parent, card)
 
 
 if __name__ == "__main__":

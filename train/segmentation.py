@@ -96,11 +96,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train segmentation", description=__doc__)
     add_args(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    common.set_seed(args.seed)
-    device = common.pick_device(args.device)
-    run = common.Run(args.run_dir, vars(args) | {"argv": sys.argv}, args.resume)
+    device, run = common.start_run(args)
     data, split = load_split(args)
     (run.dir / "split.json").write_text(json.dumps(split, indent=1))
     train_set, val_set = data.subset(split["train"]), data.subset(split["val"])
