@@ -1,4 +1,4 @@
-"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval,embeddings,medsam-clicks} ... (each has --help)."""
+"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval,embeddings,medsam-clicks,embed-heads} ... (each has --help)."""
 
 import sys
 
@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": "train.evaluate",
     "embeddings": "train.embeddings",
     "medsam-clicks": "train.medsam_clicks",
+    "embed-heads": "train.embed_heads",
 }
 
 

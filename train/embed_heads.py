@@ -1,0 +1,150 @@
+"""`python -m train embed-heads`: classifier heads on LiteMedSAM's frozen encoder (issue 25, part 1).
+
+The features are the embedding cache's pooled stage vectors (``train/embeddings.py``: per TinyViT stage and
+the neck, the channel means and maxima over the unpadded frame; 1,856 numbers per slice), computed once per
+slice. A head here is small and quick to fit, so every row is cross-validated:
+
+    type      figshare folds 1-4 (the author's patient-level folds): each fold held out in turn, the head
+              fitted on the other three. Its one setting (the regularisation) is chosen by an inner
+              leave-one-fold-out CV on those three folds only, and the temperature is fitted on the inner
+              out-of-fold logits, so the held-out fold is used for nothing but the report.
+
+Heads:
+
+    linear    standardised features -> multinomial logistic regression (scikit-learn), C from the grid
+    mlp       standardised features -> one hidden layer of 256 ReLU units (scikit-learn MLPClassifier,
+              adam, early stopping on a 10 % split of the training folds), L2 alpha from the grid
+
+Each row writes ``--out`` (results.json: per fold and mean +- SD of macro-F1, accuracy, per-class recall, ECE
+before and after temperature, the chosen setting, the confusion matrix, fit seconds); ``python -m train
+report`` puts them beside the from-scratch rows in docs/studies.md.
+
+Example: ``python -m train embed-heads --head type --model linear --out runs/study_embed/type_linear``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from train.classifier import class_metrics, ece, fit_temperature, softmax
+
+TYPE_CLASSES = ["glioma", "meningioma", "pituitary"]
+GRIDS = {"linear": [0.003, 0.01, 0.03, 0.1, 0.3], "mlp": [1e-3, 1e-2, 1e-1, 1.0]}
+
+
+def type_data(cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(features (N, 1856), labels (N,) as TYPE_CLASSES indices, folds (N,), ids) of a figshare cache."""
+    from train.embeddings import open_cache
+
+    cache = open_cache(cache_dir)
+    ids, x = cache.pooled()
+    if not ids:
+        raise SystemExit(f"{cache_dir} holds no embeddings: run python -m train embeddings --dataset figshare")
+    y = np.array([TYPE_CLASSES.index(cache.rows[i]["label"]) for i in ids])
+    folds = np.array([int(cache.rows[i]["fold"]) for i in ids])
+    return x, y, folds, ids
+
+
+def make_head(model: str, setting: float, seed: int = 0):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if model == "linear":
+        clf = LogisticRegression(C=setting, max_iter=3000)
+    elif model == "mlp":
+        clf = MLPClassifier(hidden_layer_sizes=(256,), alpha=setting, early_stopping=True, validation_fraction=0.1,
+                            max_iter=400, random_state=seed)
+    else:
+        raise ValueError(f"unknown head {model!r}")
+    return make_pipeline(StandardScaler(), clf)
+
+
+def head_logits(head, x: np.ndarray) -> np.ndarray:
+    """Logits (N, len(TYPE_CLASSES)) a temperature can scale: the linear head's decision values, the MLP's
+    log-probabilities; a class the training folds lacked gets -30 (never predicted)."""
+    if hasattr(head[-1], "coef_"):
+        z = head.decision_function(x).astype(np.float64)
+        if z.ndim == 1:  # two classes seen: sklearn gives the second's margin
+            z = np.stack([np.zeros_like(z), z], 1)
+    else:
+        z = np.log(np.clip(head.predict_proba(x), 1e-12, 1.0))
+    out = np.full((len(x), len(TYPE_CLASSES)), -30.0)
+    out[:, head.classes_] = z
+    return out
+
+
+def _inner(model: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int) -> tuple[float, np.ndarray]:
+    """Leave-one-fold-out over the training folds: the grid setting with the best macro-F1, and that
+    setting's out-of-fold logits (for the temperature)."""
+    from sklearn.metrics import f1_score
+
+    best = (-1.0, None, None)
+    for s in GRIDS[model]:
+        oof = np.zeros((len(y), len(TYPE_CLASSES)))
+        for f in np.unique(folds):
+            tr, va = folds != f, folds == f
+            oof[va] = head_logits(make_head(model, s, seed).fit(x[tr], y[tr]), x[va])
+        f1 = f1_score(y, oof.argmax(1), average="macro")
+        if f1 > best[0]:
+            best = (f1, s, oof)
+    return best[1], best[2]
+
+
+def cross_validate(model: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int = 0,
+                   log=print) -> dict:
+    per_fold = []
+    for f in sorted(np.unique(folds).tolist()):
+        t0 = time.perf_counter()
+        tr, va = folds != f, folds == f
+        setting, oof = _inner(model, x[tr], y[tr], folds[tr], seed)
+        t = fit_temperature(oof, y[tr])
+        head = make_head(model, setting, seed).fit(x[tr], y[tr])
+        z = head_logits(head, x[va])
+        m = class_metrics(softmax(z / t), y[va], TYPE_CLASSES)
+        m.update({"val_fold": f, "setting": setting, "temperature": t, "ece_before_t": ece(softmax(z), y[va]),
+                  "n_train": int(tr.sum()), "fit_s": round(time.perf_counter() - t0, 1)})
+        per_fold.append(m)
+        log(f"fold {f}: macro-F1 {m['macro_f1']:.3f}, setting {setting}, T {t:.2f}, ECE {m['ece_before_t']:.3f} -> "
+            f"{m['ece']:.3f} ({m['fit_s']} s)")
+    agg = {k: [p[k] for p in per_fold] for k in ("macro_f1", "accuracy", "ece", "ece_before_t")}
+    summary = {k: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for k, v in agg.items()}
+    summary["recall"] = {c: float(np.mean([p["recall"][c] for p in per_fold])) for c in TYPE_CLASSES}
+    return {"folds": per_fold, "summary": summary}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train embed-heads", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--head", default="type", choices=["type"])
+    p.add_argument("--model", default="linear", choices=sorted(GRIDS))
+    p.add_argument("--cache", default="runs/embeddings/figshare")
+    p.add_argument("--out", required=True, help="run folder (results.json is written there)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    x, y, folds, ids = type_data(args.cache)
+    print(f"{len(ids)} slices, folds {dict(zip(*np.unique(folds, return_counts=True), strict=True))}")
+    t0 = time.perf_counter()
+    res = cross_validate(args.model, x, y, folds, args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res.update({"head": args.head, "model": args.model, "features": "LiteMedSAM pooled stages (1856)",
+                "cache": str(args.cache), "n": len(ids), "grid": GRIDS[args.model], "seed": args.seed,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "command": "python -m train embed-heads " + " ".join(argv if argv is not None else [])})
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    s = res["summary"]
+    print(f"macro-F1 {s['macro_f1']['mean']:.3f} +- {s['macro_f1']['sd']:.3f}; recall "
+          + " / ".join(f"{c} {v:.2f}" for c, v in s["recall"].items())
+          + f"; ECE {s['ece_before_t']['mean']:.3f} -> {s['ece']['mean']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
