@@ -95,6 +95,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     limit_threads(args.threads, args.concurrency)  # before numpy / torch are imported
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no call home unless the user asks for it
+    # Gradio's queue rebuilds a pandas table of every event it remembers (up to 10,000) after each event, for
+    # a monitoring page that is off unless asked for: a cost that grew with the server's life (issue 24).
+    # Rebuilt every 100 events over the last 2,000 instead.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
     from bt_demo.ui import scratch
 
     scratch.install()  # before Gradio is imported: its upload cache becomes ours, swept at start and exit

@@ -101,6 +101,7 @@ def _session_state() -> gr.State:
     (API clients that never open a heartbeat are never "closed")."""
     first = Session()
     first.tab = "prompts"  # the tab a page opens on; hidden tabs are drawn when opened (ui.tabs)
+    first.shown = {"candidates": None}  # SAM's candidates start hidden; sent when they change (views._changed)
     return gr.State(first, delete_callback=delete_session, time_to_live=SESSION_TTL_S)
 
 

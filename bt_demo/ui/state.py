@@ -139,7 +139,7 @@ class Session:
                "sweep", "sweep_key", "classification", "classification_key", "classifier_reason",
                "gradcam_class", "gradcam", "opacity", "hist_scope", "classical_on", "classical_params", "classical",
                "chosen_mask", "uncertainty", "uncertainty_key", "workdir", "volume", "volume_key", "volume_masks",
-               "volume_results", "volume_numbers", "volume_which", "volume_k", "volume_gate", "tab", "stale", "notices",
+               "volume_results", "volume_numbers", "volume_which", "volume_k", "volume_gate", "tab", "stale", "shown", "notices",
                "synthetic")
 
     def __init__(self) -> None:
@@ -196,6 +196,9 @@ class Session:
         # the tab on screen (None: all count as shown) and the tabs whose panels wait to be drawn (ui.tabs)
         self.tab: str | None = None
         self.stale: frozenset[str] = frozenset()
+        # what the page shows of components sent only on change (views._changed): name -> key; None
+        # for sessions without a page (handler-level callers: everything is sent)
+        self.shown: dict | None = None
         # why this slice is unlike the training data: the file's fields (domain) and its pixels (looks_like_brain)
         self.notices: tuple[str, ...] = ()
         # the last slice the Synthetic tab generated (ui.panels.synthetic): image, mask, seed, steps, ...

@@ -196,16 +196,35 @@ def prompt_info(s) -> str:
 
 
 def candidate_update(s) -> dict:
+    """SAM's candidate masks, sent only when they differ from what the page shows (``s.shown``): an update
+    of a component's properties makes Gradio rebuild the component, on every event it is sent."""
     res = s.prompts.result
     if res is None or len(res.candidates) < 2:
-        return {"candidates": gr.update(visible=False, choices=[], value=None)}
+        return _changed(s, "candidates", gr.update(visible=False, choices=[], value=None), None)
     choices = [(f"mask {i + 1}: predicted IoU {sc:.2f}", i) for i, sc in enumerate(res.scores)]
-    return {"candidates": gr.update(visible=True, choices=choices, value=int(res.chosen))}
+    return _changed(s, "candidates", gr.update(visible=True, choices=choices, value=int(res.chosen)),
+                    (tuple(choices), int(res.chosen)))
 
 
 def prompt_view_engine(s) -> dict:
-    """The engine chooser shows the engine this session really uses."""
-    return {} if s.slot is None else {"engine": s.slot.engine_key}
+    """The engine chooser shows the engine this session really uses (sent when that changes)."""
+    return {} if s.slot is None else _changed(s, "engine", s.slot.engine_key, s.slot.engine_key)
+
+
+def mark_shown(s, name: str, key) -> None:
+    """The page now shows ``key`` for ``name`` (the dict is replaced, never changed: a failed event's
+    restore puts the old one back)."""
+    if s.shown is not None:
+        s.shown = {**s.shown, name: key}
+
+
+def _changed(s, name: str, value, key) -> dict:
+    """``{name: value}`` unless the page already shows ``key`` for ``name``. A page's session starts with
+    what the page was built with; a session without ``shown`` (handler-level callers) always gets it."""
+    if s.shown is not None and name in s.shown and s.shown[name] == key:
+        return {}
+    mark_shown(s, name, key)
+    return {name: value}
 
 
 def prompt_view(s) -> dict:

@@ -13,7 +13,7 @@ import gradio as gr
 from bt_demo.errors import InputError
 from bt_demo.ui import compute as C
 from bt_demo.ui import views
-from bt_demo.ui.kit import COMPARE_OUT, PROMPT_OUT, Page, display_to_original, handler, need_slice, notify
+from bt_demo.ui.kit import PROMPT_OUT, Page, display_to_original, handler, need_slice, notify
 from bt_demo.ui.panels.engines import engine_choices
 from bt_demo.ui.state import PromptState, Session
 
@@ -119,12 +119,14 @@ def switch_engine(s: Session, engines, key: str) -> dict:
 
     if key not in PROMPT_ENGINES:
         raise InputError(f"unknown engine {key!r}; choose one of {', '.join(PROMPT_ENGINES)}")
+    views.mark_shown(s, "engine", key)  # the chooser shows the user's pick now
     slot = C.new_slot(engines, key, wait=False)
     view: dict = {}
     if slot.predictor is None:
         notify(view, slot.reason)
         current = s.slot.engine_key if s.slot is not None else None
         view["engine"] = current
+        views.mark_shown(s, "engine", current)
         return view
     s.slot = slot
     if not s.loaded:
@@ -181,7 +183,10 @@ def build(page: Page) -> list:
                 box_btn = gr.Button("Apply box", size="sm")
     page.add(prompt_image=prompt_image, prompt_info=prompt_info, candidates=candidates, engine=engine)
 
-    out = PROMPT_OUT + COMPARE_OUT
+    # a prompt changes panels of other tabs too, but the prompt image lives on this tab: those tabs are
+    # drawn when opened (ui.tabs). Every output an event declares costs Gradio a component rebuild per
+    # event even when the handler leaves it out, so the prompt events declare only this tab's panels.
+    out = PROMPT_OUT
 
     def on_click(s, m, evt: gr.SelectData):
         return page.adapt(click(s, eng, evt.index, m), out)
