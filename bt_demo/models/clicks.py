@@ -8,7 +8,11 @@ click is one forward pass; no hub download. Same face as SAM
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
+import warnings
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +23,40 @@ from bt_demo.models.base import NoImageError, SegResult, box_as_point
 from bt_demo.models.click_step import click_input, click_output, run_batch
 
 DEFAULT_ID = "clicks"
+
+
+_frozen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (frozen TorchScript or None, shape)
+_frozen_lock = threading.Lock()
+
+
+def _forward(model, x: np.ndarray) -> np.ndarray:
+    """The click model on one (4, S, S) input -> (S, S) probabilities.
+
+    On the CPU through a traced and frozen copy of the network (batch norm folded into the convolutions, no
+    Python per layer): a click's forward pass took 37-40 ms instead of 50-67 ms on one thread, outputs equal
+    to 1e-5 (measured on weights/clicks). Made once per model; where tracing fails, or for another input
+    shape or device, the eager network answers."""
+    import torch
+
+    p = next(model.parameters())
+    if p.device.type != "cpu" or "forward" in vars(model):  # a forward replaced on the instance runs as it is
+        return run_batch(model, [x])[0]
+    with _frozen_lock:
+        hit = _frozen.get(model)
+        if hit is None:
+            example = torch.zeros((1, *x.shape), dtype=p.dtype)
+            try:
+                with torch.inference_mode(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    frozen = torch.jit.freeze(torch.jit.trace(copy.deepcopy(model).eval(), example))
+            except Exception:  # noqa: BLE001 - the eager network still answers
+                frozen = None
+            hit = _frozen[model] = (frozen, tuple(example.shape))
+    frozen, shape = hit
+    if frozen is None or (1, *x.shape) != shape:
+        return run_batch(model, [x])[0]
+    with torch.inference_mode():
+        return torch.sigmoid(frozen(torch.from_numpy(x[None]).to(p.dtype))).float().numpy()[0, 0]
 
 
 class ClickEngine:
@@ -83,7 +121,7 @@ class ClickEngine:
         if previous is not None and previous.mask.shape == tuple(geom.original_shape):
             prev = geom.map_to_processed(previous.mask.astype(np.float32), order=1) >= 0.5
         x, frame = click_input(self.model, proc, pp, labs, prev)
-        prob_m = run_batch(self.model, [x])[0]
+        prob_m = _forward(self.model, x)
         prob_p, mask_p = click_output(self.model, prob_m, frame, labs, proc.shape)
         if box is not None:
             bp = geom.to_processed(np.array([[box[0], box[1]], [box[2], box[3]]]))
