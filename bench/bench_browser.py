@@ -44,7 +44,7 @@ MINIMAL = textwrap.dedent("""
 """)
 
 
-def _serve(cmd, port: int, log: Path):
+def serve(cmd, port: int, log: Path):
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     t0 = time.time()
     while time.time() - t0 < 150:
@@ -97,8 +97,8 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp())
     p1, p2 = _free_port(), _free_port()
-    minimal = _serve([sys.executable, "-c", MINIMAL, str(p2)], p2, tmp / "minimal.log")
-    app = _serve([sys.executable, "app.py", "--port", str(p1), "--sam-model", "none", "--weights-dir",
+    minimal = serve([sys.executable, "-c", MINIMAL, str(p2)], p2, tmp / "minimal.log")
+    app = serve([sys.executable, "app.py", "--port", str(p1), "--sam-model", "none", "--weights-dir",
                   args.weights_dir, "--annotations-dir", str(tmp / "corr")], p1, tmp / "app.log")
     pts = [(0.6 + 0.01 * (i % 4), 0.45 + 0.01 * (i // 4)) for i in range(args.clicks)]
     rows = []

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_browser import MINIMAL, REPO, _serve
+from bench.bench_browser import MINIMAL, REPO, serve
 from bench.common import write
 
 
@@ -110,8 +110,8 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp())
     p1, p2 = _free_port(), _free_port()
-    minimal = _serve([sys.executable, "-c", MINIMAL, str(p2)], p2, tmp / "minimal.log")
-    app = _serve([sys.executable, "app.py", "--port", str(p1), "--sam-model", "none", "--weights-dir",
+    minimal = serve([sys.executable, "-c", MINIMAL, str(p2)], p2, tmp / "minimal.log")
+    app = serve([sys.executable, "app.py", "--port", str(p1), "--sam-model", "none", "--weights-dir",
                   args.weights_dir, "--annotations-dir", str(tmp / "corr")], p1, tmp / "app.log")
     pts = [(0.6 + 0.01 * (i % 4), 0.45 + 0.01 * (i // 4 % 8)) for i in range(args.clicks)]
     floor, ours = [], []

@@ -129,6 +129,16 @@ _LABEL_COLORS: list[RGB] = [
 ]
 
 
+
+def _plane(arr, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """``arr`` as a 2-D array of the image's ``shape`` (InputError naming ``name`` otherwise)."""
+    a = np.asarray(arr)
+    if a.ndim != 2:
+        raise InputError(f"{name} must be a 2-D (H, W) array, got shape {a.shape}")
+    if a.shape != tuple(shape):
+        raise InputError(f"{name} shape {a.shape} does not match image shape {tuple(shape)}")
+    return a
+
 def _cv2():
     import cv2
 
@@ -318,11 +328,7 @@ def overlay_labels(
     alpha: in [0, 1]; label pixels become ``rint((1 - alpha) * pixel + alpha * colors_rgb[label])``.
     """
     out = to_rgb(gray)
-    lab = np.asarray(labels)
-    if lab.ndim != 2:
-        raise InputError(f"labels must be a 2-D (H, W) array, got shape {lab.shape}")
-    if lab.shape != out.shape[:2]:
-        raise InputError(f"labels shape {lab.shape} does not match image shape {out.shape[:2]}")
+    lab = _plane(labels, "labels", out.shape[:2])
     if lab.dtype == bool:
         lab = lab.astype(np.int64)
     if not np.issubdtype(lab.dtype, np.integer):
@@ -456,11 +462,7 @@ def heatmap_overlay(
     """
     cv2 = _cv2()
     out = to_rgb(gray)
-    hm = np.asarray(heat)
-    if hm.ndim != 2:
-        raise InputError(f"heat must be a 2-D (H, W) array, got shape {hm.shape}")
-    if hm.shape != out.shape[:2]:
-        raise InputError(f"heat shape {hm.shape} does not match image shape {out.shape[:2]}")
+    hm = _plane(heat, "heat", out.shape[:2])
     if not (np.issubdtype(hm.dtype, np.floating) or np.issubdtype(hm.dtype, np.integer) or hm.dtype == bool):
         raise InputError(f"heat must be numeric, got dtype {hm.dtype}")
     if colormap not in COLORMAPS:

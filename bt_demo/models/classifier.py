@@ -74,12 +74,8 @@ class ClassifierEngine:
     def load(cls, model_id: str = DEFAULT_ID, device: str | None = None) -> "ClassifierEngine | str":
         from bt_demo.models.nets import TumourClassifier
 
-        loaded = weights.load(TumourClassifier, model_id, device=device, strict=True)
-        if not loaded.ok:
-            return f"classifier unavailable, because {loaded.reason}"
-        eng = cls(loaded.model)
-        eng.card_line = weights.card_summary(model_id)
-        return eng
+        return weights.engine(cls, weights.load(TumourClassifier, model_id, device=device, strict=True), model_id,
+                              "classifier")
 
     @property
     def type_names(self) -> list[str]:

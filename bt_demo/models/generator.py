@@ -97,12 +97,8 @@ class GeneratorEngine:
 
     @classmethod
     def load(cls, model_id: str = DEFAULT_ID, device: str | None = None) -> "GeneratorEngine | str":
-        loaded = weights.load(MaskConditionedDiffusion, model_id, device=device, strict=True)
-        if not loaded.ok:
-            return f"generator unavailable, because {loaded.reason}"
-        eng = cls(loaded.model)
-        eng.card_line = weights.card_summary(model_id)
-        return eng
+        return weights.engine(cls, weights.load(MaskConditionedDiffusion, model_id, device=device, strict=True),
+                              model_id, "generator")
 
     @property
     def size(self) -> int:

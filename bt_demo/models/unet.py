@@ -36,12 +36,7 @@ class UNetEngine:
     @classmethod
     def load(cls, model_id: str = DEFAULT_ID, device: str | None = None) -> "UNetEngine | str":
         """The engine, or a string saying why it is unavailable."""
-        loaded = load_unet(model_id, device)
-        if not loaded.ok:
-            return f"U-Net unavailable, because {loaded.reason}"
-        eng = cls(loaded.model)
-        eng.card_line = weights.card_summary(model_id)
-        return eng
+        return weights.engine(cls, load_unet(model_id, device), model_id, "U-Net")
 
     @property
     def threshold(self) -> float:

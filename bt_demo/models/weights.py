@@ -207,3 +207,13 @@ def card_summary(model_id: str | os.PathLike) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return ""
+
+
+def engine(engine_cls, loaded: Loaded, model_id: str | os.PathLike, label: str):
+    """``engine_cls(model)`` with its card line, or the sentence saying why ``label`` is unavailable: the
+    one way every engine's ``load`` turns a loaded folder into an engine."""
+    if not loaded.ok:
+        return f"{label} unavailable, because {loaded.reason}"
+    eng = engine_cls(loaded.model)
+    eng.card_line = card_summary(model_id)
+    return eng
