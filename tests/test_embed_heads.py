@@ -47,6 +47,10 @@ def test_type_head_learns_separable_features_and_reports_every_fold(tmp_path):
     assert all(f["n"] == 60 and f["n_train"] == 180 for f in res["folds"])
     assert res["summary"]["macro_f1"]["mean"] > 0.9
     assert all(f["setting"] in res["grid"] for f in res["folds"])
+    from train.embed_heads import report_section
+
+    section = "\n".join(report_section(tmp_path, tmp_path / "no_card.json"))
+    assert f"**{res['summary']['macro_f1']['mean']:.3f}" in section and "python -m train embed-heads" in section
 
 
 def test_type_head_on_features_without_signal_stays_near_chance(tmp_path):

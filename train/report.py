@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from train import embed_heads
 from train.common import portable
 
 DEG = ("noise", "blur", "downsample")
@@ -566,6 +567,7 @@ def main(argv=None) -> int:
                             "bench/results/lab_robustness_unet.json"],
                    help="LABEL=JSON pairs from `python -m train lab-robustness`")
     p.add_argument("--generator-eval", default="bench/results/generator_eval.json")
+    p.add_argument("--embed-heads", default="runs/study_embed", help="python -m train embed-heads run folders")
     args = p.parse_args(argv)
     out = Path(args.out)
     fig_dir = out.parent / "studies"
@@ -578,6 +580,8 @@ def main(argv=None) -> int:
     # the studies' runs live in runs/ (not in git): on a machine without them keep what the doc already says
     old = _sections(out.read_text()) if out.exists() else {}
     lines += _kept(old, "## Classifier backbone study", classifier_study(Path(args.classifier_study), fig_dir))
+    lines += _kept(old, "## Classifier heads on LiteMedSAM", embed_heads.report_section(
+        args.embed_heads, Path(args.weights) / "classifier" / "card.json"))
     lines += _kept(old, "## Segmentation architecture study", seg_study(Path(args.seg_study), fig_dir))
     lines += seg_shipped(Path(args.weights), Path("bench/results"))
     lines += lab_robustness([(lab, Path(pth)) for lab, _, pth in (a.partition("=") for a in args.lab_robustness)])
