@@ -81,6 +81,9 @@ class ClickEngine:
             return f"click model unavailable, because {loaded.reason}"
         if loaded.model.task != "clicks":
             return f"click model unavailable, because {model_id} is a {loaded.model.task!r} model"
+        size = int(getattr(loaded.model, "input_size", 0) or 0)
+        if size > 0:  # trace the frozen copy now (engines load in the background), not on the first click
+            _forward(loaded.model, np.zeros((4, size, size), np.float32))
         return cls(loaded.model)
 
     def set_image(self, image: np.ndarray, geometry: Geometry | None = None, key: str | None = None) -> None:

@@ -27,6 +27,18 @@ SLOW_IMAGE_ENGINES = ("sam", "medsam")
 FALLBACK_ORDER = ("sam", "clicks", "random_walker", "medsam")
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
+def _import_stack() -> None:
+    """Import the network libraries the engines share, one thread at a time. Engines load in parallel
+    threads, and two threads importing torchvision / smp at once made Python give up on a circular import
+    ("_DeadlockError: deadlock detected by _ModuleLock('torchvision.ops.misc')": the U-Net then showed as
+    unavailable, seen in the browser). Once imported, this costs nothing."""
+    with _IMPORT_LOCK:
+        import segmentation_models_pytorch  # noqa: F401 - imports torch, torchvision and timm
+
+
 @dataclass(frozen=True)
 class EngineStatus:
     key: str
@@ -84,6 +96,7 @@ class Engines:
 
     def _load_into(self, key: str, loader, ev: threading.Event):
         try:
+            _import_stack()
             result = loader()
         except Exception as exc:  # noqa: BLE001 - an engine that fails is reported, not raised
             result = f"{key} unavailable, because {type(exc).__name__}: {exc}"
