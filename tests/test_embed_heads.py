@@ -53,6 +53,25 @@ def test_type_head_learns_separable_features_and_reports_every_fold(tmp_path):
     assert f"**{res['summary']['macro_f1']['mean']:.3f}" in section and "python -m train embed-heads" in section
 
 
+def test_exported_linear_head_gives_the_fitted_heads_answers(tmp_path):
+    """The exported weights (standardisation folded in) reproduce the pipeline's logits on raw features."""
+    from safetensors.numpy import load_file
+
+    from train.embed_heads import main, make_head
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 160)
+    folds = np.repeat([1, 2, 3, 4], 40)
+    x = _features(y, rng, 1.5) * 5 + 3  # far from standardised: the folding must matter
+    cache = _cache(tmp_path / "cache", y, folds, x)
+    main(["--cache", str(cache), "--out", str(tmp_path / "run"), "--export", str(tmp_path / "head")])
+    t = load_file(str(tmp_path / "head" / "model.safetensors"))
+    cfg = json.loads((tmp_path / "head" / "config.json").read_text())
+    ref = make_head("linear", cfg["setting_C"]).fit(x, y).decision_function(x)
+    np.testing.assert_allclose(x @ t["weight"].T + t["bias"], ref, rtol=1e-3, atol=1e-3)
+    assert cfg["classes"] == ["glioma", "meningioma", "pituitary"] and cfg["temperature"] > 0
+
+
 def test_type_head_on_features_without_signal_stays_near_chance(tmp_path):
     """Noise features: the inner CV cannot find a setting that helps, and the held-out folds say so."""
     from train.embed_heads import main

@@ -100,6 +100,7 @@ def _inner(model: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: in
 def cross_validate(model: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int = 0,
                    log=print) -> dict:
     per_fold = []
+    outer = np.zeros((len(y), len(TYPE_CLASSES)))  # each slice's logits from the fold that held it out
     for f in sorted(np.unique(folds).tolist()):
         t0 = time.perf_counter()
         tr, va = folds != f, folds == f
@@ -107,6 +108,7 @@ def cross_validate(model: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, 
         t = fit_temperature(oof, y[tr])
         head = make_head(model, setting, seed).fit(x[tr], y[tr])
         z = head_logits(head, x[va])
+        outer[va] = z
         m = class_metrics(softmax(z / t), y[va], TYPE_CLASSES)
         m.update({"val_fold": f, "setting": setting, "temperature": t, "ece_before_t": ece(softmax(z), y[va]),
                   "n_train": int(tr.sum()), "fit_s": round(time.perf_counter() - t0, 1)})
@@ -116,7 +118,31 @@ def cross_validate(model: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, 
     agg = {k: [p[k] for p in per_fold] for k in ("macro_f1", "accuracy", "ece", "ece_before_t")}
     summary = {k: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for k, v in agg.items()}
     summary["recall"] = {c: float(np.mean([p["recall"][c] for p in per_fold])) for c in TYPE_CLASSES}
-    return {"folds": per_fold, "summary": summary}
+    return {"folds": per_fold, "summary": summary, "oof_logits": outer}
+
+
+def export_linear(x: np.ndarray, y: np.ndarray, setting: float, oof_logits: np.ndarray, out: str | Path,
+                  card: dict) -> Path:
+    """The linear head fitted on every fold, the standardisation folded into it, as ``out``/model.safetensors
+    (weight (3, 1856), bias (3,), float32) + config.json (classes, temperature from the cross-validated
+    out-of-fold logits, the features it reads) + card.json: what the app's head reads beside the encoder."""
+    from safetensors.numpy import save_file
+
+    head = make_head("linear", setting).fit(x, y)
+    scaler, clf = head[0], head[-1]
+    w = clf.coef_ / scaler.scale_[None, :]
+    b = clf.intercept_ - w @ scaler.mean_
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # C order: safetensors writes the raw buffer, and coef_ / scale_ comes out in Fortran order
+    save_file({"weight": np.ascontiguousarray(w, np.float32), "bias": np.ascontiguousarray(b, np.float32)},
+              str(out / "model.safetensors"))
+    cfg = {"model_type": "medsam_pooled_linear_head", "task": "tumour_type", "classes": TYPE_CLASSES,
+           "features": "medsam.pooled_features (LiteMedSAM pooled stages, 1856)", "setting_C": setting,
+           "temperature": fit_temperature(oof_logits, y)}
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    (out / "card.json").write_text(json.dumps(card, indent=1))
+    return out
 
 
 def main(argv=None) -> int:
@@ -127,7 +153,11 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="runs/embeddings/figshare")
     p.add_argument("--out", required=True, help="run folder (results.json is written there)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="linear only: also fit the head on every fold (the setting most folds chose) and write it")
     args = p.parse_args(argv)
+    if args.export and args.model != "linear":
+        p.error("--export writes the linear head only")
     x, y, folds, ids = type_data(args.cache)
     print(f"{len(ids)} slices, folds {dict(zip(*np.unique(folds, return_counts=True), strict=True))}")
     t0 = time.perf_counter()
@@ -138,7 +168,14 @@ def main(argv=None) -> int:
                 "cache": str(args.cache), "n": len(ids), "grid": GRIDS[args.model], "seed": args.seed,
                 "seconds": round(time.perf_counter() - t0, 1),
                 "command": "python -m train embed-heads " + " ".join(argv if argv is not None else [])})
+    oof = res.pop("oof_logits")
     (out / "results.json").write_text(json.dumps(res, indent=1))
+    if args.export:
+        settings = [f["setting"] for f in res["folds"]]
+        chosen = max(set(settings), key=settings.count)
+        card = {"model": "tumour-type head on LiteMedSAM features", "data": "figshare brain-tumour set (Cheng et "
+                "al.; CC BY 4.0), folds 1-4", "cross_validated": res["summary"], "command": res["command"]}
+        print(f"exported {export_linear(x, y, chosen, oof, args.export, card)}")
     s = res["summary"]
     print(f"macro-F1 {s['macro_f1']['mean']:.3f} +- {s['macro_f1']['sd']:.3f}; recall "
           + " / ".join(f"{c} {v:.2f}" for c, v in s["recall"].items())
