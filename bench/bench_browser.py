@@ -57,6 +57,19 @@ def serve(cmd, port: int, log: Path):
     raise RuntimeError(f"no page on port {port}: {log.read_text()[-2000:]}")
 
 
+def start_servers(weights_dir: str):
+    """The minimal app (the floor) and this app (its weights, SAM off, a scratch correction store), each on a
+    free port: (minimal, app, app_port, minimal_port)."""
+    from tests.e2e.test_browser import _free_port
+
+    tmp = Path(tempfile.mkdtemp())
+    p1, p2 = _free_port(), _free_port()
+    minimal = serve([sys.executable, "-c", MINIMAL, str(p2)], p2, tmp / "minimal.log")
+    app = serve([sys.executable, "app.py", "--port", str(p1), "--sam-model", "none", "--weights-dir",
+                 weights_dir, "--annotations-dir", str(tmp / "corr")], p1, tmp / "app.log")
+    return minimal, app, p1, p2
+
+
 def _click_time(page, label: str, x: float, y: float) -> float:
     """ms from a click at (x, y) (fractions of the picture) to the picture's repaint."""
     from tests.e2e.test_browser import block
@@ -93,13 +106,9 @@ def main(argv=None) -> int:
     ap.add_argument("--note", default="", help="conditions of the run, kept in the JSON and the README table")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    from tests.e2e.test_browser import EXAMPLE, _free_port, block, browser_page, wait_for_image
+    from tests.e2e.test_browser import EXAMPLE, block, browser_page, wait_for_image
 
-    tmp = Path(tempfile.mkdtemp())
-    p1, p2 = _free_port(), _free_port()
-    minimal = serve([sys.executable, "-c", MINIMAL, str(p2)], p2, tmp / "minimal.log")
-    app = serve([sys.executable, "app.py", "--port", str(p1), "--sam-model", "none", "--weights-dir",
-                  args.weights_dir, "--annotations-dir", str(tmp / "corr")], p1, tmp / "app.log")
+    minimal, app, p1, p2 = start_servers(args.weights_dir)
     pts = [(0.6 + 0.01 * (i % 4), 0.45 + 0.01 * (i // 4)) for i in range(args.clicks)]
     rows = []
     try:

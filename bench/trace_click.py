@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from bench.bench_browser import MINIMAL, REPO, serve
+from bench.bench_browser import REPO, start_servers
 from bench.common import write
 
 
@@ -39,12 +36,6 @@ class NetLog:
                      "Network.responseReceived"):
             self.cdp.on(name, lambda p, n=name: self.events.append((n, p)))
         self.cdp.send("Network.enable")
-        self.t_offset = None
-
-    def now(self) -> float:
-        """The browser's monotonic clock, read through a no-op CDP call's own timestamp."""
-        return self.cdp.send("Runtime.evaluate", {"expression": "performance.now()/1000 + performance.timeOrigin/1000",
-                                                  "returnByValue": True})["result"]["value"]
 
     def clear(self) -> None:
         self.events = []
@@ -106,13 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("--weights-dir", default=str(REPO / "weights"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    from tests.e2e.test_browser import EXAMPLE, _free_port, block, browser_page, wait_for_image
+    from tests.e2e.test_browser import EXAMPLE, block, browser_page, wait_for_image
 
-    tmp = Path(tempfile.mkdtemp())
-    p1, p2 = _free_port(), _free_port()
-    minimal = serve([sys.executable, "-c", MINIMAL, str(p2)], p2, tmp / "minimal.log")
-    app = serve([sys.executable, "app.py", "--port", str(p1), "--sam-model", "none", "--weights-dir",
-                  args.weights_dir, "--annotations-dir", str(tmp / "corr")], p1, tmp / "app.log")
+    minimal, app, p1, p2 = start_servers(args.weights_dir)
     pts = [(0.6 + 0.01 * (i % 4), 0.45 + 0.01 * (i // 4 % 8)) for i in range(args.clicks)]
     floor, ours = [], []
     try:
