@@ -14,6 +14,13 @@ volume path (with the card's own post-processing it must equal the card's per-pa
 for patients with >= 2000 tumour voxels, and the propagated 3-D Dice from one simulated click on the middle
 tumour slice, with the U-Net gate (bt_demo.volume.segment.GATE_LEVEL, chosen on the validation patients by
 the same protocol) and without.
+
+propagation (needs ../shared/data/lgg, trained weights and the LiteMedSAM checkpoint): the propagation engines
+side by side on the U-Net card's *validation* patients, from the same start (the click model's mask after one
+simulated click on the middle tumour slice), all inside the U-Net gate: the click model (one click at the
+neighbour's innermost point), MedSAM as published (the neighbour's box grown by 2 / 5 px) and MedSAM clicks
+(box and click, the neighbour's logits as its mask prompt). 3-D Dice against the expert masks and seconds per
+slice (the LiteMedSAM encoder runs once per slice; the engines share its cache).
 """
 
 from __future__ import annotations
@@ -251,6 +258,67 @@ def lgg(wdir: str) -> dict:
     return {"summary": summary, "rows": rows}
 
 
+def propagation_engines(wdir: str, threads: int = 2) -> dict:
+    """Propagation with the click model vs MedSAM on the U-Net card's validation patients (see the docstring)."""
+    import torch
+
+    from bt_demo.models import medsam
+    from bt_demo.models.clicks import ClickEngine
+    from bt_demo.models.sam import EmbeddingCache
+    from bt_demo.models.unet import UNetEngine
+    from bt_demo.sim.clicksim import first_click
+    from bt_demo.volume import Volume
+    from bt_demo.volume.segment import propagate, propagation_gate, segment_volume
+    from train import lgg as L
+
+    torch.set_num_threads(threads)
+    card = json.loads((Path(wdir) / "unet" / "card.json").read_text())
+    unet = UNetEngine.load(str(Path(wdir) / "unet"))
+    clicks = ClickEngine.load(str(Path(wdir) / "clicks"))
+    cache = EmbeddingCache(64)  # one patient's slices: each embedding computed once for all MedSAM rows
+    engines = {"clicks": clicks, "medsam": medsam.MedSamEngine("cpu", None, cache)}
+    if (Path(wdir) / "medsam_clicks" / "config.json").exists():
+        engines["medsam_clicks"] = medsam.MedSamEngine("cpu", str(Path(wdir) / "medsam_clicks"), cache)
+    rows_spec = [("clicks", "click", 0), ("medsam", "box", 2), ("medsam", "box", 5),
+                 ("medsam_clicks", "box+click", 2), ("medsam_clicks", "box+click", 5), ("medsam_clicks", "click", 0)]
+    rows_spec = [r for r in rows_spec if r[0] in engines]
+    per = {f"{e} {p} {m}px" if p != "click" else f"{e} {p}": [] for e, p, m in rows_spec}
+    secs = {k: [0.0, 0] for k in per}
+    pats = card["split"]["val_patients"]
+    data = L.load_lgg(LGG, patients=pats)
+    for p in pats:
+        k = data.patients == p
+        order = np.argsort(data.slice_numbers[k])
+        vol, gt = Volume.from_slices(data.images[k][order]), data.masks[k][order]
+        if not gt.any():
+            continue
+        res = segment_volume(vol, unet, min_share=0.0)
+        gate = propagation_gate(res.prob)
+        areas = gt.reshape(len(gt), -1).sum(1)
+        tumour = np.flatnonzero(areas)
+        mid = int(tumour[len(tumour) // 2])
+        x, y = first_click(gt[mid])
+        clicks.set_image(vol.data[mid] / 255.0)
+        m0 = clicks.predict([(x, y)], [1]).mask
+        cache.clear()
+        for (e, prompt, margin), key in zip(rows_spec, per, strict=True):
+            t0 = time.perf_counter()
+            n = []
+            pr = propagate(vol, engines[e], mid, m0, gate=gate, prompt=prompt, box_margin=margin,
+                           progress=lambda i, _z, n=n: n.append(i))
+            secs[key][0] += time.perf_counter() - t0
+            secs[key][1] += len(n)
+            per[key].append({"patient": p, "dice_3d": _dice(pr.mask, gt), "slices": len(n)})
+        print(p, {k: round(v[-1]["dice_3d"], 3) for k, v in per.items()}, flush=True)
+    summary = {k: {"mean_dice_3d": float(np.mean([r["dice_3d"] for r in v])), "patients": len(v),
+                   "worst_dice_3d": float(np.min([r["dice_3d"] for r in v])),
+                   "s_per_slice": round(secs[k][0] / max(secs[k][1], 1), 3)} for k, v in per.items()}
+    return {"summary": summary, "rows": per, "threads": threads,
+            "note": "U-Net card's validation patients; start: the click model's mask after one simulated click "
+                    "on the middle tumour slice; every row inside the U-Net gate; the first MedSAM row of a "
+                    "patient pays the encoder for every slice it reaches (the cache is cleared per patient)"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_volume", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -272,6 +340,12 @@ def main(argv=None) -> int:
     if "speed" in parts:
         out["speed"] = speed(args.weights_dir)
         print(json.dumps(out["speed"], indent=1))
+    if "propagation" in parts:
+        out["propagation"] = propagation_engines(args.weights_dir)
+        print(json.dumps(out["propagation"]["summary"], indent=1))
+        write("propagation", [], out["propagation"], path=str(RESULTS / "propagation.json"))
+        if parts == ["propagation"]:
+            return 0
     if "lgg" in parts:
         if not LGG.is_dir():
             print(f"skipping lgg: {LGG} not found")

@@ -277,6 +277,64 @@ def test_decoder_override_folder_applies_only_its_tensors(tmp_path, engine):
     assert isinstance(bad, str) and bad.startswith("MedSAM not offered") and "no_such_tensor" in bad
 
 
+def test_registry_offers_the_fine_tuned_decoder_only_when_its_folder_is_there(tmp_path, engine):
+    from bt_demo.models.registry import FALLBACK_ORDER, Engines
+
+    bare = Engines(weights_dir=str(tmp_path / "empty"), sam_model="none", device="cpu")
+    why = bare.new_predictor("medsam_clicks")
+    assert isinstance(why, str) and "no fine-tuned decoder" in why and "medsam_clicks" not in bare.available_prompt_engines()
+    wdir = tmp_path / "w"
+    base = medsam.load_model("cpu")
+    medsam.save_override(wdir / "medsam_clicks", {"mask_decoder.iou_token.weight":
+                                                  base.mask_decoder.iou_token.weight.detach() + 0.5},
+                         {"mask_prompt": True, "multimask": False})
+    eng = Engines(weights_dir=str(wdir), sam_model="none", device="cpu")
+    p = eng.new_predictor("medsam_clicks")
+    assert isinstance(p, medsam.MedSamEngine) and p.clicks_folder and p.carries_previous
+    assert "medsam_clicks" in eng.available_prompt_engines()
+    # the table of docs/studies.md put the click model first: MedSAM is offered, never the default
+    assert FALLBACK_ORDER.index("clicks") < FALLBACK_ORDER.index("medsam_clicks")
+    assert eng.default_prompt_engine() not in ("medsam", "medsam_clicks")
+
+
+def test_keep_previous_carries_an_answer_to_a_slice_of_the_same_frame_only(tmp_path, engine):
+    folder = medsam.save_override(tmp_path / "mc", {"mask_decoder.iou_token.weight":
+                                                    medsam.load_model("cpu").mask_decoder.iou_token.weight.detach()
+                                                    + 0.5}, {"mask_prompt": True})
+    eng = medsam.MedSamEngine.load("cpu", clicks=folder)
+    a, ta = phantom((96, 96), (30, 30, 24), seed=1)
+    b, _ = phantom((96, 96), (32, 31, 22), seed=2)
+    eng.set_image(a, key="a")
+    first = eng.predict([[42, 42]], [1])
+    eng.set_image(b, key="b", keep_previous=True)  # the neighbouring slice: the answer goes in as the mask prompt
+    assert eng.predict([[43, 42]], [1], previous=first).extra["refined"]
+    eng.set_image(a, key="a")  # a plain set_image forgets (a token of another image must not leak)
+    assert not eng.predict([[42, 42]], [1], previous=first).extra["refined"]
+    second = eng.predict([[42, 42]], [1])
+    c, _ = phantom((80, 120), (30, 30, 20), seed=3)
+    eng.set_image(c, key="c", keep_previous=True)  # another frame: nothing is carried
+    assert not eng.predict([[40, 40]], [1], previous=second).extra["refined"]
+
+
+def test_volume_propagation_with_medsam_follows_the_lesion_through_the_slices(engine):
+    from bt_demo.volume.segment import propagate
+    from bt_demo.volume.series import Volume
+
+    # a bright square that drifts 2 px a slice and shrinks towards the ends, in 5 slices of 96 x 96
+    sl, truth = zip(*[phantom((96, 96), (30 + 2 * z, 34 - z, 24 - 3 * abs(z - 2)), seed=z) for z in range(5)],
+                    strict=True)
+    vol = Volume.from_slices([s * 255 for s in sl])
+    truth = np.stack(truth)
+    p = engine.new_session()
+    res = propagate(vol, p, 2, truth[2], min_area_px=1, prompt="box", box_margin=2)
+    assert res.settings["prompt"] == "box" and "box grown by 2 px" in res.settings["rule"]
+    assert res.engine.startswith("MedSAM") and np.array_equal(res.mask[2], truth[2])
+    for z in (0, 1, 3, 4):
+        assert dice(res.mask[z], truth[z]) > 0.8, z
+    with pytest.raises(ValueError, match="prompt must be"):
+        propagate(vol, p, 2, truth[2], prompt="lasso")
+
+
 # ---------------------------------------------------------------------------
 # python -m train embeddings: resumable
 # ---------------------------------------------------------------------------
@@ -332,3 +390,25 @@ def test_embedding_cache_resumes_and_invalidates(tmp_path, fake_encoder):
         fh.write('{"id": "torn')  # a run killed mid-line
     assert embeddings.main(args) == 0
     assert len(fake_encoder) == 7
+
+
+def test_presence_subset_is_balanced_per_patient_and_round_robin():
+    from pathlib import Path
+
+    from train.embeddings import Item, presence_subset
+
+    items = []
+    for p, n in (("A", 30), ("B", 12)):
+        for k in range(n):
+            px = 0 if k < n // 2 else (50 if k == n // 2 else 400)  # a tumour-free half, one small tumour, the rest big
+            items.append(Item(f"{p}_{k}", Path(f"{p}_{k}.png"), px > 0, {"patient": p, "slice": k, "mask_pixels": px}))
+    got = presence_subset(items, 4)
+    by = {p: [it for it in got if it.meta["patient"] == p] for p in "AB"}
+    for p in "AB":
+        pos = [it for it in by[p] if it.has_tumour]
+        assert len(pos) == 4 and len(by[p]) - len(pos) == 4
+        assert all(it.meta["mask_pixels"] >= 200 for it in pos)  # a little tumour is neither class
+    assert len({it.id for it in got}) == len(got) == 16
+    assert [it.meta["patient"] for it in got[:4]] == ["A", "B", "A", "B"]  # stopped early: still both patients
+    a_free = [it.meta["slice"] for it in by["A"] if not it.has_tumour]
+    assert a_free[0] == 0 and a_free[-1] == 14  # spread over the patient's slices, not the first four

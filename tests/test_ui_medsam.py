@@ -97,3 +97,35 @@ def test_a_click_given_while_medsam_prepares_waits_for_it(engines, slice_with_le
     assert not any("Still working" in m for m in view.get("_messages", [])), view.get("_messages")
     assert s2.prompts.result is not None and _dice(s2.prompts.result.mask, lesion) > 0.8
     assert time.perf_counter() - t0 < 60
+
+
+def test_volume_propagation_uses_medsam_when_it_answers_the_prompts(engines, tmp_path):
+    """Prompts tab on MedSAM, a box on a slice of an uploaded volume, then the Volume tab's propagate: MedSAM
+    carries the mask (the neighbour's box), and the result and its settings name it."""
+    import nibabel as nib
+
+    from bt_demo.ui.panels import volume as VP
+
+    z, h, w = 4, 72, 88
+    yy, xx = np.mgrid[:h, :w]
+    head = ((yy - 36) / 32.0) ** 2 + ((xx - 44) / 40.0) ** 2 < 1
+    data = np.zeros((w, h, z), np.float32)  # NIfTI order (x, y, z)
+    for k in range(z):
+        lesion = ((yy - 34) / 10.0) ** 2 + ((xx - 50 - k) / 12.0) ** 2 < 1
+        data[..., k] = (np.where(head, 300.0, 0.0) + np.where(lesion, 500.0, 0.0)).T
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 3.0, 1.0])), str(path))
+    assert not isinstance(engines.new_predictor("medsam"), str)  # loaded (the page offers it once it is)
+    s, _ = UP.load_file(Session(), engines, str(path))
+    s, _ = C.prepare_prompts(s, engines)
+    s, _ = PR.switch_engine(s, engines, "medsam")
+    s, _ = C.after_new_image(s, engines)
+    m = s.slice.pixels >= np.percentile(s.slice.pixels, 95)
+    ys, xs = np.nonzero(m)
+    s, bv = PR.set_box(s, engines, xs.min() - 3, ys.min() - 3, xs.max() + 3, ys.max() + 3)  # original pixels
+    assert s.prompts.result is not None and s.prompts.result.engine == medsam.ENGINE_NAME, bv.get("_messages")
+    s, view = VP.propagate(s, engines)
+    res = s.volume_results["propagated"]
+    assert res.engine.startswith(medsam.ENGINE_NAME) and res.settings["prompt"] == "box"
+    k = s.slice.index["slice"][0]
+    assert np.array_equal(s.volume_masks["propagated"][k], s.prompts.result.mask)

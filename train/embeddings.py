@@ -78,8 +78,10 @@ def list_items(dataset: str, root: str | Path) -> list[Item]:
             with table.open(newline="") as f:
                 for r in csv.DictReader(f):
                     iid = f"{r['patient']}_{int(r['slice'])}"  # the same id in lgg and lgg_t1ce: pairs line up
-                    items.append(Item(iid, root / r["image"], _truthy(r["has_tumor"]),
-                                      {"patient": r["patient"], "slice": int(r["slice"]), "mask": r["mask"]}))
+                    meta = {"patient": r["patient"], "slice": int(r["slice"]), "mask": r["mask"]}
+                    if r.get("mask_pixels") not in (None, ""):
+                        meta["mask_pixels"] = int(float(r["mask_pixels"]))
+                    items.append(Item(iid, root / r["image"], _truthy(r["has_tumor"]), meta))
         elif dataset == "lgg":  # the plain LGG layout without a table
             from train.lgg import find_slices, read_gray
 
@@ -100,6 +102,37 @@ def list_items(dataset: str, root: str | Path) -> list[Item]:
                                   {"figshare_index": idx, "label": r["label"], "fold": int(r["fold"])}))
         items.sort(key=lambda it: it.meta["figshare_index"])
     return items
+
+
+def presence_subset(items: list[Item], per_patient: int, min_px: int = 200) -> list[Item]:
+    """The presence study's slices: per patient up to ``per_patient`` slices with at least ``min_px`` tumour
+    pixels and as many tumour-free ones, each spread evenly over the patient's slices.
+
+    Returned round-robin over patients (every patient's first pick, then every second pick, ...), so that a run
+    stopped part-way still holds a set balanced across patients and classes. Slices with a little tumour
+    (0 < pixels < min_px) are left out: the study does not score them as either class.
+    """
+    by_patient: dict[str, list[Item]] = {}
+    for it in items:
+        by_patient.setdefault(it.meta.get("patient", ""), []).append(it)
+
+    def spread(xs: list[Item], k: int) -> list[Item]:
+        if len(xs) <= k:
+            return xs
+        idx = np.unique(np.round(np.linspace(0, len(xs) - 1, k)).astype(int))
+        return [xs[i] for i in idx]
+
+    picks = []
+    for pat in sorted(by_patient):
+        xs = by_patient[pat]
+        pos = [it for it in xs if it.has_tumour and it.meta.get("mask_pixels", min_px) >= min_px]
+        neg = [it for it in xs if not it.has_tumour]
+        pos, neg = spread(pos, per_patient), spread(neg, per_patient)
+        picks.append([x for pair in zip(pos, neg, strict=False) for x in pair] + pos[len(neg):] + neg[len(pos):])
+    out = []
+    for rank in range(max((len(p) for p in picks), default=0)):
+        out.extend(p[rank] for p in picks if rank < len(p))
+    return out
 
 
 def read_image(dataset: str, path: Path) -> np.ndarray:
@@ -178,7 +211,7 @@ def write_pooled(out: Path, rows: dict[str, dict], ckpt: str) -> int:
 
 
 def build_cache(dataset: str, root: str | Path, out: str | Path, only_tumour: bool = False,
-                limit: int | None = None, log=print) -> dict:
+                limit: int | None = None, per_patient: int | None = None, log=print) -> dict:
     """Compute what is missing from the cache at ``out``; returns counts (computed, reused, total, seconds)."""
     from bt_demo.models import medsam
 
@@ -188,6 +221,8 @@ def build_cache(dataset: str, root: str | Path, out: str | Path, only_tumour: bo
     items = list_items(dataset, root)
     if only_tumour:
         items = [it for it in items if it.has_tumour]
+    if per_patient:
+        items = presence_subset(items, per_patient)
     if limit is not None:
         items = items[:max(0, int(limit))]
     (out / "emb").mkdir(parents=True, exist_ok=True)
@@ -274,6 +309,9 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=None, help="data folder (default: ../shared/data/<lgg|lgg_sequences|figshare>)")
     p.add_argument("--out", default=None, help="cache folder (default: runs/embeddings/<dataset>)")
     p.add_argument("--only-tumour", action="store_true", help="only slices whose expert mask holds tumour")
+    p.add_argument("--per-patient", type=int, default=None, metavar="K",
+                   help="the presence study's subset: per patient up to K slices with >= 200 tumour pixels and K "
+                        "tumour-free ones, spread over the patient and computed round-robin across patients")
     p.add_argument("--limit", type=int, default=None, help="only the first N slices (after --only-tumour)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
@@ -293,7 +331,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else Path("runs") / "embeddings" / args.dataset
     try:
         build_cache(args.dataset, root, out, only_tumour=args.only_tumour, limit=args.limit,
-                    log=lambda s: print(s, flush=True))
+                    per_patient=args.per_patient, log=lambda s: print(s, flush=True))
     except CheckpointError as exc:
         print(f"MedSAM not available: {exc}", file=sys.stderr)
         return 2

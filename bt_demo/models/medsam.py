@@ -521,13 +521,22 @@ class MedSamEngine:
         img = _check_image(image)
         return _content_key(img, key, self.device) in self.cache
 
-    def set_image(self, image: np.ndarray, geometry: Geometry | None = None, key: str | None = None) -> None:
+    @property
+    def carries_previous(self) -> bool:
+        """Whether a previous answer's logits help on a neighbouring slice (volume propagation): only for a
+        decoder that takes mask prompts, and only between slices of the same shape (``set_image``)."""
+        return self.feed_previous
+
+    def set_image(self, image: np.ndarray, geometry: Geometry | None = None, key: str | None = None,
+                  keep_previous: bool = False) -> None:
         """Compute (or fetch from the shared LRU) the embedding of the PROCESSED slice.
 
         image: float32 (h, w) in [0, 1], the processed image (any range works: LiteMedSAM min-max normalises).
         geometry: ``Geometry`` original slice -> ``image`` (None: identity); ``processed_shape`` must be (h, w).
         key: content key naming the image AND the preprocessing that made it; None -> a hash of the pixels.
         The encoder (1-4 s on a CPU core) runs only on a cache miss.
+        keep_previous: keep the last answers' logits, so that one of them can be the mask prompt on this slice
+        (volume propagation: the neighbouring slice's answer); only when the 256 frame stays the same.
         """
         img = _check_image(image)
         geometry = geometry or Geometry.identity(img.shape)
@@ -544,8 +553,10 @@ class MedSamEngine:
             self.cache.put(ckey, entry)
         # original -> processed -> the unpadded 256 frame: one Geometry, so prompts and masks use one mapping
         mgeo = Geometry(tuple(geometry.original_shape), tuple(geometry.crop), tuple(entry.valid_hw))
+        same_frame = self._current is not None and self._current.model_geometry == mgeo
         self._current = _Current(ckey, entry, geometry, mgeo)
-        self._recent.clear()
+        if not (keep_previous and same_frame):
+            self._recent.clear()
 
     def _require_image(self) -> _Current:
         if self._current is None:

@@ -20,11 +20,14 @@ PROMPT_ENGINES = {
     "clicks": "built-in click model",
     "random_walker": "random walker (classical)",
     "medsam": "MedSAM (LiteMedSAM, box prompts)",
+    "medsam_clicks": "MedSAM clicks (LiteMedSAM decoder fine-tuned for clicks)",
 }
 # engines whose set_image takes seconds: the UI runs it after the other panels are shown, off the click path
-SLOW_IMAGE_ENGINES = ("sam", "medsam")
-# MedSAM is offered when its checkpoint verifies, but is never picked as the default (issue 22 decides later)
-FALLBACK_ORDER = ("sam", "clicks", "random_walker", "medsam")
+SLOW_IMAGE_ENGINES = ("sam", "medsam", "medsam_clicks")
+# The first available engine is the default. The click model comes before MedSAM because it has the better
+# validation Dice after 3 clicks in the three-engine protocol table (docs/studies.md, "Three prompt engines";
+# `python -m train engine-protocol`); MedSAM and MedSAM clicks stay in the chooser when they load.
+FALLBACK_ORDER = ("sam", "clicks", "random_walker", "medsam_clicks", "medsam")
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -110,7 +113,7 @@ class Engines:
         def run():
             for key, loader in (("unet", self._unet_loader), ("classifier", self._cls_loader),
                                 ("clicks", self._clicks_probe), ("sam", self._sam_probe),
-                                ("medsam", self._medsam_probe)):
+                                ("medsam", self._medsam_probe), ("medsam_clicks", self._medsam_clicks_probe)):
                 self._get(key, loader)
         if not background:
             run()
@@ -175,8 +178,18 @@ class Engines:
 
         return medsam.MedSamEngine.load(self.device)
 
+    def _medsam_clicks_probe(self):
+        """MedSamEngine with the fine-tuned click decoder of <weights>/medsam_clicks, or why not."""
+        from bt_demo.models import medsam
+
+        folder = self._path("medsam_clicks")
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            return f"MedSAM clicks not offered: no fine-tuned decoder in {folder}"
+        return medsam.MedSamEngine.load(self.device, clicks=folder)
+
     def _probe(self, key: str):
-        return {"sam": self._sam_probe, "clicks": self._clicks_probe, "medsam": self._medsam_probe}[key]
+        return {"sam": self._sam_probe, "clicks": self._clicks_probe, "medsam": self._medsam_probe,
+                "medsam_clicks": self._medsam_clicks_probe}[key]
 
     def new_predictor(self, key: str, wait: bool = True):
         """A fresh predictor for one session, or a str reason it is unavailable.

@@ -1,6 +1,6 @@
 """Segment a Volume: the U-Net over every slice (batched), 3-D post-processing, the numbers a radiologist
 reads (mL, extent, largest slice, RANO diameters there), and propagation of one slice's mask through the
-series with the click model.
+series with a promptable engine (the click model, MedSAM with a box, MedSAM clicks).
 """
 
 from __future__ import annotations
@@ -156,14 +156,30 @@ def propagation_gate(prob: np.ndarray, level: float = GATE_LEVEL, grow: int = GA
     return g
 
 
+def _grown_box(mask: np.ndarray, margin: int) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of ``mask``'s extent grown by ``margin`` px, clipped to the slice."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return (float(max(0, xs.min() - margin)), float(max(0, ys.min() - margin)),
+            float(min(w - 1, xs.max() + margin)), float(min(h - 1, ys.max() + margin)))
+
+
+# MedSAM's prompt on the next slice: the neighbour's mask box grown by this many px (the tumour's outline moves
+# between slices; LiteMedSAM was trained on boxes a few px larger than the object)
+BOX_MARGIN = 5
+
+
 def propagate(vol: Volume, clicks_engine, start: int, start_mask: np.ndarray, *, min_area_px: int = 10,
               max_slices: int | None = None, window: tuple[float, float] | None = None,
-              gate: np.ndarray | None = None,
+              gate: np.ndarray | None = None, prompt: str = "click", box_margin: int = BOX_MARGIN,
               progress: Callable[[int, int], None] | None = None) -> VolumeResult:
-    """Carry ``start_mask`` (slice ``start``) up and down the series with the click model.
+    """Carry ``start_mask`` (slice ``start``) up and down the series with a promptable engine.
 
-    On each next slice the model gets the neighbouring slice's mask as its previous-mask input and one
-    positive click at that mask's innermost point; the answer is kept inside ``gate`` (see
+    On each next slice the engine gets the neighbouring slice's answer as its previous-mask input and
+    ``prompt``: "click" (the click model's rule) one positive click at that mask's innermost point; "box"
+    (MedSAM as published) the mask's box grown by ``box_margin`` px; "box+click" (MedSAM clicks) both. An
+    engine that feeds its previous answer's logits back (``carries_previous``: the fine-tuned MedSAM decoder)
+    gets the neighbour's logits as the mask prompt. The answer is kept inside ``gate`` (see
     :func:`propagation_gate`; None: no gate). It stops in each direction when the mask falls under
     ``min_area_px`` (the tumour has ended) or after ``max_slices``.
     """
@@ -171,6 +187,8 @@ def propagate(vol: Volume, clicks_engine, start: int, start_mask: np.ndarray, *,
 
     from bt_demo.models.base import SegResult
 
+    if prompt not in ("click", "box", "box+click"):
+        raise ValueError(f"prompt must be 'click', 'box' or 'box+click', not {prompt!r}")
     t0 = time.perf_counter()
     unit = unit_volume(vol, window)
     out = np.zeros(vol.shape, bool)
@@ -178,28 +196,40 @@ def propagate(vol: Volume, clicks_engine, start: int, start_mask: np.ndarray, *,
     out[start] = start_mask
     Z = vol.shape[0]
     limit = Z if max_slices is None else int(max_slices)
+    carries = bool(getattr(clicks_engine, "carries_previous", False))
     done = 0
     for step in (1, -1):
         prev = start_mask
+        prev_res = SegResult(prev, "propagated", 0.0)
         k = start + step
         while 0 <= k < Z and abs(k - start) <= limit and prev.sum() >= min_area_px:
-            d = ndimage.distance_transform_edt(prev)
-            y, x = np.unravel_index(int(np.argmax(d)), d.shape)
-            clicks_engine.set_image(unit[k])
-            res = clicks_engine.predict([(float(x), float(y))], [1],
-                                        previous=SegResult(prev, "propagated", 0.0))
+            if carries:
+                clicks_engine.set_image(unit[k], keep_previous=True)
+            else:
+                clicks_engine.set_image(unit[k])
+            pts, labs, box = [], [], None
+            if prompt in ("click", "box+click"):
+                d = ndimage.distance_transform_edt(prev)
+                y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+                pts, labs = [(float(x), float(y))], [1]
+            if prompt in ("box", "box+click"):
+                box = _grown_box(prev, box_margin)
+            res = clicks_engine.predict(pts, labs, box=box, previous=prev_res)
             cur = np.asarray(res.mask, bool)
             if gate is not None:
                 cur = cur & gate[k]
             if cur.sum() < min_area_px:
                 break
             out[k] = cur
-            prev = cur
+            prev, prev_res = cur, res
             k += step
             done += 1
             if progress is not None:
                 progress(done, Z)
-    return VolumeResult(out, None, "click model (propagated)", time.perf_counter() - t0,
-                        {"start_slice": int(start), "min_area_px": int(min_area_px),
-                         "rule": "previous slice's mask as the previous-mask input + one click at its innermost point",
+    rule = {"click": "one click at its innermost point", "box": f"its box grown by {box_margin} px",
+            "box+click": f"its box grown by {box_margin} px and one click at its innermost point"}[prompt]
+    name = getattr(clicks_engine, "name", "click model")
+    return VolumeResult(out, None, f"{name} (propagated)", time.perf_counter() - t0,
+                        {"start_slice": int(start), "min_area_px": int(min_area_px), "prompt": prompt,
+                         "rule": f"previous slice's mask as the previous-mask input + {rule}",
                          "gate": None if gate is None else f"U-Net probability >= {GATE_LEVEL}, grown {GATE_GROW} px"})

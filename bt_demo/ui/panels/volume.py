@@ -20,6 +20,8 @@ from bt_demo.ui.state import Session
 from bt_demo.ui.views import esc, fit, to_display
 
 MASKS = {"unet": "U-Net (every slice)", "propagated": "propagated from a clicked slice"}
+# what each propagating engine gets on the next slice from the neighbour's mask (bt_demo.volume.segment.propagate)
+PROPAGATION_PROMPT = {"clicks": "click", "medsam": "box", "medsam_clicks": "box+click"}
 
 
 def _load(s: Session, series_files, series_choice, progress=None) -> None:
@@ -147,7 +149,9 @@ def propagate(s: Session, engines, series_files=None, series_choice=None, progre
     mask = np.asarray(s.prompts.result.mask, bool)
     if mask.shape != s.volume.shape[1:]:
         raise InputError("the clicked slice and the volume's slices differ in size")
-    p = engines.new_predictor("clicks")
+    # the engine answering the Prompts tab carries its mask on, when it can propagate; else the click model
+    key = s.slot.engine_key if s.slot is not None and s.slot.engine_key in PROPAGATION_PROMPT else "clicks"
+    p = engines.new_predictor(key)
     if isinstance(p, str):
         raise InputError(p)
 
@@ -161,7 +165,7 @@ def propagate(s: Session, engines, series_files=None, series_choice=None, progre
     def tick(i, n):
         if progress is not None:
             progress((i, n), desc="propagating", unit="slices")
-    res = run(s.volume, p, k, mask, gate=s.volume_gate, progress=tick)
+    res = run(s.volume, p, k, mask, gate=s.volume_gate, prompt=PROPAGATION_PROMPT[key], progress=tick)
     s.volume_masks = {**s.volume_masks, "propagated": res.mask}
     s.volume_results = {**s.volume_results, "propagated": res}
     s.volume_which, s.volume_k = "propagated", k
@@ -262,7 +266,8 @@ def build(page: Page) -> None:
             series_choice = gr.Number(value=0, precision=0, minimum=0,
                                       label="Series number when the files hold several (0: list them)")
             vol_btn = gr.Button("Segment the whole volume (U-Net)", variant="primary")
-            prop_btn = gr.Button("Propagate the clicked slice's mask through the series", size="sm")
+            prop_btn = gr.Button("Propagate the clicked slice's mask through the series (with the Prompts tab's "
+                                 "engine when it is MedSAM, else the click model)", size="sm")
             volume_which = gr.Radio(choices=[(v, k) for k, v in MASKS.items()], value="unet",
                                     label="Volume mask shown")
             volume_info = gr.Markdown("No volume yet: segment one with the button above.", label="Volume summary")
