@@ -148,14 +148,23 @@ def export_linear(x: np.ndarray, y: np.ndarray, setting: float, oof_logits: np.n
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train embed-heads", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--head", default="type", choices=["type"])
+    p.add_argument("--head", default="type", choices=["type", "presence"],
+                   help="type: figshare folds 1-4 cross-validated; presence: train/embed_presence.py (per sequence)")
+    p.add_argument("--train-on", default="flair+t1ce", help="presence only: flair, flair+t1ce or flair+t1ce+fig")
+    p.add_argument("--flair-cache", default="runs/embeddings/lgg")
+    p.add_argument("--t1ce-cache", default="runs/embeddings/lgg_t1ce")
     p.add_argument("--model", default="linear", choices=sorted(GRIDS))
-    p.add_argument("--cache", default="runs/embeddings/figshare")
+    p.add_argument("--cache", default="runs/embeddings/figshare", help="figshare cache (type; presence: positives)")
     p.add_argument("--out", required=True, help="run folder (results.json is written there)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", default=None, metavar="DIR",
                    help="linear only: also fit the head on every fold (the setting most folds chose) and write it")
     args = p.parse_args(argv)
+    if args.head == "presence":
+        from train import embed_presence
+
+        embed_presence.run(args.train_on, args.flair_cache, args.t1ce_cache, args.cache, args.out)
+        return 0
     if args.export and args.model != "linear":
         p.error("--export writes the linear head only")
     x, y, folds, ids = type_data(args.cache)
