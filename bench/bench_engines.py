@@ -1,4 +1,4 @@
-"""Engine latency on this machine: U-Net, classifier, click model, random walker, SAM predict.
+"""Engine latency on this machine: U-Net, classifier, click model, random walker, generator, MedSAM.
 
 python -m bench.bench_engines [--repeats N] [--weights-dir weights] [--json out.json]
 
@@ -85,6 +85,49 @@ def _generator_rows(weights_dir: str | None, repeats: int) -> list[dict]:
     return rows
 
 
+def _medsam_rows(weights_dir: str | None, repeats: int, threads: int = 2) -> list[dict]:
+    """LiteMedSAM at ``threads`` torch threads (issue 22's budget): the image encoder (``set_image`` on a new
+    slice, i.e. a cache miss), the mask decoder for a box, and the fine-tuned click decoder (weights/medsam_clicks)
+    for 1 and 3 clicks with the previous answer as the mask prompt. Empty when the checkpoint does not verify."""
+    import torch
+
+    from bt_demo.models import medsam
+
+    eng = medsam.MedSamEngine.load("cpu")
+    if isinstance(eng, str):
+        print(f"skipping MedSAM rows: {eng}")
+        return []
+    n0 = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    try:
+        for size in (256, 512):
+            img, (cx, cy) = _phantom(size)
+            calls = iter(range(10 ** 6))  # a new key each call: the encoder runs every time (no cache hit)
+            rows.append({"item": f"MedSAM image encoder (set_image, {threads} threads)", "size": size,
+                         "weights": "LiteMedSAM", **time_it(lambda: eng.set_image(img, key=f"b{next(calls)}"),
+                                                            max(3, repeats // 4))})
+            eng.set_image(img, key="bench")
+            r = size // 8
+            box = (cx - r, cy - r, cx + r, cy + r)
+            rows.append({"item": f"MedSAM decoder, box ({threads} threads)", "size": size, "weights": "LiteMedSAM",
+                         **time_it(lambda: eng.predict(None, None, box=box), repeats)})
+            folder = Path(weights_dir or "") / "medsam_clicks"
+            if (folder / "config.json").exists():
+                mc = medsam.MedSamEngine.load("cpu", clicks=folder)
+                mc.set_image(img, key="bench")
+                first = mc.predict([(cx, cy)], [1])
+                rows.append({"item": f"MedSAM clicks decoder, 1 click ({threads} threads)", "size": size,
+                             "weights": "shipped", **time_it(lambda: mc.predict([(cx, cy)], [1]), repeats)})
+                pts = [(cx, cy), (cx + size // 20, cy), (cx - size // 10, cy + size // 10)]
+                rows.append({"item": f"MedSAM clicks decoder, 3 clicks + previous ({threads} threads)", "size": size,
+                             "weights": "shipped",
+                             **time_it(lambda: mc.predict(pts, [1, 1, 0], previous=first), repeats)})
+    finally:
+        torch.set_num_threads(n0)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=20)
@@ -126,6 +169,7 @@ def main(argv=None) -> int:
     for r in rows:
         r["weights"] = source.get({"U": "unet", "c": "classifier"}.get(r["item"][0], "clicks"), "shipped") if not r["item"].startswith("random") else "-"
     rows += _generator_rows(args.weights_dir, max(3, args.repeats // 5))
+    rows += _medsam_rows(args.weights_dir, args.repeats)
     print(markdown(rows, ["item", "size", "median_ms", "p95_ms", "weights"]))
     out = write("engines", rows, {"weights_source": source}, args.json)
     print(f"\nwritten {out}")

@@ -66,9 +66,9 @@ def test_exported_linear_head_gives_the_fitted_heads_answers(tmp_path):
     cache = _cache(tmp_path / "cache", y, folds, x)
     main(["--cache", str(cache), "--out", str(tmp_path / "run"), "--export", str(tmp_path / "head")])
     t = load_file(str(tmp_path / "head" / "model.safetensors"))
-    cfg = json.loads((tmp_path / "head" / "config.json").read_text())
+    cfg = json.loads((tmp_path / "head" / "config.json").read_text())["heads"]["type"]
     ref = make_head("linear", cfg["setting_C"]).fit(x, y).decision_function(x)
-    np.testing.assert_allclose(x @ t["weight"].T + t["bias"], ref, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(x @ t["type.weight"].T + t["type.bias"], ref, rtol=1e-3, atol=1e-3)
     assert cfg["classes"] == ["glioma", "meningioma", "pituitary"] and cfg["temperature"] > 0
 
 

@@ -121,28 +121,24 @@ def cross_validate(model: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, 
     return {"folds": per_fold, "summary": summary, "oof_logits": outer}
 
 
-def export_linear(x: np.ndarray, y: np.ndarray, setting: float, oof_logits: np.ndarray, out: str | Path,
-                  card: dict) -> Path:
-    """The linear head fitted on every fold, the standardisation folded into it, as ``out``/model.safetensors
-    (weight (3, 1856), bias (3,), float32) + config.json (classes, temperature from the cross-validated
-    out-of-fold logits, the features it reads) + card.json: what the app's head reads beside the encoder."""
-    from safetensors.numpy import save_file
-
-    head = make_head("linear", setting).fit(x, y)
+def fold_linear(head) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) of a fitted StandardScaler + LogisticRegression pipeline with the standardisation folded
+    in: the same decision values on raw features."""
     scaler, clf = head[0], head[-1]
     w = clf.coef_ / scaler.scale_[None, :]
-    b = clf.intercept_ - w @ scaler.mean_
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # C order: safetensors writes the raw buffer, and coef_ / scale_ comes out in Fortran order
-    save_file({"weight": np.ascontiguousarray(w, np.float32), "bias": np.ascontiguousarray(b, np.float32)},
-              str(out / "model.safetensors"))
-    cfg = {"model_type": "medsam_pooled_linear_head", "task": "tumour_type", "classes": TYPE_CLASSES,
-           "features": "medsam.pooled_features (LiteMedSAM pooled stages, 1856)", "setting_C": setting,
-           "temperature": fit_temperature(oof_logits, y)}
-    (out / "config.json").write_text(json.dumps(cfg, indent=1))
-    (out / "card.json").write_text(json.dumps(card, indent=1))
-    return out
+    return w, clf.intercept_ - w @ scaler.mean_
+
+
+def export_linear(x: np.ndarray, y: np.ndarray, setting: float, oof_logits: np.ndarray, out: str | Path,
+                  card: dict) -> Path:
+    """The linear type head fitted on every fold, the standardisation folded into it, as the "type" head of
+    the heads folder ``out`` (``bt_demo.models.encoder_heads``: weight (3, 1856), bias (3,), float32), with
+    its temperature from the cross-validated out-of-fold logits and its card."""
+    from bt_demo.models.encoder_heads import save_head
+
+    w, b = fold_linear(make_head("linear", setting).fit(x, y))
+    cfg = {"classes": TYPE_CLASSES, "setting_C": setting, "temperature": fit_temperature(oof_logits, y)}
+    return save_head(out, "type", w, b, cfg, card)
 
 
 def main(argv=None) -> int:
@@ -158,14 +154,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="run folder (results.json is written there)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", default=None, metavar="DIR",
-                   help="linear only: also fit the head on every fold (the setting most folds chose) and write it")
+                   help="linear only: also fit the head on all its data and write it into the heads folder DIR "
+                        "(bt_demo.models.encoder_heads; the app reads weights/encoder_heads)")
     args = p.parse_args(argv)
     if args.head == "presence":
         from train import embed_presence
 
-        embed_presence.run(args.train_on, args.flair_cache, args.t1ce_cache, args.cache, args.out)
+        embed_presence.run(args.train_on, args.flair_cache, args.t1ce_cache, args.cache, args.out,
+                           export=args.export)
         return 0
-    if args.export and args.model != "linear":
+    if args.export and args.model != "linear":  # (presence heads are linear: handled above)
         p.error("--export writes the linear head only")
     x, y, folds, ids = type_data(args.cache)
     print(f"{len(ids)} slices, folds {dict(zip(*np.unique(folds, return_counts=True), strict=True))}")
@@ -182,8 +180,10 @@ def main(argv=None) -> int:
     if args.export:
         settings = [f["setting"] for f in res["folds"]]
         chosen = max(set(settings), key=settings.count)
+        m = res["summary"]
         card = {"model": "tumour-type head on LiteMedSAM features", "data": "figshare brain-tumour set (Cheng et "
-                "al.; CC BY 4.0), folds 1-4", "cross_validated": res["summary"], "command": res["command"]}
+                "al.; CC BY 4.0), folds 1-4", "cross_validated": m, "command": res["command"],
+                "summary": f"type macro-F1 {m['macro_f1']['mean']:.3f} cross-validated over figshare folds 1-4"}
         print(f"exported {export_linear(x, y, chosen, oof, args.export, card)}")
     s = res["summary"]
     print(f"macro-F1 {s['macro_f1']['mean']:.3f} +- {s['macro_f1']['sd']:.3f}; recall "

@@ -44,9 +44,8 @@ def _mask_pixels(root: Path) -> dict[str, int]:
 def lgg_rows(dataset: str, cache_dir: str | Path, data_root: str | Path, per_patient: int = 8):
     """(features, labels 0/1, patients, ids) of the presence subset (``embeddings.presence_subset``) that the
     cache holds; tumour >= MIN_PX is 1, tumour-free 0."""
-    from train.embeddings import list_items, open_cache, presence_subset
-
     from bt_demo.models.medsam import POOLED_DIM
+    from train.embeddings import list_items, open_cache, presence_subset
 
     cache = open_cache(cache_dir) if Path(cache_dir, "manifest.jsonl").exists() else None
     ids, x = cache.pooled() if cache is not None else ([], np.zeros((0, POOLED_DIM), np.float32))
@@ -142,7 +141,7 @@ def shipped_cnn(split: dict, data: dict) -> dict:
 
 
 def run(train_on: str, flair_cache: str, t1ce_cache: str, fig_cache: str, out: str | Path,
-        with_cnn: bool = True, log=print) -> dict:
+        with_cnn: bool = True, export: str | Path | None = None, log=print) -> dict:
     from train.lgg import DATA_ROOT
 
     if train_on not in TRAIN_ON:
@@ -194,6 +193,24 @@ def run(train_on: str, flair_cache: str, t1ce_cache: str, fig_cache: str, out: s
             "figshare_fold4": ("figshare", DATA_ROOT / "figshare", [i for i, m in zip(fids, kf, strict=True) if m],
                                np.ones(int(kf.sum()), int))})
     res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["command"] = (f"python -m train embed-heads --head presence --train-on {train_on} --out {out}"
+                      + (f" --export {export}" if export else ""))
+    if export:
+        from bt_demo.models.encoder_heads import save_head
+        from train.embed_heads import fold_linear
+
+        w, b = fold_linear(head)
+        v = res["val"]
+        summary = (f"presence AUC {v['flair'].get('roc_auc', float('nan')):.3f} FLAIR / "
+                   f"{v['t1ce'].get('roc_auc', float('nan')):.3f} T1-CE on {len(val_p)} validation patients")
+        card = {"model": "tumour-presence head on LiteMedSAM features", "trained_on": train_on,
+                "data": "LGG FLAIR and post-contrast T1 slices (TCGA-LGG, Buda et al.; see ../shared/data/README.md)"
+                        + ("; figshare folds 1-3 tumour slices (Cheng et al.; CC BY 4.0)" if "fig" in train_on else ""),
+                "split": "the shipped classifier's presence split (weights/classifier/card.json)",
+                "validation": v, "setting_C": c, "temperature": t, "command": res["command"], "summary": summary}
+        save_head(export, "presence", w, b, {"classes": ["no_tumour", "tumour"], "temperature": t,
+                                             "threshold": 0.5, "setting_C": c, "trained_on": train_on}, card)
+        log(f"[presence] exported to {export}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1))

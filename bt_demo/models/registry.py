@@ -113,7 +113,8 @@ class Engines:
         def run():
             for key, loader in (("unet", self._unet_loader), ("classifier", self._cls_loader),
                                 ("clicks", self._clicks_probe), ("sam", self._sam_probe),
-                                ("medsam", self._medsam_probe), ("medsam_clicks", self._medsam_clicks_probe)):
+                                ("medsam", self._medsam_probe), ("medsam_clicks", self._medsam_clicks_probe),
+                                ("encoder_heads", self._heads_loader)):
                 self._get(key, loader)
         if not background:
             run()
@@ -136,6 +137,15 @@ class Engines:
         from bt_demo.models.generator import GeneratorEngine
 
         return GeneratorEngine.load(self._path("diffusion"), self.device)
+
+    def _heads_loader(self):
+        from bt_demo.models.encoder_heads import EncoderHeads
+
+        return EncoderHeads.load(self._path("encoder_heads"), self.device)
+
+    def encoder_heads(self, wait: bool = True):
+        """EncoderHeads (presence and type on LiteMedSAM's encoder) or a str reason; loaded on first use."""
+        return self._get("encoder_heads", self._heads_loader, wait=wait)
 
     def generator(self, wait: bool = True):
         """GeneratorEngine (the synthetic-slice generator) or a str reason; loaded on first use."""
@@ -214,7 +224,8 @@ class Engines:
         (wait=False: engines still loading are reported as such)."""
         out = []
         for key, label, loader in (("unet", "U-Net (automatic)", self._unet_loader),
-                                   ("classifier", "classifier", self._cls_loader)):
+                                   ("classifier", "classifier", self._cls_loader),
+                                   ("encoder_heads", "classifier heads on LiteMedSAM's encoder", self._heads_loader)):
             obj = self._get(key, loader, wait=wait)
             out.append(EngineStatus(key, label, not isinstance(obj, str), obj if isinstance(obj, str) else "loaded"))
         for key, label in PROMPT_ENGINES.items():

@@ -113,6 +113,31 @@ def run_classifier(s: Session, engines) -> str | None:
     return None
 
 
+def run_heads(s: Session, engines) -> bool:
+    """The LiteMedSAM-encoder heads on the model input (one encoder run per slice, shared with MedSAM's prompts;
+    seconds on a CPU, so only from chained steps, never on the upload's or the click's path). True when the
+    classifier tab's heads panel changed."""
+    heads, reason = engine_or_reason(engines.encoder_heads())
+    if heads is None:
+        changed = s.heads_reason != reason
+        s.heads, s.heads_key, s.heads_reason = None, None, reason
+        return changed
+    p = s.model_input
+    if s.heads_key == p.key and s.heads is not None:
+        return False
+    s.heads = heads.classify(p.image, key=p.key, notices=s.notices)
+    s.heads_key, s.heads_reason = p.key, None
+    return True
+
+
+@handler("running the classifier heads on the pretrained encoder", heavy=True)
+def fill_heads(s: Session, engines) -> dict:
+    """Chained after the Classifier tab opens: the encoder heads, then their panel (nothing when unchanged)."""
+    if not s.loaded or not tabs.shown(s, "classifier"):
+        return {}
+    return views.heads_view(s) if run_heads(s, engines) else {}
+
+
 def run_gradcam(s: Session, clf) -> None:
     """The heat map of the session's chosen class, in original pixels."""
     from bt_demo.models.classifier import parse_gradcam_choice
@@ -336,6 +361,9 @@ def after_new_image(s: Session, engines) -> tuple[Session, dict]:
     """Chained after an upload or preprocessing change: :func:`prepare_prompts`, then :func:`update_classical`."""
     s, view = prepare_prompts(s, engines)
     s, more = update_classical(s)
+    if s.loaded and tabs.shown(s, "classifier"):  # the Classifier tab is open: its encoder heads, now
+        s, heads = fill_heads(s, engines)
+        more = {**more, **heads}
     return s, {**view, **more}
 
 

@@ -107,15 +107,19 @@ def _session_state() -> gr.State:
 
 def _wire_tab(page: Page, tab: gr.Tab) -> None:
     """Opening a tab draws its panels if they changed while it was hidden."""
-    page.wire(tab.select, lambda s, _t=tab.id: compute.show_tab(s, _t, page.engines), [],
-              list(tabs.PANELS.get(tab.id, ())), show_progress="hidden", api_name=f"show_{tab.id}",
-              api_visibility="private")
+    ev = page.wire(tab.select, lambda s, _t=tab.id: compute.show_tab(s, _t, page.engines), [],
+                   list(tabs.PANELS.get(tab.id, ())), show_progress="hidden", api_name=f"show_{tab.id}",
+                   api_visibility="private")
+    if tab.id == "classifier":  # the encoder heads take seconds: they fill in after the tab is shown
+        ev.then(lambda dep: dep.then(lambda s: page.adapt(compute.fill_heads(s, page.engines), ["heads_info"]),
+                                     inputs=[page.session], outputs=page.outputs(["heads_info"]),
+                                     show_progress="hidden", api_name="fill_heads", api_visibility="private"))
 
 
 def _then_prepare(page: Page, dep):
     """After a new image: SAM's image encoder runs here, after the other panels are shown, then the classical
     segmenters; one chained event, not two (each is a round trip the next upload or click waits behind)."""
-    names = PROMPT_OUT + COMPARE_OUT
+    names = PROMPT_OUT + COMPARE_OUT + ["heads_info"]
     return dep.then(lambda s: page.adapt(compute.after_new_image(s, page.engines), names), inputs=[page.session],
                     outputs=page.outputs(names), show_progress="hidden", api_name="prepare_prompts",
                     api_visibility="undocumented")

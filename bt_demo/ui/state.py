@@ -117,6 +117,7 @@ class Session:
         kmeans_k, kmeans (KMeansResult, processed pixels), kmeans_key, kmeans_mask (original),
             sweep (KSweep or None) and sweep_key.
         classification (ClassResult), classifier_reason, gradcam_class, gradcam (original pixels, float32).
+        heads (HeadsResult of the LiteMedSAM-encoder heads), heads_key, heads_reason.
         opacity: overlay alpha in the comparison views.
         hist_scope: "brain" or "whole": which pixels the intensity histogram counts.
         classical_on: the classical segmenters shown in the comparison (keys of
@@ -136,7 +137,8 @@ class Session:
                "model_input", "models_see_lab",
                "slot", "prompts", "history", "box_anchor", "display_factor", "unet_prob", "unet_prob_key",
                "unet_threshold", "unet_result", "unet_reason", "kmeans_k", "kmeans", "kmeans_key", "kmeans_mask",
-               "sweep", "sweep_key", "classification", "classification_key", "classifier_reason",
+               "sweep", "sweep_key", "classification", "classification_key", "classifier_reason", "heads", "heads_key",
+               "heads_reason",
                "gradcam_class", "gradcam", "opacity", "hist_scope", "classical_on", "classical_params", "classical",
                "chosen_mask", "uncertainty", "uncertainty_key", "workdir", "volume", "volume_key", "volume_masks",
                "volume_results", "volume_numbers", "volume_which", "volume_k", "volume_gate", "tab", "stale", "shown", "notices",
@@ -172,6 +174,11 @@ class Session:
         self.classification: Any = None
         self.classification_key: str | None = None
         self.classifier_reason: str | None = None
+        # the classifier heads on LiteMedSAM's encoder (bt_demo.models.encoder_heads): their HeadsResult, the
+        # model input's key it belongs to, why they are unavailable
+        self.heads: Any = None
+        self.heads_key: str | None = None
+        self.heads_reason: str | None = None
         self.gradcam_class: str | None = None
         self.gradcam: np.ndarray | None = None
         self.opacity: float = 0.4

@@ -532,16 +532,43 @@ def pretty_class(name: str) -> str:
     return PRETTY.get(name, name.replace("_", " "))
 
 
+def heads_view(s) -> dict:
+    """The Classifier tab's second opinion: presence and type from heads on LiteMedSAM's pretrained encoder."""
+    title = "**Heads on the pretrained encoder (LiteMedSAM)**"
+    if s.heads_reason:
+        return {"heads_info": f"{title}: not available, because {esc(s.heads_reason)}. The small CNN above answers."}
+    h = s.heads
+    if h is None or s.model_input is None or s.heads_key != s.model_input.key:
+        return {"heads_info": f"{title}: ⏳ preparing (the pretrained image encoder takes a few seconds on a CPU; "
+                              "it runs once per slice and MedSAM's prompts reuse it)…"}
+    lines = [title]
+    if h.tumour_probability is not None:
+        lines.append(f"P(tumour) = **{100 * h.tumour_probability:.1f}%** (presence head, trained on FLAIR and "
+                     "post-contrast T1).")
+    if h.type_probabilities:
+        lines.append("Type, if there is one: " + ", ".join(
+            f"{esc(pretty_class(k))} {100 * v:.0f}%" for k, v in sorted(h.type_probabilities.items(),
+                                                                          key=lambda kv: -kv[1])) + ".")
+    lines.append(f"{1000 * h.seconds:.0f} ms" + (" (the encoder ran for this slice)" if h.encoder_ran
+                                                  else " (the slice's encoding was reused)") + ".")
+    for n in h.notices:
+        lines.insert(1, f"⚠ **Unlike the training data:** {esc(n)}")
+    if h.card:
+        lines.append(f"*{esc(h.card)}*")
+    return {"heads_info": "\n\n".join(lines)}
+
+
 def classifier_view(s) -> dict:
     from bt_demo.models.classifier import TRAINED_ON, gradcam_choices
 
     reason = s.classifier_reason
     if reason:
         return {"class_label": None, "class_info": f"Classifier: {esc(reason)}",
-                "gradcam_image": None, "gradcam_class": gr.update(choices=[], value=None)}
+                "gradcam_image": None, "gradcam_class": gr.update(choices=[], value=None), **heads_view(s)}
     cr = s.classification
     if cr is None:
-        return {"class_label": None, "class_info": "Classifier: no slice yet.", "gradcam_image": None}
+        return {"class_label": None, "class_info": "Classifier: no slice yet.", "gradcam_image": None,
+                "heads_info": ""}
     label = {pretty_class(k): float(v) for k, v in cr.probabilities.items()}
     types = ", ".join(f"{esc(pretty_class(k))} {100 * v:.0f}%"
                       for k, v in sorted(cr.type_probabilities.items(), key=lambda kv: -kv[1]))
@@ -555,7 +582,7 @@ def classifier_view(s) -> dict:
         lines.insert(0, f"⚠ **Unlike the training data:** {esc(n)}")
     if cr.card:
         lines.append(f"*{esc(cr.card)}*")
-    out = {"class_label": label, "class_info": "\n\n".join(lines)}
+    out = {"class_label": label, "class_info": "\n\n".join(lines), **heads_view(s)}
     choices = gradcam_choices(list(cr.type_probabilities))
     out["gradcam_class"] = gr.update(choices=choices, value=s.gradcam_class or choices[0][1])
     if s.gradcam is not None:

