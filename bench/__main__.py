@@ -126,7 +126,7 @@ def summary() -> str:
         out += ["Cold start of `python app.py` to the first served page: "
                 + "; ".join(f"{r['item'].replace('cold start to first page, ', '')}: median {r['median_s']} s, "
                             f"max {r['max_s']} s over {r['runs']} runs" for r in d["rows"]) + ".", ""]
-    runs = [d for d in (_load("browser_latency"), _load("browser_latency_60")) if d]
+    runs = [d for d in (_load("browser_latency"), _load("browser_latency_60"), _load("browser_latency_medsam")) if d]
     if runs:  # a 16-click and a 60-click session (what grows with the session's length)
         out += ["## What a user waits for in the browser (headless chromium, same run)", "",
                 "| measured | clicks in the session | median ms | max ms | n |", "|---|---|---|---|---|"]
@@ -175,6 +175,14 @@ def summary() -> str:
                        f"10 % for {ls['volume_within_10pct']}; propagated from one simulated click on the middle tumour "
                        f"slice: mean 3-D Dice {ls['propagated_dice_3d_mean']:.3f} inside the U-Net gate "
                        f"({ls.get('propagated_dice_3d_mean_without_gate', float('nan')):.3f} without it).")
+        out.append("")
+    if (pr := _load("propagation")) and pr.get("summary"):
+        out += ["## Propagation engines (`python -m bench.bench_volume --part propagation`)", "",
+                f"{pr['note']}; {pr['threads']} torch threads.", "",
+                "| engine and prompt on the next slice | mean 3-D Dice | worst patient | patients | s per slice |",
+                "|---|---|---|---|---|"]
+        out += [f"| {k} | {v['mean_dice_3d']:.3f} | {v['worst_dice_3d']:.3f} | {v['patients']} | {v['s_per_slice']} |"
+                for k, v in pr["summary"].items()]
         out.append("")
     if (co := _load("cohort")):
         out += ["## Cohort batch on Dask (`python -m bench.bench_volume --cohort N --workers 1,2`)", "",

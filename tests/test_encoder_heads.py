@@ -141,6 +141,34 @@ def test_classifier_tab_shows_preparing_then_fills_in_the_heads(tmp_path):
     assert "encoder ran" in view["heads_info"]
     s, again = C.fill_heads(s, eng)
     assert again == {}  # nothing changed: nothing is sent
+    from bt_demo.ui.panels import classifier as CL
+
+    assert view.get("heads_cam_image") is None
+    s, cam = CL.show_heads_saliency(s, eng)  # the button: the heads' map of the chosen class, on the slice
+    assert cam["heads_cam_image"] is not None and s.heads_cam.shape == s.slice.shape
+    s, other = CL.show_gradcam(s, eng, "type:meningioma")  # another class: the old map is not shown for it
+    assert other["heads_cam_image"] is None
     s.tab = "prompts"
     s, hidden = UP.load_file(s, eng, str(path))
     assert "heads_info" not in hidden  # a hidden tab's panels wait until it opens
+
+
+def test_saliency_splits_the_logit_over_locations_and_has_the_slices_size(tmp_path):
+    """The class activation map of a linear head adds up to its logit (minus the bias); the shown saliency has
+    the slice's size, is scaled to 1, and refuses a class the head does not have."""
+    _need_checkpoint()
+    import torch
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(0.3, 0.03, (90, 120)), 0, 1).astype(np.float32)
+    img[20:45, 70:100] = 0.95
+    heads = EncoderHeads.load(_heads_folder(tmp_path / "heads"))
+    contrib = heads.contributions(img, "presence")
+    f = medsam.slice_features(img, key="saliency-test")
+    logit = float(heads.w["presence"][0] @ f)
+    assert contrib.sum() == pytest.approx(logit, rel=0.05, abs=0.05)
+    sal = heads.saliency(img, "type", "meningioma")
+    assert sal.shape == img.shape and sal.dtype == np.float32 and 0 <= sal.min() and sal.max() == pytest.approx(1)
+    with pytest.raises(ValueError, match="unknown class"):
+        heads.saliency(img, "type", "astrocytoma")

@@ -66,6 +66,14 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def fold_linear(head) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) of a fitted StandardScaler + LogisticRegression pipeline with the standardisation folded
+    in: the same decision values on raw features."""
+    scaler, clf = head[0], head[-1]
+    w = clf.coef_ / scaler.scale_[None, :]
+    return w, clf.intercept_ - w @ scaler.mean_
+
+
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """Expected calibration error of the top-class confidence, equal-width bins."""
     conf = probs.max(1)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.classifier import class_metrics, ece, fit_temperature, softmax
+from train.classifier import class_metrics, ece, fit_temperature, fold_linear, softmax
 
 TYPE_CLASSES = ["glioma", "meningioma", "pituitary"]
 GRIDS = {"linear": [0.003, 0.01, 0.03, 0.1, 0.3], "mlp": [1e-3, 1e-2, 1e-1, 1.0]}
@@ -119,14 +119,6 @@ def cross_validate(model: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, 
     summary = {k: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for k, v in agg.items()}
     summary["recall"] = {c: float(np.mean([p["recall"][c] for p in per_fold])) for c in TYPE_CLASSES}
     return {"folds": per_fold, "summary": summary, "oof_logits": outer}
-
-
-def fold_linear(head) -> tuple[np.ndarray, np.ndarray]:
-    """(weight, bias) of a fitted StandardScaler + LogisticRegression pipeline with the standardisation folded
-    in: the same decision values on raw features."""
-    scaler, clf = head[0], head[-1]
-    w = clf.coef_ / scaler.scale_[None, :]
-    return w, clf.intercept_ - w @ scaler.mean_
 
 
 def export_linear(x: np.ndarray, y: np.ndarray, setting: float, oof_logits: np.ndarray, out: str | Path,

@@ -197,7 +197,7 @@ def run(train_on: str, flair_cache: str, t1ce_cache: str, fig_cache: str, out: s
                       + (f" --export {export}" if export else ""))
     if export:
         from bt_demo.models.encoder_heads import save_head
-        from train.embed_heads import fold_linear
+        from train.classifier import fold_linear
 
         w, b = fold_linear(head)
         v = res["val"]

@@ -135,6 +135,67 @@ class EncoderHeads:
             types = {c: float(v) for c, v in zip(self.type_names, _softmax(z), strict=True)}
         return p_t, types
 
+    def contributions(self, image: np.ndarray, head: str = "presence", class_name: str | None = None) -> np.ndarray:
+        """The head's logit for ``class_name`` split over locations: float64 (new_h, new_w) in the encoder's
+        unpadded 256 frame, adding up (up to the resampling) to the logit minus the bias.
+
+        A linear head on pooled stages splits exactly over locations (class activation mapping, Zhou et al.
+        2016): the mean-pooled half gives each location sum_c w_c * map_c / n, the max-pooled half gives
+        each channel's term (weight x maximum) to the location of its maximum; each stage's share is spread over the pixels its
+        cells cover. One more encoder run (the stage maps are not cached: s0 alone is 16 MiB).
+        """
+
+        from bt_demo.models import medsam
+
+        if head not in self.heads:
+            raise ValueError(f"no {head} head here; heads: {', '.join(self.heads)}")
+        names = self.heads[head]["classes"]
+        if head == "presence":
+            w = self.w["presence"][0]  # the tumour logit
+        else:
+            cls = class_name or names[0]
+            if cls not in names:
+                raise ValueError(f"unknown class {cls!r}; choose one of {names}")
+            w = self.w["type"][names.index(cls)]
+        enc = medsam.encode(np.asarray(image, np.float32), stages=True, device=self.device)
+        nh, nw = enc.valid_hw
+        total = np.zeros((nh, nw), np.float64)
+        k = 0
+        for name, c, side in medsam.STAGES:
+            m = np.asarray(enc.stages[name], np.float64)
+            vh = max(1, int(np.ceil(nh * side / medsam.INPUT_SIZE)))
+            vw = max(1, int(np.ceil(nw * side / medsam.INPUT_SIZE)))
+            v = m[:, :vh, :vw]
+            w_mean, w_max = w[k:k + c], w[k + c:k + 2 * c]
+            k += 2 * c
+            share = np.tensordot(w_mean, v, axes=1) / (vh * vw)
+            flat = v.reshape(c, -1)
+            top = flat.argmax(1)
+            np.add.at(share.reshape(-1), top, w_max * flat[np.arange(c), top])
+            # each stage cell covers r x r pixels of the 256 frame (r = 256 / side): spread its share over them;
+            # the last row and column of cells reach past the unpadded frame, and keep their share inside it
+            r = medsam.INPUT_SIZE // side
+            block = np.repeat(np.repeat(share, r, 0), r, 1) / (r * r)
+            ph, pw = block.shape[0] - nh, block.shape[1] - nw
+            if ph > 0:
+                block[nh - 1] += block[nh:].sum(0)
+            if pw > 0:
+                block[:, nw - 1] += block[:, nw:].sum(1)
+            total += block[:nh, :nw]
+        return total
+
+    def saliency(self, image: np.ndarray, head: str = "presence", class_name: str | None = None) -> np.ndarray:
+        """Where the head's evidence for ``class_name`` lies: the positive part of :meth:`contributions`,
+        scaled to 1, float32 (h, w) at the image's size."""
+        import cv2
+
+        cam = np.maximum(self.contributions(image, head, class_name), 0).astype(np.float32)
+        h, wd = np.asarray(image).shape[:2]
+        shrink = wd < cam.shape[1] or h < cam.shape[0]
+        cam = cv2.resize(cam, (wd, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        cam = np.maximum(cam, 0)
+        return (cam / cam.max() if cam.max() > 0 else cam).astype(np.float32)
+
     def classify(self, image: np.ndarray, key: str | None = None, notices: tuple = ()) -> HeadsResult:
         """The heads on a PROCESSED slice (float (h, w)); ``key`` as for ``MedSamEngine.set_image``, so a slice
         MedSAM has encoded costs no second encoder run (and the other way round)."""

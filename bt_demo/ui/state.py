@@ -138,7 +138,7 @@ class Session:
                "slot", "prompts", "history", "box_anchor", "display_factor", "unet_prob", "unet_prob_key",
                "unet_threshold", "unet_result", "unet_reason", "kmeans_k", "kmeans", "kmeans_key", "kmeans_mask",
                "sweep", "sweep_key", "classification", "classification_key", "classifier_reason", "heads", "heads_key",
-               "heads_reason",
+               "heads_reason", "heads_cam", "heads_cam_key",
                "gradcam_class", "gradcam", "opacity", "hist_scope", "classical_on", "classical_params", "classical",
                "chosen_mask", "uncertainty", "uncertainty_key", "workdir", "volume", "volume_key", "volume_masks",
                "volume_results", "volume_numbers", "volume_which", "volume_k", "volume_gate", "tab", "stale", "shown", "notices",
@@ -179,6 +179,8 @@ class Session:
         self.heads: Any = None
         self.heads_key: str | None = None
         self.heads_reason: str | None = None
+        self.heads_cam: np.ndarray | None = None  # where the heads looked (original pixels), on request
+        self.heads_cam_key: tuple | None = None  # (model input key, heat-map choice) it was computed for
         self.gradcam_class: str | None = None
         self.gradcam: np.ndarray | None = None
         self.opacity: float = 0.4

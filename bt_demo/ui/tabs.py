@@ -30,7 +30,8 @@ PANELS: dict[str, tuple[str, ...]] = {
     "measure": ("measure_image", "measure_table", "measure_which"),
     "uncertainty": ("uncertainty_image", "uncertainty_info"),
     "kmeans": ("kmeans_image", "kmeans_info", "sweep_plot", "sweep_info"),
-    "classifier": ("class_label", "class_info", "gradcam_image", "gradcam_class", "heads_info"),
+    "classifier": ("class_label", "class_info", "gradcam_image", "gradcam_class", "heads_info",
+                   "heads_cam_image"),
     "export": ("export_which",),
 }
 TAB_OF = {name: tab for tab, names in PANELS.items() for name in names}

@@ -589,4 +589,8 @@ def classifier_view(s) -> dict:
         out["gradcam_image"] = fit(render.heatmap_overlay(display_gray(s), s.gradcam, alpha=0.45, mask_below=0.15))
     else:
         out["gradcam_image"] = None
+    current = s.heads_cam_key == (s.model_input.key, s.gradcam_class or "presence:tumour") \
+        if s.model_input is not None else False
+    out["heads_cam_image"] = (fit(render.heatmap_overlay(display_gray(s), s.heads_cam, alpha=0.45, mask_below=0.15))
+                              if s.heads_cam is not None and current else None)
     return out
