@@ -151,3 +151,38 @@ def test_trainer_end_to_end_export_load_resume(tmp_path, one_thread):
     assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["step"] == 4
     with pytest.raises(SystemExit, match="not empty"):
         medsam_clicks.main(args)  # a used run folder without --resume is refused
+
+
+def test_engine_protocol_puts_three_engines_side_by_side_and_picks_the_default(tmp_path, one_thread):
+    """python -m train engine-protocol on the generated dataset: every row on the same slices with a cap of 20,
+    the default chosen by Dice after 3 clicks among the three engines, the test split written into the card."""
+    _need_checkpoint()
+    import shutil
+
+    from tests.tiny_models import make_seg
+    from train import embeddings, engine_protocol, medsam_clicks
+
+    root, cache, wdir = tmp_path / "lgg", tmp_path / "emb", tmp_path / "weights"
+    _lgg(root)
+    embeddings.build_cache("lgg", root, cache, only_tumour=True, log=lambda s: None)
+    make_seg(wdir / "clicks", "clicks")
+    assert medsam_clicks.main(["--data", str(root), "--cache", str(cache), "--run-dir", str(tmp_path / "run"),
+                               "--out", str(wdir / "medsam_clicks"), "--threads", "1", "--epochs", "1",
+                               "--steps-per-epoch", "1", "--batch-size", "2", "--max-sim-rounds", "1",
+                               "--val-clicks", "1", "--n-val", "1", "--n-test", "1", "--warmup", "1"]) == 0
+    common = ["--data", str(root), "--cache", str(cache), "--weights-dir", str(wdir), "--threads", "1",
+              "--n-val", "1", "--n-test", "1"]
+    assert engine_protocol.main(common + ["--out", str(tmp_path / "val.json")]) == 0
+    res = json.loads((tmp_path / "val.json").read_text())
+    assert set(res["rows"]) == {k for k, _, _ in engine_protocol.ROWS} and res["cap"] == 20
+    for r in res["rows"].values():
+        assert len(r["dice_curve"]) == 20 and 1 <= r["noc90"] <= 20 and r["n_slices"] == res["n_slices"] >= 1
+    best = max(engine_protocol.DEFAULT_CANDIDATES, key=lambda k: res["rows"][k]["dice_after_3_clicks"])
+    assert res["default_engine_by_dice_at_3"] == best
+    assert "| click model (weights/clicks) |" in res["table_markdown"]
+    shutil.copy(wdir / "medsam_clicks" / "card.json", tmp_path / "card_before.json")
+    assert engine_protocol.main(common + ["--split", "test", "--rows", "medsam_clicks,medsam_clicks_box", "--card",
+                                          "--out", str(tmp_path / "test.json")]) == 0
+    card = json.loads((wdir / "medsam_clicks" / "card.json").read_text())
+    assert card["metrics"]["evaluated_on"].startswith("test patients") and "box_then_1_click_dice" in card["metrics"]
+    assert card["metrics_validation_patients"]["n_slices"] >= 1  # the validation numbers are kept beside them

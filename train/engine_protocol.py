@@ -20,7 +20,8 @@ a slice that never reaches the level counts as 20) and the share of slices that 
 The app's default prompt engine is the one with the best Dice after 3 clicks here
 (``bt_demo.models.registry.FALLBACK_ORDER`` states the order this table chose).
 
-    python -m train engine-protocol --threads 2            # -> runs/engine_protocol/protocol.json + table
+    python -m train engine-protocol --threads 2                  # -> runs/engine_protocol/val.json + table
+    python -m train engine-protocol --threads 2 --split test     # once, for the cards: test patients
 """
 
 from __future__ import annotations
@@ -76,16 +77,46 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def update_card(folder: Path, res: dict) -> Path:
+    """The MedSAM clicks card with its test-patient protocol (reported once): the click rows become its
+    held-out metrics, what was there (the validation patients the epoch was chosen on) is kept beside them."""
+    from train.evaluate import write_card
+
+    card = json.loads((folder / "card.json").read_text())
+    old = card.get("metrics", {})
+    if "validation patients" in str(old.get("evaluated_on", "")):
+        card["metrics_validation_patients"] = {k: v for k, v in old.items() if k != "evaluated_on"}
+    rows = res["rows"]
+    card["metrics"] = {"evaluated_on": f"test patients ({res['n_patients']}, {res['n_slices']} tumour slices), the "
+                                      f"click protocol of train/seg_eval, cap {res['cap']}; reported once",
+                       **{k: v for k, v in rows["medsam_clicks"].items() if k != "dice_curve"},
+                       **({"off_centre_first_click_dice": rows["medsam_clicks_offcentre"]["dice_after_1_clicks"]}
+                          if "medsam_clicks_offcentre" in rows else {}),
+                       **({"box_jitter_5px_dice": rows["medsam_clicks_box"]["dice_after_1_clicks"],
+                           "box_then_1_click_dice": rows["medsam_clicks_box"]["dice_after_2_clicks"]}
+                          if "medsam_clicks_box" in rows else {})}
+    card["evaluate_command"] = res["command"]
+    write_card(folder, card)
+    return folder / "card.json"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train engine-protocol", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="LGG folder (default ../shared/data/lgg)")
     p.add_argument("--cache", default="runs/embeddings/lgg", help="embedding cache of `python -m train embeddings`")
     p.add_argument("--weights-dir", default="weights")
-    p.add_argument("--out", default="runs/engine_protocol/protocol.json")
+    p.add_argument("--out", default=None, help="default runs/engine_protocol/<split>.json")
     p.add_argument("--rows", default=",".join(k for k, _, _ in ROWS), help="which rows to run (comma-separated)")
+    p.add_argument("--split", default="val", choices=["val", "test"],
+                   help="val: the patients the default engine is chosen on; test: reported once, for the cards")
+    p.add_argument("--card", action="store_true",
+                   help="with --split test: write the MedSAM clicks rows into weights/medsam_clicks/card.json "
+                        "(its held-out metrics; the validation numbers move to metrics_validation_patients)")
     p.add_argument("--limit", type=int, default=0, help="at most this many slices (0: all; for a quick look)")
     p.add_argument("--box-jitter", type=float, default=5.0)
+    p.add_argument("--n-val", type=int, default=10, help="the click model's split (its card: 10 / 10, seed 0)")
+    p.add_argument("--n-test", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -101,20 +132,20 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     data = args.data or str(LGG_DEFAULT)
-    split = split_patients(data, 10, 10, 0)
-    items = load_items(args.cache, data, split["val"])
+    split = split_patients(data, args.n_val, args.n_test, 0)
+    items = load_items(args.cache, data, split[args.split])
     if args.limit:
         items = items[:args.limit]
     if not items:
-        raise SystemExit(f"no cached tumour slices of validation patients in {args.cache}; run "
+        raise SystemExit(f"no cached tumour slices of {args.split} patients in {args.cache}; run "
                          "`python -m train embeddings --dataset lgg --only-tumour` first")
     wanted = [k.strip() for k in args.rows.split(",") if k.strip()]
     wdir = Path(args.weights_dir)
     res = {"command": "python -m train engine-protocol " + " ".join(argv if argv is not None else sys.argv[1:]),
            "cap": CAP, "n_slices": len(items), "n_patients": len({it.patient for it in items}),
-           "val_patients": split["val"], "box_jitter_px": args.box_jitter, "seed": args.seed,
+           "split": args.split, "patients": split[args.split], "box_jitter_px": args.box_jitter, "seed": args.seed,
            "threads": args.threads, "rows": {}}
-    dest = Path(args.out)
+    dest = Path(args.out or f"runs/engine_protocol/{args.split}.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     def record(key: str, dice: np.ndarray, t0: float) -> None:
@@ -173,10 +204,12 @@ def main(argv=None) -> int:
             n = CAP - 1 if kw.get("mode") == "box" else CAP
             record(key, click_eval(pe, md, items, n, feed_previous=feed, multimask_single=multi, **kw), t0)
 
-    if any(k in res["rows"] for k in DEFAULT_CANDIDATES):
+    if args.split == "val" and any(k in res["rows"] for k in DEFAULT_CANDIDATES):
         res["default_engine_by_dice_at_3"] = choose_default(res["rows"])
     res["table_markdown"] = markdown(res)
     dest.write_text(json.dumps(res, indent=1))
+    if args.card and args.split == "test" and "medsam_clicks" in res["rows"]:
+        print(f"card: {update_card(wdir / 'medsam_clicks', res)}")
     print(res["table_markdown"])
     print(f"default prompt engine by Dice after 3 interactions: {res.get('default_engine_by_dice_at_3')}")
     return 0
