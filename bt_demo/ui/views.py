@@ -539,7 +539,7 @@ def heads_view(s) -> dict:
         return {"heads_info": f"{title}: not available, because {esc(s.heads_reason)}. The small CNN above answers."}
     h = s.heads
     if h is None or s.model_input is None or s.heads_key != s.model_input.key:
-        return {"heads_info": f"{title}: ⏳ preparing (the pretrained image encoder takes a few seconds on a CPU; "
+        return {"heads_info": f"{title}: preparing… (the pretrained image encoder takes a few seconds on a CPU; "
                               "it runs once per slice and MedSAM's prompts reuse it)…"}
     lines = [title]
     if h.tumour_probability is not None:
