@@ -91,3 +91,59 @@ def test_empty_cache_says_how_to_fill_it(tmp_path):
     (tmp_path / "cache").mkdir()
     with pytest.raises(SystemExit, match="python -m train embeddings"):
         main(["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
+
+
+def _presence_set(root, dataset_dir, cache, direction, rng, patients, n_per=10):
+    """slices.csv of a generated LGG-layout sequence and its cache: half the slices with a 400 px tumour, the
+    rest tumour-free; a tumour moves the pooled features along ``direction`` (each sequence its own)."""
+    from bt_demo.models.medsam import CHECKPOINT_SHA256, POOLED_DIM
+    from train.embeddings import PREP
+
+    d = root / dataset_dir
+    d.mkdir(parents=True, exist_ok=True)
+    (cache / "emb").mkdir(parents=True)
+    (cache / "pooled").mkdir()
+    lines = ["patient,slice,image,mask,mask_pixels,has_tumor"]
+    with open(cache / "manifest.jsonl", "w") as man:
+        for p in patients:
+            for k in range(n_per):
+                tumour = k >= n_per // 2
+                iid = f"{p}_{k}"
+                lines.append(f"{p},{k},{p}/{iid}.tif,{p}/{iid}_mask.tif,{400 if tumour else 0},{int(tumour)}")
+                x = rng.normal(size=POOLED_DIM) + (2.5 * direction if tumour else 0)
+                np.save(cache / "emb" / f"{iid}.npy", np.zeros((1, 1, 1), np.float16))
+                np.save(cache / "pooled" / f"{iid}.npy", x.astype(np.float32))
+                man.write(json.dumps({"id": iid, "checkpoint_sha256": CHECKPOINT_SHA256, "prep": PREP,
+                                      "patient": p, "slice": k, "has_tumour": tumour}) + "\n")
+    (d / "slices.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_presence_is_reported_per_sequence_and_a_second_sequence_is_learnt_when_trained_on(tmp_path):
+    """FLAIR and T1-CE tumours move the features in different directions: a head trained on FLAIR alone finds
+    FLAIR tumours and not T1-CE ones, the per-sequence rows say so, and training on both fixes it."""
+    from bt_demo.models.medsam import POOLED_DIM
+    from train.embed_presence import report_lines, run
+
+    rng = np.random.default_rng(0)
+    pats = [f"TCGA_XX_{i:04d}_20000101" for i in range(12)]
+    flair_dir, t1_dir = np.zeros(POOLED_DIM), np.zeros(POOLED_DIM)
+    flair_dir[:20], t1_dir[20:40] = 1.0, 1.0
+    data, caches = tmp_path / "data", tmp_path / "caches"
+    _presence_set(data, "lgg", caches / "lgg", flair_dir, rng, pats)
+    _presence_set(data, "lgg_sequences", caches / "t1ce", t1_dir, rng, pats)
+    y = np.zeros(40, int)
+    _cache(caches / "fig", y, np.repeat([1, 2, 3, 4], 10), rng.normal(size=(40, POOLED_DIM)) + 2.5 * t1_dir)
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"split": {"presence": {"train": pats[:8], "val": pats[8:]}}}))
+    kw = dict(flair_cache=caches / "lgg", t1ce_cache=caches / "t1ce", fig_cache=caches / "fig", with_cnn=False,
+              data_root=data, split_card=card, log=lambda s: None)
+    only = run("flair", out=tmp_path / "runs" / "presence_flair", **kw)
+    both = run("flair+t1ce", out=tmp_path / "runs" / "presence_flair+t1ce", export=tmp_path / "heads", **kw)
+    assert only["val"]["flair"]["roc_auc"] > 0.9 and only["val"]["t1ce"]["roc_auc"] < 0.8
+    assert both["val"]["flair"]["roc_auc"] > 0.9 and both["val"]["t1ce"]["roc_auc"] > 0.9
+    assert both["val"]["t1ce"]["n"] == 4 * 10 and both["val"]["figshare_fold4"]["n"] == 10
+    assert both["val"]["figshare_fold4"]["tumour_recall"] > only["val"]["figshare_fold4"]["tumour_recall"]
+    cfg = json.loads((tmp_path / "heads" / "config.json").read_text())["heads"]["presence"]
+    assert cfg["classes"] == ["no_tumour", "tumour"] and cfg["threshold"] == 0.5
+    table = "\n".join(report_lines(tmp_path / "runs"))
+    assert "| flair (" in table and "| flair+t1ce (" in table and "AUC T1-CE" in table

@@ -192,7 +192,9 @@ def report_section(root: str | Path, shipped_card: str | Path = "weights/classif
     """docs/studies.md's section: every ``root/*/results.json`` as a row, beside the shipped from-scratch
     type head's cross-validated row (from its card)."""
     rows = []
-    for p in sorted(Path(root).glob("*/results.json")):
+    type_runs = [p for p in sorted(Path(root).glob("*/results.json"))
+                 if json.loads(p.read_text()).get("head", "type") == "type" and "summary" in json.loads(p.read_text())]
+    for p in type_runs:
         r = json.loads(p.read_text())
         s = r["summary"]
         rows.append(f"| {r['model']} on LiteMedSAM pooled stages (frozen encoder) | **{s['macro_f1']['mean']:.3f} ± "
@@ -222,6 +224,10 @@ def report_section(root: str | Path, shipped_card: str | Path = "weights/classif
                          f"± {t['cv_macro_f1_sd']:.3f} | {t['cv_accuracy_mean']:.3f} | "
                          + " / ".join(f"{rec[c]:.2f}" for c in TYPE_CLASSES if c in rec)
                          + f" | {t['cv_ece_before_temperature_mean']:.3f} → {t['cv_ece_mean']:.3f} | | 1080 s per fold |")
-    lines += rows + ["", "Commands:", "", "```"]
-    lines += [json.loads(p.read_text())["command"] for p in sorted(Path(root).glob("*/results.json"))]
+    from train.embed_presence import report_lines
+
+    presence = report_lines(root)
+    lines += rows + [""] + presence + ["Commands:", "", "```"]
+    lines += [json.loads(p.read_text())["command"] for p in type_runs]
+    lines += [json.loads(p.read_text())["command"] for p in sorted(Path(root).glob("presence_*/results.json"))]
     return lines + ["```", ""]

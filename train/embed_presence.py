@@ -141,13 +141,18 @@ def shipped_cnn(split: dict, data: dict) -> dict:
 
 
 def run(train_on: str, flair_cache: str, t1ce_cache: str, fig_cache: str, out: str | Path,
-        with_cnn: bool = True, export: str | Path | None = None, log=print) -> dict:
+        with_cnn: bool = True, export: str | Path | None = None, data_root: str | Path | None = None,
+        split_card: str | Path = "weights/classifier/card.json", log=print) -> dict:
+    """One row: fit on ``train_on`` of the card's training patients, report on its validation patients.
+    data_root: the folder holding lgg/, lgg_sequences/ and figshare/ (default ../shared/data)."""
     from train.lgg import DATA_ROOT
+
+    DATA_ROOT = Path(data_root) if data_root is not None else DATA_ROOT  # noqa: N806 - the module's default
 
     if train_on not in TRAIN_ON:
         raise SystemExit(f"--train-on must be one of {', '.join(TRAIN_ON)}")
     t0 = time.perf_counter()
-    split = json.loads(Path("weights/classifier/card.json").read_text())["split"]["presence"]
+    split = json.loads(Path(split_card).read_text())["split"]["presence"]
     train_p, val_p = set(split["train"]), set(split["val"])
     fl = lgg_rows("lgg", flair_cache, DATA_ROOT / "lgg")
     tc = lgg_rows("lgg_t1ce", t1ce_cache, DATA_ROOT / "lgg_sequences")

@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default=",".join(k for k, _, _ in ROWS), help="which rows to run (comma-separated)")
     p.add_argument("--split", default="val", choices=["val", "test"],
                    help="val: the patients the default engine is chosen on; test: reported once, for the cards")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in the output file (same slices) and run only the missing ones")
     p.add_argument("--card", action="store_true",
                    help="with --split test: write the MedSAM clicks rows into weights/medsam_clicks/card.json "
                         "(its held-out metrics; the validation numbers move to metrics_validation_patients)")
@@ -147,6 +149,13 @@ def main(argv=None) -> int:
            "threads": args.threads, "rows": {}}
     dest = Path(args.out or f"runs/engine_protocol/{args.split}.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and dest.exists():
+        old = json.loads(dest.read_text())
+        if old.get("n_slices") == res["n_slices"] and old.get("patients") == res["patients"]:
+            res["rows"] = old.get("rows", {})
+            res["command"] = old.get("command", res["command"]) + " ; resumed: " + res["command"]
+            wanted = [k for k in wanted if k not in res["rows"]]
+            print(f"resuming: {len(res['rows'])} rows kept, to run: {', '.join(wanted) or 'none'}", flush=True)
 
     def record(key: str, dice: np.ndarray, t0: float) -> None:
         res["rows"][key] = table_row(dice) | {"seconds": round(time.perf_counter() - t0, 1)}
