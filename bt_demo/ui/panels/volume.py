@@ -20,8 +20,11 @@ from bt_demo.ui.state import Session
 from bt_demo.ui.views import esc, fit, to_display
 
 MASKS = {"unet": "U-Net (every slice)", "propagated": "propagated from a clicked slice"}
-# what each propagating engine gets on the next slice from the neighbour's mask (bt_demo.volume.segment.propagate)
-PROPAGATION_PROMPT = {"clicks": "click", "medsam": "box", "medsam_clicks": "box+click"}
+# what each propagating engine gets on the next slice from the neighbour's mask (bt_demo.volume.segment.propagate):
+# the prompt and the box margin in px, chosen on the U-Net card's validation patients
+# (`python -m bench.bench_volume --part propagation`: MedSAM box 0.860 at 5 px vs 0.859 at 2; MedSAM clicks
+# 0.871 at 2 px vs 0.866 at 5; the click model 0.866)
+PROPAGATION_PROMPT = {"clicks": ("click", 0), "medsam": ("box", 5), "medsam_clicks": ("box+click", 2)}
 
 
 def _load(s: Session, series_files, series_choice, progress=None) -> None:
@@ -165,7 +168,8 @@ def propagate(s: Session, engines, series_files=None, series_choice=None, progre
     def tick(i, n):
         if progress is not None:
             progress((i, n), desc="propagating", unit="slices")
-    res = run(s.volume, p, k, mask, gate=s.volume_gate, prompt=PROPAGATION_PROMPT[key], progress=tick)
+    prompt, margin = PROPAGATION_PROMPT[key]
+    res = run(s.volume, p, k, mask, gate=s.volume_gate, prompt=prompt, box_margin=margin, progress=tick)
     s.volume_masks = {**s.volume_masks, "propagated": res.mask}
     s.volume_results = {**s.volume_results, "propagated": res}
     s.volume_which, s.volume_k = "propagated", k
