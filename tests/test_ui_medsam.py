@@ -75,6 +75,11 @@ def test_medsam_is_offered_with_its_citation_and_answers_a_box_where_it_was_draw
     rep = json.loads(report.read_text())
     assert rep["prompts"]["engine"] == medsam.ENGINE_NAME, rep["prompts"]
     assert medsam.ENGINE_NAME in json.dumps(rep.get("engines", rep))
+    assert "corrective clicks" not in view.get("prompt_info", "")
+    ys, xs = np.nonzero(lesion)
+    f = s.display_factor
+    s, view = PR.click(s, engines, [(xs.mean() + 0.5) * f - 0.5, (ys.mean() + 0.5) * f - 0.5], "positive")
+    assert "corrective clicks tend to make its mask worse" in view["prompt_info"]  # it was trained with boxes only
 
 
 def test_a_click_given_while_medsam_prepares_waits_for_it(engines, slice_with_lesion):
