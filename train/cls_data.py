@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def _cached(name: str, size: int, fit: str, build) -> Arrays:
         return Arrays(z["x"], z["y"], z["groups"], z["extra"])
     a = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    # a name of this process's own: two study rows (--jobs 2) may build the same cache at once, and with one
+    # shared temporary name the second rename found the file already moved (seen in CI)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, x=a.x, y=a.y, groups=a.groups, extra=a.extra)
     tmp.replace(path)
     return a
