@@ -165,7 +165,7 @@ def test_saliency_splits_the_logit_over_locations_and_has_the_slices_size(tmp_pa
     img[20:45, 70:100] = 0.95
     heads = EncoderHeads.load(_heads_folder(tmp_path / "heads"))
     contrib = heads.contributions(img, "presence")
-    f = medsam.slice_features(img, key="saliency-test")
+    f, _ = medsam.slice_features(img, key="saliency-test")
     logit = float(heads.w["presence"][0] @ f)
     assert contrib.sum() == pytest.approx(logit, rel=0.05, abs=0.05)
     sal = heads.saliency(img, "type", "meningioma")

@@ -192,10 +192,10 @@ def report_section(root: str | Path, shipped_card: str | Path = "weights/classif
     """docs/studies.md's section: every ``root/*/results.json`` as a row, beside the shipped from-scratch
     type head's cross-validated row (from its card)."""
     rows = []
-    type_runs = [p for p in sorted(Path(root).glob("*/results.json"))
-                 if json.loads(p.read_text()).get("head", "type") == "type" and "summary" in json.loads(p.read_text())]
+    results = {p: json.loads(p.read_text()) for p in sorted(Path(root).glob("*/results.json"))}
+    type_runs = [p for p, r in results.items() if r.get("head", "type") == "type" and "summary" in r]
     for p in type_runs:
-        r = json.loads(p.read_text())
+        r = results[p]
         s = r["summary"]
         rows.append(f"| {r['model']} on LiteMedSAM pooled stages (frozen encoder) | **{s['macro_f1']['mean']:.3f} ± "
                     f"{s['macro_f1']['sd']:.3f}** | {s['accuracy']['mean']:.3f} | "
@@ -228,6 +228,6 @@ def report_section(root: str | Path, shipped_card: str | Path = "weights/classif
 
     presence = report_lines(root)
     lines += rows + [""] + presence + ["Commands:", "", "```"]
-    lines += [json.loads(p.read_text())["command"] for p in type_runs]
+    lines += [results[p]["command"] for p in type_runs]
     lines += [json.loads(p.read_text())["command"] for p in sorted(Path(root).glob("presence_*/results.json"))]
     return lines + ["```", ""]

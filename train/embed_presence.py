@@ -23,7 +23,6 @@ at the threshold, ECE; figshare fold 4 tumour recall.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -33,12 +32,6 @@ import numpy as np
 GRID = [0.001, 0.003, 0.01, 0.03, 0.1]
 MIN_PX = 200
 TRAIN_ON = ("flair", "flair+t1ce", "flair+t1ce+fig")
-
-
-def _mask_pixels(root: Path) -> dict[str, int]:
-    """id -> tumour pixels, from the data's slices.csv (older cache rows do not record it)."""
-    with (root / "slices.csv").open(newline="") as f:
-        return {f"{r['patient']}_{int(r['slice'])}": int(float(r["mask_pixels"])) for r in csv.DictReader(f)}
 
 
 def lgg_rows(dataset: str, cache_dir: str | Path, data_root: str | Path, per_patient: int = 8):
@@ -52,10 +45,9 @@ def lgg_rows(dataset: str, cache_dir: str | Path, data_root: str | Path, per_pat
     if not ids:
         return np.zeros((0, POOLED_DIM), np.float32), np.zeros(0, int), np.array([], str), []
     pos = {i: k for k, i in enumerate(ids)}
-    px = _mask_pixels(Path(data_root))
     subset = presence_subset(list_items(dataset, data_root), per_patient, MIN_PX)
     keep = [it for it in subset if it.id in pos]
-    y = np.array([int(px.get(it.id, 0) >= MIN_PX) for it in keep])
+    y = np.array([int(it.meta.get("mask_pixels", 0) >= MIN_PX) for it in keep])
     return (x[[pos[it.id] for it in keep]], y, np.array([it.meta["patient"] for it in keep]),
             [it.id for it in keep])
 
@@ -119,21 +111,14 @@ def score(p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> dict:
 def shipped_cnn(split: dict, data: dict) -> dict:
     """The shipped small CNN's presence probability on the same validation slices (read from the data)."""
     from bt_demo.models.classifier import PRESENCE, ClassifierEngine
-    from train.embeddings import read_image
+    from train.embeddings import list_items, read_image
 
     eng = ClassifierEngine.load("weights/classifier")
     if isinstance(eng, str):
         return {"unavailable": eng}
     out = {}
     for name, (dataset, root, ids, y) in data.items():
-        files = {}
-        if dataset == "figshare":
-            from train.embeddings import list_items
-
-            files = {it.id: it.path for it in list_items("figshare", root)}
-        else:
-            with (Path(root) / "slices.csv").open(newline="") as f:
-                files = {f"{r['patient']}_{int(r['slice'])}": Path(root) / r["image"] for r in csv.DictReader(f)}
+        files = {it.id: it.path for it in list_items(dataset, root)}
         p = np.array([eng.head_probabilities(read_image(dataset, files[i]).astype(np.float32), PRESENCE)["tumour"]
                       for i in ids])
         out[name] = score(p, y)
@@ -147,15 +132,15 @@ def run(train_on: str, flair_cache: str, t1ce_cache: str, fig_cache: str, out: s
     data_root: the folder holding lgg/, lgg_sequences/ and figshare/ (default ../shared/data)."""
     from train.lgg import DATA_ROOT
 
-    DATA_ROOT = Path(data_root) if data_root is not None else DATA_ROOT  # noqa: N806 - the module's default
+    root = Path(data_root) if data_root is not None else DATA_ROOT
 
     if train_on not in TRAIN_ON:
         raise SystemExit(f"--train-on must be one of {', '.join(TRAIN_ON)}")
     t0 = time.perf_counter()
     split = json.loads(Path(split_card).read_text())["split"]["presence"]
     train_p, val_p = set(split["train"]), set(split["val"])
-    fl = lgg_rows("lgg", flair_cache, DATA_ROOT / "lgg")
-    tc = lgg_rows("lgg_t1ce", t1ce_cache, DATA_ROOT / "lgg_sequences")
+    fl = lgg_rows("lgg", flair_cache, root / "lgg")
+    tc = lgg_rows("lgg_t1ce", t1ce_cache, root / "lgg_sequences")
     fx, ffold, fids = figshare_rows(fig_cache)
 
     def part(rows, pats):
@@ -193,9 +178,9 @@ def run(train_on: str, flair_cache: str, t1ce_cache: str, fig_cache: str, out: s
                                                    "figshare_fold4": score(prob(fx[kf]), np.ones(int(kf.sum()), int))}}
     if with_cnn:
         res["shipped_cnn"] = shipped_cnn(split, {
-            "flair": ("lgg", DATA_ROOT / "lgg", vf[3], vf[1]),
-            "t1ce": ("lgg_t1ce", DATA_ROOT / "lgg_sequences", vt[3], vt[1]),
-            "figshare_fold4": ("figshare", DATA_ROOT / "figshare", [i for i, m in zip(fids, kf, strict=True) if m],
+            "flair": ("lgg", root / "lgg", vf[3], vf[1]),
+            "t1ce": ("lgg_t1ce", root / "lgg_sequences", vt[3], vt[1]),
+            "figshare_fold4": ("figshare", root / "figshare", [i for i, m in zip(fids, kf, strict=True) if m],
                                np.ones(int(kf.sum()), int))})
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["command"] = (f"python -m train embed-heads --head presence --train-on {train_on} --out {out}"

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import sys
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from bt_demo.models.medsam_weights import file_sha256
 
 PREP = "litemedsam-infer-v1: longest side 256 (INTER_AREA), min-max [0,1], 3 channels, pad bottom/right to 256"
 DATASETS = ("lgg", "lgg_t1ce", "figshare")
@@ -145,14 +146,6 @@ def read_image(dataset: str, path: Path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im.convert("L"))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _rel(path: Path, root) -> str:

@@ -217,8 +217,6 @@ class EncoderHeads:
         from bt_demo.models import medsam
 
         t0 = time.perf_counter()
-        n0 = medsam.encoder_calls()
-        feats = medsam.slice_features(image, key=key, device=self.device)
+        feats, ran = medsam.slice_features(image, key=key, device=self.device)
         p_t, types = self.probabilities(feats)
-        return HeadsResult(p_t, types, time.perf_counter() - t0, medsam.encoder_calls() > n0, self.card_line,
-                           tuple(notices))
+        return HeadsResult(p_t, types, time.perf_counter() - t0, ran, self.card_line, tuple(notices))

@@ -249,13 +249,15 @@ def _cached_entry(img: np.ndarray, key: str | None, device: str, cache) -> tuple
     return ckey, entry, True
 
 
-def slice_features(image: np.ndarray, key: str | None = None, device: str | None = None) -> np.ndarray:
-    """The pooled encoder stages of a PROCESSED slice, float32 (POOLED_DIM,), through the shared LRU that
-    ``MedSamEngine.set_image`` uses (the same ``key``): one encoder run per slice serves both."""
+def slice_features(image: np.ndarray, key: str | None = None, device: str | None = None) -> tuple[np.ndarray, bool]:
+    """(the pooled encoder stages of a PROCESSED slice, float32 (POOLED_DIM,), whether the encoder ran for this
+    call), through the shared LRU that ``MedSamEngine.set_image`` uses (the same ``key``): one encoder run per
+    slice serves both."""
     img = _check_image(image)
     dev = device_of(device)
     load_model(dev)
-    return _cached_entry(img, key, dev, _shared_cache())[1].pooled
+    _, entry, computed = _cached_entry(img, key, dev, _shared_cache())
+    return entry.pooled, computed
 
 
 _cache = None
