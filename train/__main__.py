@@ -1,4 +1,4 @@
-"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval,embeddings,medsam-clicks,embed-heads,engine-protocol} ... (each has --help)."""
+"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval,embeddings,medsam-clicks,embed-heads,engine-protocol,medsam-seg,autobox} ... (each has --help)."""
 
 import sys
 
@@ -21,6 +21,8 @@ COMMANDS = {
     "medsam-clicks": "train.medsam_clicks",
     "embed-heads": "train.embed_heads",
     "engine-protocol": "train.engine_protocol",
+    "medsam-seg": "train.medsam_seg",
+    "autobox": "train.autobox",
 }
 
 

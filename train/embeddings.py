@@ -6,6 +6,8 @@ MedSAM engine uses); what it made is kept under ``runs/embeddings/<dataset>/``:
     cache.json           what the cache holds (checkpoint SHA-256, preparation, dtype, stage list)
     emb/<id>.npy         float16 (256, 64, 64): the embedding, the mask decoder's input (2 MiB each)
     pooled/<id>.npy      float32 (1856,): mean- and max-pooled encoder stages (medsam.pool_stages)
+    stages/<s>/<id>.npy  float16 stage maps kept with --stages (e.g. s1: 128 x 128 x 128, 4 MiB): the skips of a
+                         decoder trained on the frozen encoder (train/medsam_unet.py)
     manifest.jsonl       one line per slice computed: id, data file, its SHA-256, the checkpoint's SHA-256,
                          the unpadded 256 frame (valid_hw), original shape, patient/slice/label/fold, has_tumour
     pooled.npz           ids, features (N, 1856) float32 and the manifest rows: the side file for classifier
@@ -21,7 +23,8 @@ Datasets (roots under ../shared/data; nothing is ever copied into the repository
     lgg_t1ce   the same patients' post-contrast T1 (lgg_sequences/slices.csv; masks are the FLAIR masks)
     figshare   T1-CE 512 x 512 slices, folds 1-4 (labels.csv: image, figshare_index, label, fold, ...)
 
-Example: ``python -m train embeddings --dataset lgg --only-tumour --threads 1``. Read it back with
+Example: ``python -m train embeddings --dataset lgg --only-tumour --threads 1``; the segmentation study's
+validation patients with the s1 skip: ``--split-file weights/unet/card.json --split val --stages s1``. Read it back with
 ``open_cache("runs/embeddings/lgg")``.
 """
 
@@ -136,6 +139,29 @@ def presence_subset(items: list[Item], per_patient: int, min_px: int = 200) -> l
     return out
 
 
+def split_patients(split_file: str | Path, split: str) -> list[str]:
+    """The patient ids of ``split`` (train / val / test) in a run's split.json ({"val": [...]}) or a model card
+    (card.json: {"split": {"val_patients": [...]}}), so a cache covers exactly a study's patients."""
+    d = json.loads(Path(split_file).read_text())
+    for cand in (d.get(split), (d.get("split") or {}).get(f"{split}_patients")):
+        if isinstance(cand, list) and cand:
+            return [str(x) for x in cand]
+    raise SystemExit(f"{split_file}: no {split!r} patient list")
+
+
+def free_subset(items: list[Item], per_patient: int) -> list[Item]:
+    """Every tumour slice and, per patient, up to ``per_patient`` tumour-free slices spread over the patient."""
+    by_patient: dict[str, list[Item]] = {}
+    for it in items:
+        if not it.has_tumour:
+            by_patient.setdefault(it.meta.get("patient", ""), []).append(it)
+    keep = {it.id for it in items if it.has_tumour}
+    for xs in by_patient.values():
+        idx = np.unique(np.round(np.linspace(0, len(xs) - 1, min(per_patient, len(xs)))).astype(int)) if xs else []
+        keep.update(xs[i].id for i in idx)
+    return [it for it in items if it.id in keep]
+
+
 def read_image(dataset: str, path: Path) -> np.ndarray:
     """uint8 (H, W) gray: the FLAIR channel of an LGG stack, else the file as gray."""
     if dataset == "lgg":
@@ -177,10 +203,11 @@ def read_manifest(out: Path) -> dict[str, dict]:
     return rows
 
 
-def _valid(row: dict | None, out: Path, file_hash: str, ckpt: str) -> bool:
+def _valid(row: dict | None, out: Path, file_hash: str, ckpt: str, stages: tuple[str, ...] = ()) -> bool:
     return (row is not None and row.get("file_sha256") == file_hash and row.get("checkpoint_sha256") == ckpt
             and row.get("prep") == PREP and (out / "emb" / f"{row['id']}.npy").exists()
-            and (out / "pooled" / f"{row['id']}.npy").exists())
+            and (out / "pooled" / f"{row['id']}.npy").exists()
+            and all((out / "stages" / s / f"{row['id']}.npy").exists() for s in stages))
 
 
 def write_pooled(out: Path, rows: dict[str, dict], ckpt: str) -> int:
@@ -204,7 +231,9 @@ def write_pooled(out: Path, rows: dict[str, dict], ckpt: str) -> int:
 
 
 def build_cache(dataset: str, root: str | Path, out: str | Path, only_tumour: bool = False,
-                limit: int | None = None, per_patient: int | None = None, log=print) -> dict:
+                limit: int | None = None, per_patient: int | None = None, log=print,
+                patients: list[str] | None = None, free_per_patient: int | None = None,
+                stages: tuple[str, ...] = ()) -> dict:
     """Compute what is missing from the cache at ``out``; returns counts (computed, reused, total, seconds)."""
     from bt_demo.models import medsam
 
@@ -212,6 +241,14 @@ def build_cache(dataset: str, root: str | Path, out: str | Path, only_tumour: bo
     ckpt_path = medsam.verify_checkpoint()
     ckpt = medsam.CHECKPOINT_SHA256
     items = list_items(dataset, root)
+    known = {n for n, _c, _s in medsam.STAGES}
+    if set(stages) - known:
+        raise SystemExit(f"unknown stage(s) {sorted(set(stages) - known)}; choose from {sorted(known)}")
+    if patients is not None:
+        wanted = set(patients)
+        items = [it for it in items if it.meta.get("patient") in wanted]
+    if free_per_patient is not None:
+        items = free_subset(items, free_per_patient)
     if only_tumour:
         items = [it for it in items if it.has_tumour]
     if per_patient:
@@ -220,6 +257,8 @@ def build_cache(dataset: str, root: str | Path, out: str | Path, only_tumour: bo
         items = items[:max(0, int(limit))]
     (out / "emb").mkdir(parents=True, exist_ok=True)
     (out / "pooled").mkdir(parents=True, exist_ok=True)
+    for st in stages:
+        (out / "stages" / st).mkdir(parents=True, exist_ok=True)
     info = {"dataset": dataset, "root": str(Path(root).resolve()), "checkpoint": str(ckpt_path),
             "checkpoint_sha256": ckpt, "prep": PREP, "embedding": {"dtype": "float16", "shape": list(medsam.EMBED_SHAPE)},
             "pooled": {"dtype": "float32", "dim": medsam.POOLED_DIM,
@@ -230,7 +269,7 @@ def build_cache(dataset: str, root: str | Path, out: str | Path, only_tumour: bo
     todo = []
     for it in items:
         h = file_sha256(it.path)
-        if not _valid(rows.get(it.id), out, h, ckpt):
+        if not _valid(rows.get(it.id), out, h, ckpt, stages):
             todo.append((it, h))
     reused = len(items) - len(todo)
     log(f"[embeddings] {dataset}: {len(items)} slices, {reused} already cached, {len(todo)} to compute -> {out}")
@@ -243,6 +282,8 @@ def build_cache(dataset: str, root: str | Path, out: str | Path, only_tumour: bo
             enc = medsam.encode(img, stages=True)
             _save_npy(out / "emb" / f"{it.id}.npy", enc.embedding.astype(np.float16))
             _save_npy(out / "pooled" / f"{it.id}.npy", medsam.pool_stages(enc.stages, enc.valid_hw))
+            for st in stages:
+                _save_npy(out / "stages" / st / f"{it.id}.npy", enc.stages[st].astype(np.float16))
             row = {"id": it.id, "file": _rel(it.path, root), "file_sha256": h,
                    "checkpoint_sha256": ckpt, "prep": PREP, "shape": list(img.shape),
                    "valid_hw": list(enc.valid_hw), "has_tumour": it.has_tumour, **it.meta}
@@ -286,6 +327,10 @@ class EmbeddingCache:
     def embedding(self, iid: str, mmap: bool = True) -> np.ndarray:
         return np.load(self.dir / "emb" / f"{iid}.npy", mmap_mode="r" if mmap else None)
 
+    def stage(self, name: str, iid: str, mmap: bool = True) -> np.ndarray:
+        """float16 (C, S, S): a stage map kept with --stages (FileNotFoundError when it was not kept)."""
+        return np.load(self.dir / "stages" / name / f"{iid}.npy", mmap_mode="r" if mmap else None)
+
     def pooled(self) -> tuple[list[str], np.ndarray]:
         x = np.stack([np.load(self.dir / "pooled" / f"{i}.npy") for i in self.ids]) if self.ids else np.zeros((0, 0))
         return list(self.ids), x.astype(np.float32)
@@ -306,8 +351,16 @@ def main(argv=None) -> int:
                    help="the presence study's subset: per patient up to K slices with >= 200 tumour pixels and K "
                         "tumour-free ones, spread over the patient and computed round-robin across patients")
     p.add_argument("--limit", type=int, default=None, help="only the first N slices (after --only-tumour)")
+    p.add_argument("--split-file", default=None,
+                   help="a split.json or card.json naming patient lists (with --split): only those patients")
+    p.add_argument("--split", choices=("train", "val", "test"), default=None)
+    p.add_argument("--free-per-patient", type=int, default=None, metavar="K",
+                   help="every tumour slice and up to K tumour-free slices per patient (LGG)")
+    p.add_argument("--stages", default="", help="comma-separated stage maps to keep as well (e.g. s1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if (args.split_file is None) != (args.split is None):
+        p.error("--split-file and --split go together")
     import torch
 
     if args.threads:
@@ -324,7 +377,10 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else Path("runs") / "embeddings" / args.dataset
     try:
         build_cache(args.dataset, root, out, only_tumour=args.only_tumour, limit=args.limit,
-                    per_patient=args.per_patient, log=lambda s: print(s, flush=True))
+                    per_patient=args.per_patient, log=lambda s: print(s, flush=True),
+                    patients=split_patients(args.split_file, args.split) if args.split else None,
+                    free_per_patient=args.free_per_patient,
+                    stages=tuple(x for x in args.stages.split(",") if x))
     except CheckpointError as exc:
         print(f"MedSAM not available: {exc}", file=sys.stderr)
         return 2

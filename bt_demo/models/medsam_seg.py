@@ -1,0 +1,117 @@
+"""A segmentation decoder on LiteMedSAM's frozen image encoder (issue 25, part 3: the "U-Net on the
+pretrained encoder" rows).
+
+The encoder (TinyViT, distilled from MedSAM; ``bt_demo.models.medsam``) runs once per slice; this decoder
+reads three of its outputs, all in LiteMedSAM's padded 256 frame:
+
+    neck   256 x 64 x 64    the image embedding (what SAM's mask decoder reads)
+    s1     128 x 128 x 128  the second TinyViT stage: the skip at 128
+    image    1 x 256 x 256  the prepared slice itself (min-max [0, 1], padded): the skip at full size
+
+and upsamples 64 -> 128 -> 256 in the U-Net way (conv blocks, skips concatenated), ending in one logit per
+pixel of the 256 frame. ``probabilities`` crops the unpadded frame and resizes it back to the slice.
+
+Nothing here imports torch at import time. The weights folder holds ``config.json`` (the architecture and the
+post-processing chosen on validation patients) and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SKIPS = ("neck", "s1")  # the encoder outputs the decoder reads (medsam.STAGES names)
+DEFAULT_WIDTH = 48
+
+
+def build(width: int = DEFAULT_WIDTH, full_width: int = 16):
+    """The decoder: an nn.Module taking (neck (B, 256, 64, 64), s1 (B, 128, 128, 128), image (B, 1, 256, 256))
+    and returning logits (B, 1, 256, 256)."""
+    import torch
+    from torch import nn
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    class EncoderDecoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.width, self.full_width = int(width), int(full_width)
+            w, f = self.width, self.full_width
+            self.at64 = block(256, 2 * w)
+            self.skip128 = nn.Sequential(nn.Conv2d(128, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+            self.at128 = block(2 * w + w, w)
+            self.skip256 = nn.Sequential(nn.Conv2d(1, f, 3, padding=1, bias=False), nn.BatchNorm2d(f),
+                                         nn.ReLU(inplace=True))
+            self.at256 = block(w + f, f)
+            self.head = nn.Conv2d(f, 1, 1)
+
+        def forward(self, neck, s1, image):
+            x = self.at64(neck.float())
+            x = nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = self.at128(torch.cat([x, self.skip128(s1.float())], 1))
+            x = nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = self.at256(torch.cat([x, self.skip256(image.float())], 1))
+            return self.head(x)
+
+    return EncoderDecoder()
+
+
+def n_parameters(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def save(model, folder: str | Path, config: dict) -> Path:
+    """config.json (architecture + whatever the caller adds: post-processing, provenance) and float16
+    model.safetensors (BatchNorm running statistics included)."""
+    from safetensors.torch import save_file
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    cfg = {"architecture": "medsam_encoder_decoder", "width": model.width, "full_width": model.full_width,
+           "skips": list(SKIPS)} | config
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def load(folder: str | Path, device: str = "cpu"):
+    """(model in eval mode, config) from a folder written by ``save``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("architecture") != "medsam_encoder_decoder":
+        raise ValueError(f"{folder}: not a MedSAM-encoder decoder ({cfg.get('architecture')!r})")
+    model = build(cfg["width"], cfg["full_width"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), cfg
+
+
+def logits_to_probs(logits: np.ndarray, valid_hw: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """float32 (H, W) probabilities of the slice from (256, 256) logits of the padded frame."""
+    import cv2
+
+    h, w = int(valid_hw[0]), int(valid_hw[1])
+    crop = np.asarray(logits, np.float32)[:h, :w]
+    if (h, w) != tuple(shape):
+        crop = cv2.resize(crop, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+    return (1.0 / (1.0 + np.exp(-crop))).astype(np.float32)
+
+
+def predict_logits(model, neck: Any, s1: Any, image: Any, device: str = "cpu") -> np.ndarray:
+    """Logits (B, 256, 256) for batched encoder outputs (numpy or torch, any float dtype)."""
+    import torch
+
+    def t(a, lead):
+        a = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+        return (a if a.ndim == lead else a[None]).to(device)
+
+    with torch.inference_mode():
+        return model(t(neck, 4), t(s1, 4), t(image, 4)).float().cpu().numpy()[:, 0]
