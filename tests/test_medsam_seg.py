@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 
 from bt_demo.models import medsam, medsam_seg
-from tests.test_medsam_clicks import _need_checkpoint, one_thread, phantom  # noqa: F401  (fixture)
+from tests.test_medsam_clicks import _need_checkpoint, phantom
+
+
+@pytest.fixture()
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 PATIENTS = ["TCGA_AA_0001_20000101", "TCGA_BB_0002_20000101", "TCGA_CC_0003_20000101"]
 
@@ -68,7 +79,8 @@ def test_decoder_maps_the_padded_frame_back_to_the_slice():
 
 def test_cache_with_stages_and_decoder_train_export_load_resume(tmp_path, one_thread):
     _need_checkpoint()
-    from train import embeddings, medsam_seg as trainer
+    from train import embeddings
+    from train import medsam_seg as trainer
 
     root, cache, run, out = tmp_path / "lgg", tmp_path / "emb", tmp_path / "run", tmp_path / "export"
     _lgg(root)
