@@ -117,6 +117,13 @@ def test_cache_with_stages_and_decoder_train_export_load_resume(tmp_path, one_th
     lg = medsam_seg.predict_logits(model, enc.embedding, enc.stages["s1"], medsam.prepare(img)[0][:, :1].numpy())
     assert medsam_seg.logits_to_probs(lg[0], enc.valid_hw, img.shape).shape == (60, 90)
 
+    # measured on held-out patients with the post-processing chosen on validation
+    assert trainer.main(["--evaluate", str(out), "--split", "val", "--cache", str(cache), "--data", str(root),
+                         "--split-file", str(split), "--threads", "1"]) == 0
+    ev = json.loads((out / "eval_val.json").read_text())
+    assert ev["postprocessing"] == result["postprocessing"] and ev["metrics"]["n_slices"] == 3
+    assert abs(ev["metrics"]["patient_dice_mean"] - result["val"]["patient_dice_mean"]) < 0.02  # float16 on disk
+
     more = list(args)
     more[more.index("--epochs") + 1] = "2"
     assert trainer.main(more + ["--resume"]) == 0

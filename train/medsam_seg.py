@@ -117,10 +117,12 @@ def evaluate(model, data: CachedSet, device="cpu", threshold: float = 0.5, min_p
 
 def measure_finetune_step(batch: int = 2, steps: int = 3) -> dict:
     """Seconds per forward+backward through LiteMedSAM's image encoder at 256 (what fine-tuning it costs)."""
+    import copy
+
     from bt_demo.models.medsam import load_model
 
-    enc = load_model("cpu").image_encoder
-    enc.train()
+    enc = copy.deepcopy(load_model("cpu").image_encoder)  # the process-wide model stays frozen
+    enc.train().requires_grad_(True)
     x = torch.rand(batch, 3, 256, 256)
     times = []
     for _ in range(steps):
@@ -128,10 +130,37 @@ def measure_finetune_step(batch: int = 2, steps: int = 3) -> dict:
         out = enc(x)
         out.float().mean().backward()
         times.append(time.perf_counter() - t0)
-    enc.zero_grad(set_to_none=True)
-    enc.eval()
     return {"batch": batch, "s_per_step_median": float(np.median(times)),
             "s_per_sample": float(np.median(times)) / batch, "threads": torch.get_num_threads()}
+
+
+def evaluate_folder(args) -> int:
+    """--evaluate: an exported decoder on the split's patients, with the post-processing stored in it."""
+    from bt_demo.models import medsam_seg
+    from train.lgg import DATA_ROOT
+    from train.seg_eval import apply_post, seg_metrics
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, cfg = medsam_seg.load(args.evaluate)
+    root = Path(args.data) if args.data else DATA_ROOT / "lgg"
+    pats = split_patients(args.split_file, args.split)
+    data = CachedSet(args.cache, pats, root)
+    if len(set(data.patients)) != len(pats):
+        raise SystemExit(f"{len(set(data.patients))} of {len(pats)} {args.split} patients are in {args.cache}; run "
+                         f"python -m train embeddings --dataset lgg --split-file {args.split_file} --split "
+                         f"{args.split} --stages s1")
+    post = cfg["postprocessing"]
+    probs = predict_probs(model, data)
+    m = seg_metrics(apply_post(probs, post["threshold"], post["min_component_px"]), np.stack(data.masks), data.patients)
+    m["patient_dice_worst"] = float(min(m["per_patient"].values()))
+    out = Path(args.evaluate) / f"eval_{args.split}.json"
+    out.write_text(json.dumps(common.portable({"split": args.split, "patients": pats, "postprocessing": post,
+                                                "metrics": m, "command": "python -m train medsam-seg --evaluate "
+                                                f"{args.evaluate} --split {args.split}"}), indent=1, default=float))
+    print(f"{args.split}: per-patient Dice {m['patient_dice_mean']:.4f} (worst {m['patient_dice_worst']:.3f}), slice Dice "
+          f"{m['slice_dice_tumour_mean']:.4f}, FP {m['fp_rate_tumour_free']:.3f} -> {out}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -152,6 +181,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--export", default=None, help="write the best checkpoint as a weights folder here")
+    p.add_argument("--evaluate", default=None, metavar="FOLDER",
+                   help="only measure an exported folder on --split patients (its own post-processing) and exit")
+    p.add_argument("--split", default="test", choices=("val", "test"), help="with --evaluate")
     p.add_argument("--measure-finetune", action="store_true",
                    help="only time a forward+backward step through the encoder and exit")
     args = p.parse_args(argv)
@@ -164,6 +196,8 @@ def main(argv=None) -> int:
     from train.lgg import DATA_ROOT
     from train.seg_eval import apply_post, choose_postprocessing, seg_metrics
 
+    if args.evaluate:
+        return evaluate_folder(args)
     device, run = common.start_run(args)
     root = Path(args.data) if args.data else DATA_ROOT / "lgg"
     t0 = time.perf_counter()
