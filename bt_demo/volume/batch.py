@@ -345,8 +345,7 @@ def run_cohort(inputs: Sequence[Path], out: Path, settings: Settings, *, workers
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp-*"):  # a killed run's unfinished outputs: never renamed, so never used
-        shutil.rmtree(stale, ignore_errors=True)
+    _sweep_unfinished(out)
     rows: list[dict] = []
     todo: list[tuple[int, Path]] = []
     seen: dict[str, int] = {}
@@ -399,4 +398,11 @@ def run_cohort(inputs: Sequence[Path], out: Path, settings: Settings, *, workers
             client.close()
             if cluster is not None:
                 cluster.close()
+    _sweep_unfinished(out)  # a worker killed mid-write left its temporary folder; the retry wrote the real one
     return sorted(rows, key=lambda r: r["n"])
+
+
+def _sweep_unfinished(out: Path) -> None:
+    """Remove temporary output folders (never renamed, so never used): a killed run's or a killed worker's."""
+    for stale in out.glob(".*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
