@@ -551,6 +551,33 @@ def _kept(old: dict[str, list[str]], prefix: str, new: list[str]) -> list[str]:
     return new
 
 
+def carry_sections(old_text: str, lines: list[str]) -> list[str]:
+    """``lines`` plus every '## ' section of the old doc that this generator does not write (a study whose
+    section another command inserted: the prompt engines, the encoder rows), each placed after the section that
+    preceded it in the old doc (at the end when that one is gone too). Nothing the doc said is dropped."""
+    old = _sections(old_text)
+    new_headings = {line for line in lines if line.startswith("## ")}
+    order = list(old)
+    out = list(lines)
+    for i, heading in enumerate(order):
+        if heading in new_headings:
+            continue
+        body = old[heading]
+        while body and not body[-1].strip():
+            body = body[:-1]
+        at = len(out)
+        for prev in reversed(order[:i]):
+            if prev in out:
+                j = out.index(prev) + 1
+                while j < len(out) and not out[j].startswith("## "):
+                    j += 1
+                at = j
+                break
+        out[at:at] = body + [""]
+        print(f"kept '{heading[3:]}' (not written by this command)")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train report", description=__doc__)
     p.add_argument("--out", default="docs/studies.md")
@@ -588,6 +615,8 @@ def main(argv=None) -> int:
     lines += generator(Path(args.weights) / "diffusion", Path(args.generator_eval), fig_dir)
     lines += _kept(old, "## Does synthetic data help?", augmentation(Path(args.seg_study)))
     lines += volume_rule(Path(args.volume_bench))
+    if out.exists():
+        lines = carry_sections(out.read_text(), lines)
     out.write_text(portable("\n".join(lines)) + "\n")
     print(f"wrote {out}")
     return 0
