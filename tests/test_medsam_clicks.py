@@ -20,16 +20,6 @@ def _need_checkpoint():
         pytest.skip(f"MedSAM checkpoint not usable here: {reason}")
 
 
-@pytest.fixture()
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def phantom(shape, square, seed=0):
     h, w = shape
     rng = np.random.default_rng(seed)

@@ -12,17 +12,6 @@ import pytest
 from bt_demo.models import medsam, medsam_seg
 from tests.test_medsam_clicks import _need_checkpoint, phantom
 
-
-@pytest.fixture()
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 PATIENTS = ["TCGA_AA_0001_20000101", "TCGA_BB_0002_20000101", "TCGA_CC_0003_20000101"]
 
 

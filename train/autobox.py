@@ -147,15 +147,15 @@ def main(argv=None) -> int:
     res = {"weights": args.weights, "split": args.split, "patients": pats, "n_slices": len(ids),
            "unet": {k: v for k, v in seg_metrics(unet, data.masks, data.patients).items()}, "margins": {}}
     res["unet"]["patient_dice_worst"] = float(min(res["unet"]["per_patient"].values()))
-    n_boxes = 0
+    boxes_of = [component_boxes(m) for m in unet]  # once per slice, whatever the margin
+    n_boxes = sum(len(b) for b in boxes_of)
     dec_times = []
     for margin in [int(x) for x in args.margins.split(",")]:
         pred = np.zeros_like(unet)
         for i, iid in enumerate(ids):
-            boxes = component_boxes(unet[i])
+            boxes = boxes_of[i]
             if not boxes:
                 continue
-            n_boxes += len(boxes) if margin == int(args.margins.split(",")[0]) else 0
             t = time.perf_counter()
             pred[i] = refine(net, cache.embedding(iid), boxes, cache.rows[iid]["valid_hw"], unet[i].shape, margin)
             dec_times.append((time.perf_counter() - t) / len(boxes))

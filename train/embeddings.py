@@ -108,6 +108,14 @@ def list_items(dataset: str, root: str | Path) -> list[Item]:
     return items
 
 
+def _spread(xs: list[Item], k: int) -> list[Item]:
+    """Up to ``k`` of ``xs``, evenly spaced over the list (all of them when there are no more than k)."""
+    if len(xs) <= k:
+        return xs
+    idx = np.unique(np.round(np.linspace(0, len(xs) - 1, k)).astype(int))
+    return [xs[i] for i in idx]
+
+
 def presence_subset(items: list[Item], per_patient: int, min_px: int = 200) -> list[Item]:
     """The presence study's slices: per patient up to ``per_patient`` slices with at least ``min_px`` tumour
     pixels and as many tumour-free ones, each spread evenly over the patient's slices.
@@ -120,18 +128,12 @@ def presence_subset(items: list[Item], per_patient: int, min_px: int = 200) -> l
     for it in items:
         by_patient.setdefault(it.meta.get("patient", ""), []).append(it)
 
-    def spread(xs: list[Item], k: int) -> list[Item]:
-        if len(xs) <= k:
-            return xs
-        idx = np.unique(np.round(np.linspace(0, len(xs) - 1, k)).astype(int))
-        return [xs[i] for i in idx]
-
     picks = []
     for pat in sorted(by_patient):
         xs = by_patient[pat]
         pos = [it for it in xs if it.has_tumour and it.meta.get("mask_pixels", min_px) >= min_px]
         neg = [it for it in xs if not it.has_tumour]
-        pos, neg = spread(pos, per_patient), spread(neg, per_patient)
+        pos, neg = _spread(pos, per_patient), _spread(neg, per_patient)
         picks.append([x for pair in zip(pos, neg, strict=False) for x in pair] + pos[len(neg):] + neg[len(pos):])
     out = []
     for rank in range(max((len(p) for p in picks), default=0)):
@@ -157,8 +159,7 @@ def free_subset(items: list[Item], per_patient: int) -> list[Item]:
             by_patient.setdefault(it.meta.get("patient", ""), []).append(it)
     keep = {it.id for it in items if it.has_tumour}
     for xs in by_patient.values():
-        idx = np.unique(np.round(np.linspace(0, len(xs) - 1, min(per_patient, len(xs)))).astype(int)) if xs else []
-        keep.update(xs[i].id for i in idx)
+        keep.update(it.id for it in _spread(xs, per_patient))
     return [it for it in items if it.id in keep]
 
 

@@ -112,7 +112,7 @@ def evaluate(model, data: CachedSet, device="cpu", threshold: float = 0.5, min_p
     from train.seg_eval import apply_post, seg_metrics
 
     probs = predict_probs(model, data, device=device)
-    return seg_metrics(apply_post(probs, threshold, min_px), np.stack(data.masks), data.patients) | {"_probs": probs}
+    return seg_metrics(apply_post(probs, threshold, min_px), np.stack(data.masks), data.patients)
 
 
 def measure_finetune_step(batch: int = 2, steps: int = 3) -> dict:
@@ -243,7 +243,6 @@ def main(argv=None) -> int:
             sched.step()
             losses.append(float(loss.detach()))
         m = evaluate(model, va, device)
-        m.pop("_probs")
         better = m["patient_dice_mean"] > best
         best = max(best, m["patient_dice_mean"])
         run.metrics(epoch=epoch, loss=float(np.mean(losses)), seconds=time.perf_counter() - te,
