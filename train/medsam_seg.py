@@ -277,7 +277,8 @@ def main(argv=None) -> int:
                  f"threshold {post['threshold']}, min component {post['min_component_px']} px")
     if args.export:
         medsam_seg.save(model, args.export, {"postprocessing": post, "split_file": args.split_file,
-                                             "val": res["val"], "best_epoch": st["epoch"]})
+                                             "val": res["val"], "best_epoch": st["epoch"],
+                                             "training_command": res["command"]})
     return 0
 
 
