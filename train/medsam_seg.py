@@ -50,10 +50,26 @@ def _mask_256(mask: np.ndarray, valid_hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
-class CachedSet:
-    """The cached slices of some patients: encoder outputs on disk (mmap), prepared image, masks in RAM."""
+def neighbour_file(data_root: Path, rel: str, slice_no: int, offset: int) -> Path:
+    """The slice ``offset`` away from ``rel`` (``<patient>/<patient>_<n>.<ext>``) in the same patient; past the
+    volume's first or last slice, the nearest one that exists (so an edge slice repeats itself)."""
+    f = data_root / rel
+    stem = f.name[: -len(f"_{slice_no}{f.suffix}")]
+    step = -1 if offset > 0 else 1
+    for d in range(offset, 0, step):
+        g = f.with_name(f"{stem}_{slice_no + d}{f.suffix}")
+        if g.exists():
+            return g
+    return f
 
-    def __init__(self, cache_dir: str | Path, patients: list[str], data_root: Path):
+
+class CachedSet:
+    """The cached slices of some patients: encoder outputs on disk (mmap), prepared image(s), masks in RAM.
+
+    ``context`` K > 0 adds the K slices either side (read from the data folder, prepared the same way) as
+    extra image channels: the 2.5-D row."""
+
+    def __init__(self, cache_dir: str | Path, patients: list[str], data_root: Path, context: int = 0):
         from bt_demo.models import medsam
         from train.lgg import read_gray
 
@@ -67,9 +83,14 @@ class CachedSet:
         self.images, self.masks, self.masks256, self.valid = [], [], [], []
         for i in self.ids:
             r = cache.rows[i]
-            img = read_gray(data_root / r["file"], flair=True)
-            x, valid = medsam.prepare(img)
-            self.images.append(x[0, 0].numpy().astype(np.float16))
+            chans = []
+            for d in range(-context, context + 1):
+                img = read_gray(neighbour_file(data_root, r["file"], int(r["slice"]), d), flair=True)
+                x, v = medsam.prepare(img)
+                chans.append(x[0, 0].numpy().astype(np.float16))
+                if d == 0:
+                    valid = v
+            self.images.append(np.stack(chans))
             m = read_gray(data_root / r["mask"], flair=False) > 127
             self.masks.append(m)
             self.masks256.append(_mask_256(m, valid))
@@ -82,7 +103,7 @@ class CachedSet:
     def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         neck = np.stack([self.cache.embedding(self.ids[i]) for i in idx]).astype(np.float32)
         s1 = np.stack([self.cache.stage("s1", self.ids[i]) for i in idx]).astype(np.float32)
-        img = np.stack([self.images[i] for i in idx]).astype(np.float32)[:, None]
+        img = np.stack([self.images[i] for i in idx]).astype(np.float32)
         y = np.stack([self.masks256[i] for i in idx])[:, None]
         return torch.from_numpy(neck), torch.from_numpy(s1), torch.from_numpy(img), torch.from_numpy(y)
 
@@ -145,7 +166,7 @@ def evaluate_folder(args) -> int:
     model, cfg = medsam_seg.load(args.evaluate)
     root = Path(args.data) if args.data else DATA_ROOT / "lgg"
     pats = split_patients(args.split_file, args.split)
-    data = CachedSet(args.cache, pats, root)
+    data = CachedSet(args.cache, pats, root, context=int(cfg.get("context", 0)))
     if len(set(data.patients)) != len(pats):
         raise SystemExit(f"{len(set(data.patients))} of {len(pats)} {args.split} patients are in {args.cache}; run "
                          f"python -m train embeddings --dataset lgg --split-file {args.split_file} --split "
@@ -177,6 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tumour-share", type=float, default=0.67, help="share of tumour slices in a batch")
     p.add_argument("--width", type=int, default=48)
+    p.add_argument("--context", type=int, default=0,
+                   help="2.5-D: also feed the K slices either side to the full-size skip (default 0: the slice alone)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -201,15 +224,15 @@ def main(argv=None) -> int:
     device, run = common.start_run(args)
     root = Path(args.data) if args.data else DATA_ROOT / "lgg"
     t0 = time.perf_counter()
-    tr = CachedSet(args.cache, split_patients(args.split_file, "train"), root)
-    va = CachedSet(args.cache, split_patients(args.split_file, "val"), root)
+    tr = CachedSet(args.cache, split_patients(args.split_file, "train"), root, args.context)
+    va = CachedSet(args.cache, split_patients(args.split_file, "val"), root, args.context)
     run.log.info(f"train {len(set(tr.patients))} patients / {len(tr)} cached slices ({tr.has_tumour.sum()} tumour), "
                  f"val {len(set(va.patients))} / {len(va)} ({va.has_tumour.sum()} tumour); loaded in "
                  f"{time.perf_counter() - t0:.0f} s")
     if len(tr) == 0 or len(va) == 0:
         raise SystemExit("the cache holds no training or no validation slices with s1 maps; run the embeddings "
                          "commands in this module's help first")
-    model = medsam_seg.build(args.width).to(device)
+    model = medsam_seg.build(args.width, context=args.context).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     total = args.epochs * args.steps_per_epoch
     warm = max(1, total // 10)
@@ -265,7 +288,8 @@ def main(argv=None) -> int:
     for _ in range(5):
         model(neck, s1, img)
     dec_ms = (time.perf_counter() - t) / 5 * 1000
-    res = {"row": "decoder on frozen LiteMedSAM encoder (neck + s1 + image skips)", "best_epoch": st["epoch"],
+    res = {"row": "decoder on frozen LiteMedSAM encoder (neck + s1 + image skips)"
+           + (f", 2.5-D: {args.context} slice(s) either side in the image skip" if args.context else ""), "best_epoch": st["epoch"],
            "parameters": medsam_seg.n_parameters(model), "postprocessing": post,
            "val": m | {"patient_dice_worst": float(min(m["per_patient"].values()))},
            "val_raw_0.5": {k: v for k, v in raw.items() if k != "per_patient"},

@@ -81,7 +81,7 @@ CLICKS_ID = "medsam_clicks"  # weights/<this>: a fine-tuned prompt encoder / mas
 
 INPUT_SIZE = 256  # model input (square, padded)
 EMBED_SHAPE = (256, 64, 64)
-CACHE_SIZE = 16  # embeddings in the shared per-process LRU (4 MiB each)
+CACHE_SIZE = 16  # entries in the shared per-process LRU (8 MiB each: embedding 4 MiB + s1 float16 4 MiB)
 _RECENT = 8  # results per session whose low-res logits can be fed back as the mask prompt
 _OUTSIDE_LOGIT = -1e4
 # encoder stages whose outputs ``encode(stages=True)`` returns: (name, channels, side at 256 input)
@@ -227,22 +227,28 @@ class _Entry:
     processed_shape: tuple[int, int]
     valid_hw: tuple[int, int]
     pooled: Any = None  # float32 (POOLED_DIM,): the pooled stages the encoder heads read (pool_stages)
+    s1: Any = None  # float16 (128, 128, 128): the second stage's map, the refining decoder's skip (4 MiB)
 
 
 def _compute_entry(img: np.ndarray, device: str) -> _Entry:
-    """One encoder run: the embedding (MedSAM's decoders) and the pooled stages (the encoder heads) together,
-    so a slice costs one encoder run whichever of them asks first."""
+    """One encoder run: the embedding (MedSAM's decoders), the pooled stages (the encoder heads) and the s1 map
+    (the U-Net's refining decoder, ``medsam_seg``) together, so a slice costs one encoder run whichever asks
+    first."""
+    import torch
+
     x, valid = prepare(img)
     emb, feats = _run_encoder(x, device, stages=True)
     pooled = pool_stages({k: v[0].float().cpu().numpy() for k, v in feats.items()}, valid)
-    return _Entry(emb, tuple(img.shape), valid, pooled)
+    s1 = feats["s1"][0].to(torch.float16).cpu().numpy()
+    return _Entry(emb, tuple(img.shape), valid, pooled, s1)
 
 
 def _cached_entry(img: np.ndarray, key: str | None, device: str, cache) -> tuple[str, _Entry, bool]:
     """(content key, entry, computed now?) for a processed slice, from ``cache`` or one encoder run."""
     ckey = _content_key(img, key, device)
     entry = cache.get(ckey)
-    if entry is not None and entry.processed_shape == img.shape and entry.pooled is not None:
+    if (entry is not None and entry.processed_shape == img.shape and entry.pooled is not None
+            and entry.s1 is not None):
         return ckey, entry, False
     entry = _compute_entry(img, device)
     cache.put(ckey, entry)
@@ -258,6 +264,29 @@ def slice_features(image: np.ndarray, key: str | None = None, device: str | None
     load_model(dev)
     _, entry, computed = _cached_entry(img, key, dev, _shared_cache())
     return entry.pooled, computed
+
+
+@dataclass(frozen=True)
+class SliceOutputs:
+    """What the refining decoder reads of one processed slice (``slice_outputs``): all in the padded 256 frame."""
+
+    embedding: np.ndarray  # float32 (256, 64, 64)
+    s1: np.ndarray  # float16 (128, 128, 128)
+    image: np.ndarray  # float32 (256, 256): the prepared slice (min-max [0, 1], zero padding)
+    valid_hw: tuple[int, int]
+    encoder_ran: bool  # False: the slice was already encoded (by MedSAM's prompts or the heads)
+
+
+def slice_outputs(image: np.ndarray, key: str | None = None, device: str | None = None) -> SliceOutputs:
+    """The embedding, the s1 map and the prepared image of a PROCESSED slice, through the same shared LRU as
+    ``slice_features`` and ``MedSamEngine.set_image`` (one encoder run per slice serves all three)."""
+    img = _check_image(image)
+    dev = device_of(device)
+    load_model(dev)
+    _, entry, computed = _cached_entry(img, key, dev, _shared_cache())
+    x, _ = prepare(img)
+    return SliceOutputs(entry.embedding[0].float().cpu().numpy(), entry.s1, x[0, 0].numpy(), entry.valid_hw,
+                        computed)
 
 
 _cache = None
@@ -531,7 +560,9 @@ __all__ = [
     "prepare",
     "resized_shape",
     "save_override",
+    "SliceOutputs",
     "slice_features",
+    "slice_outputs",
     "stage_maps",
     "verify_checkpoint",
 ]

@@ -27,9 +27,10 @@ SKIPS = ("neck", "s1")  # the encoder outputs the decoder reads (medsam.STAGES n
 DEFAULT_WIDTH = 48
 
 
-def build(width: int = DEFAULT_WIDTH, full_width: int = 16):
-    """The decoder: an nn.Module taking (neck (B, 256, 64, 64), s1 (B, 128, 128, 128), image (B, 1, 256, 256))
-    and returning logits (B, 1, 256, 256)."""
+def build(width: int = DEFAULT_WIDTH, full_width: int = 16, context: int = 0):
+    """The decoder: an nn.Module taking (neck (B, 256, 64, 64), s1 (B, 128, 128, 128), image (B, C, 256, 256))
+    and returning logits (B, 1, 256, 256). C = 1 + 2 * context: with context K the full-size skip also reads the
+    K slices either side (2.5-D; the encoder still sees the slice alone), ordered -K..+K."""
     import torch
     from torch import nn
 
@@ -40,12 +41,12 @@ def build(width: int = DEFAULT_WIDTH, full_width: int = 16):
     class EncoderDecoder(nn.Module):
         def __init__(self):
             super().__init__()
-            self.width, self.full_width = int(width), int(full_width)
+            self.width, self.full_width, self.context = int(width), int(full_width), int(context)
             w, f = self.width, self.full_width
             self.at64 = block(256, 2 * w)
             self.skip128 = nn.Sequential(nn.Conv2d(128, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
             self.at128 = block(2 * w + w, w)
-            self.skip256 = nn.Sequential(nn.Conv2d(1, f, 3, padding=1, bias=False), nn.BatchNorm2d(f),
+            self.skip256 = nn.Sequential(nn.Conv2d(1 + 2 * self.context, f, 3, padding=1, bias=False), nn.BatchNorm2d(f),
                                          nn.ReLU(inplace=True))
             self.at256 = block(w + f, f)
             self.head = nn.Conv2d(f, 1, 1)
@@ -75,6 +76,7 @@ def save(model, folder: str | Path, config: dict) -> Path:
     state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     cfg = {"architecture": "medsam_encoder_decoder", "width": model.width, "full_width": model.full_width,
+           "context": model.context,
            "skips": list(SKIPS)} | config
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
@@ -88,7 +90,7 @@ def load(folder: str | Path, device: str = "cpu"):
     cfg = json.loads((folder / "config.json").read_text())
     if cfg.get("architecture") != "medsam_encoder_decoder":
         raise ValueError(f"{folder}: not a MedSAM-encoder decoder ({cfg.get('architecture')!r})")
-    model = build(cfg["width"], cfg["full_width"])
+    model = build(cfg["width"], cfg["full_width"], int(cfg.get("context", 0)))
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "model.safetensors")).items()}
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), cfg
@@ -115,3 +117,103 @@ def predict_logits(model, neck: Any, s1: Any, image: Any, device: str = "cpu") -
 
     with torch.inference_mode():
         return model(t(neck, 4), t(s1, 4), t(image, 4)).float().cpu().numpy()[:, 0]
+
+
+# --- the app's engine: the U-Net's automatic mask, outlined again on LiteMedSAM's encoder ---
+NAME = "U-Net refined on LiteMedSAM's encoder"
+
+
+def gate(refined: np.ndarray, detector: np.ndarray) -> np.ndarray:
+    """The shipped rule (docs/studies.md, issue 25): the decoder's mask where the U-Net finds tumour on the slice,
+    nothing where it finds none. The U-Net detects (it saw every slice in training), the decoder outlines."""
+    refined = np.asarray(refined, bool)
+    return refined if np.asarray(detector, bool).any() else np.zeros_like(refined)
+
+
+class RefineResult:
+    """The decoder's post-processed mask of one PROCESSED slice (before the gate), its time, whether the
+    encoder ran for it (False: MedSAM's prompts or the classifier heads had already encoded the slice), and what
+    the weights' card measured."""
+
+    __slots__ = ("mask", "seconds", "encoder_ran", "card")
+
+    def __init__(self, mask: np.ndarray, seconds: float, encoder_ran: bool, card: str = ""):
+        self.mask, self.seconds, self.encoder_ran, self.card = mask, float(seconds), bool(encoder_ran), card
+
+
+class EncoderDecoderEngine:
+    """The shipped decoder (``weights/medsam_seg``) on the shared per-slice encoder run (``medsam.slice_outputs``)."""
+
+    name = NAME
+
+    def __init__(self, model, config: dict, card_line: str, device: str = "cpu"):
+        self.model, self.config, self.card_line, self.device = model, config, card_line, device
+        post = config["postprocessing"]
+        self.threshold, self.min_component_px = float(post["threshold"]), int(post["min_component_px"])
+        self.context = int(config.get("context", 0))
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | None = None) -> "EncoderDecoderEngine | str":
+        """The engine, or why it is not offered (no folder, the LiteMedSAM checkpoint missing, a broken file)."""
+        from bt_demo.models import medsam
+
+        p = Path(folder)
+        if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+            return f"no refining decoder in {p} (python -m train medsam-seg ... --export {p})"
+        reason = medsam.checkpoint_status()
+        if reason:
+            return f"the LiteMedSAM encoder is not available: {reason}"
+        dev = medsam.device_of(device)
+        try:
+            model, cfg = load(p, dev)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            return f"cannot read the refining decoder in {p}: {exc}"
+        if int(cfg.get("context", 0)):
+            return f"{p} reads neighbouring slices (2.5-D); the app's slice view has none to give it"
+        if "postprocessing" not in cfg:
+            return f"{p}/config.json has no post-processing (threshold, smallest component)"
+        card = ""
+        try:
+            rows = json.loads((p / "card.json").read_text()).get("rows", {})
+            v = rows.get("val", {}).get("decoder where the U-Net finds tumour")
+            if v:
+                card = (f"validation patients: per-patient Dice {v['patient_dice_mean']:.3f} (U-Net alone "
+                        f"{rows['val']['shipped U-Net alone']['patient_dice_mean']:.3f})")
+        except (OSError, ValueError, KeyError):
+            pass
+        return cls(model, cfg, card, dev)
+
+    def refine(self, image: np.ndarray, key: str | None = None) -> RefineResult:
+        """The decoder's mask of a PROCESSED slice (bool, its pixels), post-processed as on validation."""
+        import time
+
+        from bt_demo.models import medsam
+        from bt_demo.models.postprocess import binarize
+
+        t0 = time.perf_counter()
+        out = medsam.slice_outputs(image, key=key, device=self.device)
+        logits = predict_logits(self.model, out.embedding, out.s1, out.image[None], self.device)[0]
+        prob = logits_to_probs(logits, out.valid_hw, np.asarray(image).shape[:2])
+        mask = binarize(prob, self.threshold, self.min_component_px)
+        return RefineResult(mask, time.perf_counter() - t0, out.encoder_ran, self.card_line)
+
+
+class RefinedUNet:
+    """The automatic mask as the app shows it once a slice's encoder run is there (``gate``): the U-Net detects,
+    the decoder on LiteMedSAM's encoder outlines. ``segment`` has the U-Net engine's signature, so the studies
+    (lab robustness, failures) measure exactly the shipped rule."""
+
+    name = NAME
+
+    def __init__(self, unet, refiner: EncoderDecoderEngine):
+        self.unet, self.refiner = unet, refiner
+
+    def segment(self, image: np.ndarray, geometry=None, key: str | None = None):
+        """SegResult in ORIGINAL pixels for a PROCESSED slice (``geometry`` maps it back, as the U-Net's does)."""
+        from bt_demo.models.base import SegResult
+
+        u = self.unet.segment(image, geometry)
+        r = self.refiner.refine(image, key=key)
+        outline = geometry.map_to_original(np.asarray(r.mask, bool), fill=False) if geometry is not None else r.mask
+        return SegResult(gate(outline, u.mask), NAME, u.seconds + r.seconds,
+                         extra={"threshold": u.extra.get("threshold"), "encoder_ran": r.encoder_ran})

@@ -114,7 +114,7 @@ class Engines:
             for key, loader in (("unet", self._unet_loader), ("classifier", self._cls_loader),
                                 ("clicks", self._clicks_probe), ("sam", self._sam_probe),
                                 ("medsam", self._medsam_probe), ("medsam_clicks", self._medsam_clicks_probe),
-                                ("encoder_heads", self._heads_loader)):
+                                ("encoder_heads", self._heads_loader), ("refiner", self._refiner_loader)):
                 self._get(key, loader)
         if not background:
             run()
@@ -142,6 +142,15 @@ class Engines:
         from bt_demo.models.encoder_heads import EncoderHeads
 
         return EncoderHeads.load(self._path("encoder_heads"), self.device)
+
+    def _refiner_loader(self):
+        from bt_demo.models.medsam_seg import EncoderDecoderEngine
+
+        return EncoderDecoderEngine.load(self._path("medsam_seg"), self.device)
+
+    def refiner(self, wait: bool = True):
+        """EncoderDecoderEngine (the U-Net's mask outlined again on LiteMedSAM's encoder) or a str reason."""
+        return self._get("refiner", self._refiner_loader, wait=wait)
 
     def encoder_heads(self, wait: bool = True):
         """EncoderHeads (presence and type on LiteMedSAM's encoder) or a str reason; loaded on first use."""
@@ -225,7 +234,8 @@ class Engines:
         out = []
         for key, label, loader in (("unet", "U-Net (automatic)", self._unet_loader),
                                    ("classifier", "classifier", self._cls_loader),
-                                   ("encoder_heads", "classifier heads on LiteMedSAM's encoder", self._heads_loader)):
+                                   ("encoder_heads", "classifier heads on LiteMedSAM's encoder", self._heads_loader),
+                                   ("refiner", "U-Net outline refined on LiteMedSAM's encoder", self._refiner_loader)):
             obj = self._get(key, loader, wait=wait)
             out.append(EngineStatus(key, label, not isinstance(obj, str), obj if isinstance(obj, str) else "loaded"))
         for key, label in PROMPT_ENGINES.items():

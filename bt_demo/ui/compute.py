@@ -138,6 +138,43 @@ def fill_heads(s: Session, engines) -> dict:
     return views.heads_view(s) if run_heads(s, engines) else {}
 
 
+# the tabs that show the automatic (U-Net) mask; its refined outline is computed when one of them is open
+REFINED_TABS = ("compare", "measure")
+
+
+def run_refined(s: Session, engines) -> bool:
+    """The U-Net's outline redrawn by the decoder on LiteMedSAM's encoder (the encoder run is shared with MedSAM
+    and the classifier heads; seconds on a CPU the first time, so only from chained steps and exports).
+    True when the automatic mask's panels changed."""
+    ref, reason = engine_or_reason(engines.refiner())
+    if ref is None:
+        changed = s.refined_reason != reason
+        s.refined, s.refined_key, s.refined_reason = None, None, reason
+        return changed
+    p = s.model_input
+    if s.refined_key == p.key and s.refined is not None:
+        return False
+    from bt_demo.models.medsam_seg import RefineResult
+
+    r = ref.refine(p.image, key=p.key)
+    s.refined = RefineResult(p.geometry.map_to_original(np.asarray(r.mask, bool), fill=False), r.seconds,
+                             r.encoder_ran, ref.card_line)
+    s.refined_key, s.refined_reason = p.key, None
+    return True
+
+
+@handler("refining the U-Net's outline on the pretrained encoder")  # light: waits for the upload's chain
+def fill_refined(s: Session, engines) -> dict:
+    """Chained after the Compare or Measure tab opens (and after a new image while one is open): the refined
+    automatic mask, then the panels that show it (nothing when unchanged)."""
+    if not s.loaded or not any(tabs.shown(s, t) for t in REFINED_TABS):
+        return {}
+    ensure_models(s, engines)
+    if not run_refined(s, engines):
+        return {}
+    return tabs.draw(s, {}, "compare", "measure")
+
+
 def run_gradcam(s: Session, clf) -> None:
     """The heat map of the session's chosen class, in original pixels."""
     from bt_demo.models.classifier import parse_gradcam_choice
@@ -364,6 +401,9 @@ def after_new_image(s: Session, engines) -> tuple[Session, dict]:
     if s.loaded and tabs.shown(s, "classifier"):  # the Classifier tab is open: its encoder heads, now
         s, heads = fill_heads(s, engines)
         more = {**more, **heads}
+    if s.loaded and any(tabs.shown(s, t) for t in REFINED_TABS):  # the automatic mask is on screen: refine it
+        s, refined = fill_refined(s, engines)
+        more = {**more, **refined}
     return s, {**view, **more}
 
 

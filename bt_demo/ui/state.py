@@ -118,6 +118,9 @@ class Session:
             sweep (KSweep or None) and sweep_key.
         classification (ClassResult), classifier_reason, gradcam_class, gradcam (original pixels, float32).
         heads (HeadsResult of the LiteMedSAM-encoder heads), heads_key, heads_reason.
+        refined: the U-Net's outline redrawn on LiteMedSAM's encoder (``medsam_seg.RefineResult``, mask in
+            ORIGINAL pixels, before the U-Net's gate), refined_key: the model input's key it belongs to,
+            refined_reason: why there is no refinement (None when the engine is there).
         opacity: overlay alpha in the comparison views.
         hist_scope: "brain" or "whole": which pixels the intensity histogram counts.
         classical_on: the classical segmenters shown in the comparison (keys of
@@ -138,7 +141,7 @@ class Session:
                "slot", "prompts", "history", "box_anchor", "display_factor", "unet_prob", "unet_prob_key",
                "unet_threshold", "unet_result", "unet_reason", "kmeans_k", "kmeans", "kmeans_key", "kmeans_mask",
                "sweep", "sweep_key", "classification", "classification_key", "classifier_reason", "heads", "heads_key",
-               "heads_reason", "heads_cam", "heads_cam_key",
+               "heads_reason", "heads_cam", "heads_cam_key", "refined", "refined_key", "refined_reason",
                "gradcam_class", "gradcam", "opacity", "hist_scope", "classical_on", "classical_params", "classical",
                "chosen_mask", "uncertainty", "uncertainty_key", "workdir", "volume", "volume_key", "volume_masks",
                "volume_results", "volume_numbers", "volume_which", "volume_k", "volume_gate", "tab", "stale", "shown", "notices",
@@ -181,6 +184,10 @@ class Session:
         self.heads_reason: str | None = None
         self.heads_cam: np.ndarray | None = None  # where the heads looked (original pixels), on request
         self.heads_cam_key: tuple | None = None  # (model input key, heat-map choice) it was computed for
+        # the U-Net's outline redrawn by the decoder on LiteMedSAM's encoder (bt_demo.models.medsam_seg)
+        self.refined: Any = None
+        self.refined_key: str | None = None
+        self.refined_reason: str | None = None
         self.gradcam_class: str | None = None
         self.gradcam: np.ndarray | None = None
         self.opacity: float = 0.4

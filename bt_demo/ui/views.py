@@ -93,12 +93,26 @@ def fit(rgb: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # masks, in original pixels
 # ---------------------------------------------------------------------------
+def refined_current(s) -> bool:
+    """Is the session's refined outline (``compute.run_refined``) the one of the slice the models see now?"""
+    return (s.refined is not None and s.model_input is not None and s.refined_key == s.model_input.key)
+
+
+def automatic_mask(s) -> np.ndarray:
+    """The automatic mask in original pixels: the decoder's outline on LiteMedSAM's encoder where the U-Net
+    finds tumour (``medsam_seg.gate``) once it is ready for this slice, the U-Net's own mask until then."""
+    from bt_demo.models.medsam_seg import gate
+
+    u = s.unet_result.mask
+    return gate(s.refined.mask, u) if refined_current(s) else u
+
+
 def current_masks(s) -> dict[str, np.ndarray]:
     """The masks present now, in comparison order: U-Net, prompted, K-Means, then the classical
     segmenters ticked in the Compare tab whose result is current (a stale one is left out)."""
     out: dict[str, np.ndarray] = {}
     if s.unet_result is not None:
-        out[UNET] = s.unet_result.mask
+        out[UNET] = automatic_mask(s)
     if s.prompts.result is not None:
         out[PROMPT] = s.prompts.result.mask
     if s.kmeans_mask is not None:
@@ -492,7 +506,26 @@ def unet_view(s) -> dict:
     thr = res.extra.get("threshold", s.unet_threshold)
     card = res.extra.get("card") or ""
     return {"unet_info": f"U-Net mask at probability ≥ {thr:.2f}: {area}. Moving the threshold re-uses the "
-                         "probability map (the network does not run again)." + (f" *{esc(card)}*" if card else "")}
+                         "probability map (the network does not run again)." + (f" *{esc(card)}*" if card else "")
+                         + " " + refined_text(s)}
+
+
+def refined_text(s) -> str:
+    """What the Compare tab says about the automatic mask's outline (refined on LiteMedSAM's encoder or not)."""
+    from bt_demo.models.medsam_seg import NAME
+
+    if s.refined_reason:
+        return f"Outline: the U-Net's ({esc(NAME)} is unavailable: {esc(s.refined_reason)})."
+    if not refined_current(s):
+        return ("Outline: the U-Net's for now; it is redrawn on LiteMedSAM's pretrained encoder once the encoder "
+                "has read this slice (a few seconds on a CPU, once per slice).")
+    r = s.refined
+    n, mm2 = metrics.area(automatic_mask(s), s.effective_spacing())
+    area = f"{n} px" + (f" = {mm2:.1f} mm²" if mm2 is not None else "")
+    how = "encoder run for this slice" if r.encoder_ran else "the slice's encoder run re-used"
+    return (f"**Outline redrawn on LiteMedSAM's pretrained encoder: {area}** (the decoder's outline where the "
+            f"U-Net finds tumour; the threshold above sets where it does; {_secs(r.seconds)}, {how})."
+            + (f" *{esc(r.card)}; weights/medsam_seg/card.md.*" if r.card else ""))
 
 
 def kmeans_view(s) -> dict:

@@ -59,6 +59,13 @@ def _engines_record(s: Session) -> dict:
     out = {}
     if s.unet_result is not None:
         out["unet"] = {"engine": s.unet_result.engine, **_scalar_facts(s.unet_result.extra)}
+        if views.refined_current(s):  # the exported automatic mask is the refined outline (views.automatic_mask)
+            out["unet"]["outline"] = {"engine": "decoder on LiteMedSAM's frozen encoder (weights/medsam_seg), "
+                                                "kept where the U-Net finds tumour",
+                                      "seconds": round(float(s.refined.seconds), 4)}
+        else:
+            out["unet"]["outline"] = {"engine": s.unet_result.engine,
+                                      "why": s.refined_reason or "the refined outline was not ready"}
     if s.prompts.result is not None:
         out["prompted"] = {"engine": s.prompts.result.engine, **_scalar_facts(s.prompts.result.extra)}
     if s.kmeans is not None:
@@ -100,6 +107,8 @@ def export(s: Session, which: str = "prompted", engines=None) -> dict:
 
     need_slice(s)
     C.ensure_models(s, engines)  # the report carries the U-Net and classifier results
+    if engines is not None and s.unet_result is not None:
+        C.run_refined(s, engines)  # and the automatic mask's refined outline (seconds, once per slice)
     choices = C.MASK_CHOICES
     if which not in choices:
         raise InputError(f"choose which mask to export: {', '.join(choices)}")
