@@ -112,6 +112,7 @@ def _medsam_rows(weights_dir: str | None, repeats: int, threads: int = 2) -> lis
             box = (cx - r, cy - r, cx + r, cy + r)
             rows.append({"item": f"MedSAM decoder, box ({threads} threads)", "size": size, "weights": "LiteMedSAM",
                          **time_it(lambda: eng.predict(None, None, box=box), repeats)})
+            rows += _encoder_head_rows(weights_dir, img, size, threads, repeats)
             folder = Path(weights_dir or "") / "medsam_clicks"
             if (folder / "config.json").exists():
                 mc = medsam.MedSamEngine.load("cpu", clicks=folder)
@@ -125,6 +126,25 @@ def _medsam_rows(weights_dir: str | None, repeats: int, threads: int = 2) -> lis
                              **time_it(lambda: mc.predict(pts, [1, 1, 0], previous=first), repeats)})
     finally:
         torch.set_num_threads(n0)
+    return rows
+
+
+def _encoder_head_rows(weights_dir: str | None, img: np.ndarray, size: int, threads: int, repeats: int) -> list[dict]:
+    """What the shipped heads on LiteMedSAM's encoder add once the slice is encoded (key "bench", cached by the
+    caller): the classifier heads (weights/encoder_heads) and the U-Net's refining decoder (weights/medsam_seg)."""
+    from bt_demo.models.encoder_heads import EncoderHeads
+    from bt_demo.models.medsam_seg import EncoderDecoderEngine
+
+    rows = []
+    root = Path(weights_dir or Path(__file__).resolve().parents[1] / "weights")
+    heads = EncoderHeads.load(root / "encoder_heads")
+    if not isinstance(heads, str):
+        rows.append({"item": f"classifier heads on LiteMedSAM's encoder, slice encoded ({threads} threads)",
+                     "size": size, "weights": "shipped", **time_it(lambda: heads.classify(img, key="bench"), repeats)})
+    ref = EncoderDecoderEngine.load(root / "medsam_seg")
+    if not isinstance(ref, str):
+        rows.append({"item": f"U-Net outline decoder on LiteMedSAM's encoder, slice encoded ({threads} threads)",
+                     "size": size, "weights": "shipped", **time_it(lambda: ref.refine(img, key="bench"), repeats)})
     return rows
 
 
