@@ -165,3 +165,29 @@ def test_missing_encoder_leaves_the_unet_outline_and_says_so(tmp_path, monkeypat
     assert (views.current_masks(s)[views.UNET] == s.unet_result.mask).all()
     st = {x.key: x for x in eng.statuses()}
     assert not st["refiner"].available and st["unet"].available
+
+
+def test_lab_robustness_measures_the_refined_mask_with_one_encoder_run_per_distinct_input(tmp_path):
+    """``python -m train lab-robustness --refined``: configurations that give the models the same input (the lab's
+    intensity steps do not reach them by default) cost no second encoder run."""
+    _need_checkpoint()
+    import torch
+
+    from bt_demo.image import preprocess
+    from bt_demo.models.medsam_seg import RefinedUNet
+    from bt_demo.sim.phantom import flair_phantom
+    from tests.tiny_models import make_weights_dir
+    from train.lab_robustness import load_engine, measure
+
+    torch.set_num_threads(1)
+    wdir = make_weights_dir(tmp_path / "w")
+    eng = load_engine(str(wdir / "unet"), str(_decoder_folder(tmp_path / "dec")))
+    assert isinstance(eng, RefinedUNet)
+    pairs = [flair_phantom((64, 64), seed=k) for k in range(2)]
+    imgs = np.stack([(im * 255).astype(np.uint8) for im, _ in pairs])
+    masks = np.stack([m.astype(bool) for _, m in pairs])
+    configs = {"none (raw slice)": [], "denoise alone": [("denoise", preprocess.validate_params("denoise", None))]}
+    n0 = medsam.encoder_calls()
+    res = measure(eng, imgs, masks, np.array(["p0", "p1"]), configs=configs)
+    assert medsam.encoder_calls() == n0 + 2  # two slices, two configurations, one input each
+    assert res["denoise alone"]["change"] == pytest.approx(0.0)
