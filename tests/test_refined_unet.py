@@ -19,15 +19,17 @@ def _need_checkpoint():
         pytest.skip(f"MedSAM checkpoint not usable here: {reason}")
 
 
-def _decoder_folder(folder, threshold=0.5, min_px=0, card=True):
-    """A tiny decoder whose last bias makes it say 'tumour' everywhere (so the gate alone decides)."""
+def _decoder_folder(folder, threshold=0.5, min_px=0, card=True, everywhere=True):
+    """A tiny decoder; ``everywhere``: its last layer makes it say 'tumour' on every pixel (so the gate alone
+    decides), else random weights (an outline that depends on the input)."""
     import torch
 
     torch.manual_seed(0)
     model = medsam_seg.build(width=4, full_width=4)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.fill_(5.0)
+    if everywhere:
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.fill_(5.0)
     medsam_seg.save(model, folder, {"postprocessing": {"threshold": threshold, "min_component_px": min_px}})
     if card:
         row = {"patient_dice_mean": 0.9, "patient_dice_median": 0.9, "patient_dice_worst": 0.8,
@@ -191,3 +193,30 @@ def test_lab_robustness_measures_the_refined_mask_with_one_encoder_run_per_disti
     res = measure(eng, imgs, masks, np.array(["p0", "p1"]), configs=configs)
     assert medsam.encoder_calls() == n0 + 2  # two slices, two configurations, one input each
     assert res["denoise alone"]["change"] == pytest.approx(0.0)
+
+
+def test_the_brain_crop_does_not_move_the_refined_outline(tmp_path):
+    """The decoder reads the slice as loaded (trained on whole slices; cropped, it lost 0.06 Dice): ticking the
+    brain crop changes the U-Net's input, not the outline the decoder draws."""
+    _need_checkpoint()
+    from bt_demo.image import preprocess
+    from bt_demo.models.registry import Engines
+    from bt_demo.ui import compute as C
+    from tests.tiny_models import make_weights_dir
+
+    wdir = make_weights_dir(tmp_path / "w")
+    _decoder_folder(wdir / "medsam_seg", threshold=0.5, everywhere=False)
+    eng = Engines(weights_dir=str(wdir), sam_model="none", device="cpu")
+    s, _ = _session_on_phantom(tmp_path, eng, "compare")
+    ref = eng.refiner()  # random weights: put the threshold at the median probability, so the outline is partial
+    o = medsam.slice_outputs(s.model_input.image, key=s.model_input.key)
+    lg = medsam_seg.predict_logits(ref.model, o.embedding, o.s1, o.image[None])[0]
+    ref.threshold = float(np.median(medsam_seg.logits_to_probs(lg, o.valid_hw, s.model_input.image.shape)))
+    C.run_refined(s, eng)
+    before = s.refined.mask.copy()
+    assert before.any() and not before.all()  # an outline that depends on the input
+    s.pipeline = list(C.pipeline(s)) + [("crop_brain", preprocess.validate_params("crop_brain", None))]
+    C.recompute(s, eng, new_image=False)
+    assert s.model_input.steps  # the U-Net now sees the crop
+    assert C.run_refined(s, eng)  # a new model input: the outline is looked up again ...
+    assert not s.refined.encoder_ran and (s.refined.mask == before).all()  # ... from the same encoder run

@@ -76,7 +76,7 @@ def decoder_rows(args, pats, ids, unet, data) -> dict:
     from train.seg_eval import apply_post, seg_metrics
 
     model, cfg = medsam_seg.load(args.decoder)
-    cached = CachedSet(args.cache, pats, Path(args.data))
+    cached = CachedSet(args.cache, pats, Path(args.data), context=int(cfg.get("context", 0)))
     if cached.ids != ids:
         raise SystemExit(f"the cache lacks the s1 maps of some {args.split} slices ({len(cached.ids)} of {len(ids)})")
     post = cfg["postprocessing"]

@@ -88,8 +88,11 @@ def measure(engine, images_u8: np.ndarray, masks: np.ndarray, patients: np.ndarr
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for i, im in enumerate(images_u8):
-                p = run_pipeline(im.astype(np.float32) / 255.0, model_steps(steps, lab_output=lab_output))
-                preds[i] = engine.segment(p.image, p.geometry).mask
+                raw = im.astype(np.float32) / 255.0
+                p = run_pipeline(raw, model_steps(steps, lab_output=lab_output))
+                # the refined outline's decoder reads the slice as loaded, as in the app (medsam_seg.RefinedUNet)
+                extra = {"raw": raw} if getattr(engine, "reads_raw", False) else {}
+                preds[i] = engine.segment(p.image, p.geometry, **extra).mask
         m = seg_metrics(preds, masks, patients)
         out[label] = {"patient_dice_mean": m["patient_dice_mean"], "fp_rate_tumour_free": m["fp_rate_tumour_free"],
                       "slice_dice_tumour_mean": m["slice_dice_tumour_mean"], "per_patient": m["per_patient"],
