@@ -34,6 +34,7 @@ import numpy as np
 from train.classifier import class_metrics, ece, fit_temperature, fold_linear, softmax
 
 TYPE_CLASSES = ["glioma", "meningioma", "pituitary"]
+FINETUNE_COST = Path("bench/results/embed_finetune_cost.json")  # --measure-finetune's last measurement
 GRIDS = {"linear": [0.003, 0.01, 0.03, 0.1, 0.3], "mlp": [1e-3, 1e-2, 1e-1, 1.0]}
 
 
@@ -133,6 +134,46 @@ def export_linear(x: np.ndarray, y: np.ndarray, setting: float, oof_logits: np.n
     return save_head(out, "type", w, b, cfg, card)
 
 
+def measure_tail_finetune(batch: int = 4, steps: int = 3) -> dict:
+    """Seconds per sample, forward + backward at the current torch threads, of the study's "last encoder stage
+    fine-tuned" rows, fed from cached stage maps (``train embeddings --stages s2,s3``) so the frozen front of the
+    encoder never runs: the neck alone (from s3, 320 x 64 x 64) and the last TinyViT stage with the neck (from
+    s2, 160 x 64 x 64), each followed by mean-pooling and a 3-class linear head. Copies: the process-wide
+    encoder stays frozen."""
+    import copy
+
+    import torch
+
+    from bt_demo.models.medsam import load_model
+
+    enc = load_model("cpu").image_encoder
+    neck = copy.deepcopy(enc.neck).train().requires_grad_(True)
+    merge, stage = copy.deepcopy(enc.layers[2].downsample), copy.deepcopy(enc.layers[3])
+    s_neck = copy.deepcopy(enc.neck)
+    for m in (merge, stage, s_neck):
+        m.train().requires_grad_(True)
+    head = torch.nn.Linear(256, 3)
+
+    def from_s3(x):
+        return head(neck(x).mean((2, 3)))
+
+    def from_s2(x):
+        t = stage(merge(x))  # tokens (B, 64 * 64, 320)
+        return head(s_neck(t.view(len(t), 64, 64, -1).permute(0, 3, 1, 2)).mean((2, 3)))
+
+    out = {"batch": batch, "threads": torch.get_num_threads()}
+    for name, fn, shape in (("neck_from_s3", from_s3, (320, 64, 64)), ("last_stage_and_neck_from_s2", from_s2,
+                                                                         (160, 64, 64))):
+        x = torch.randn(batch, *shape)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            fn(x).logsumexp(1).mean().backward()
+            times.append(time.perf_counter() - t0)
+        out[name] = {"s_per_sample": float(np.median(times)) / batch}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train embed-heads", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,12 +184,29 @@ def main(argv=None) -> int:
     p.add_argument("--t1ce-cache", default="runs/embeddings/lgg_t1ce")
     p.add_argument("--model", default="linear", choices=sorted(GRIDS))
     p.add_argument("--cache", default="runs/embeddings/figshare", help="figshare cache (type; presence: positives)")
-    p.add_argument("--out", required=True, help="run folder (results.json is written there)")
+    p.add_argument("--out", default=None, help="run folder (results.json is written there); required but with "
+                   "--measure-finetune")
+    p.add_argument("--measure-finetune", action="store_true",
+                   help="only time the 'last encoder stage fine-tuned' rows per sample (measure_tail_finetune) and exit")
+    p.add_argument("--threads", type=int, default=0, help="torch threads with --measure-finetune (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", default=None, metavar="DIR",
                    help="linear only: also fit the head on all its data and write it into the heads folder DIR "
                         "(bt_demo.models.encoder_heads; the app reads weights/encoder_heads)")
     args = p.parse_args(argv)
+    if args.measure_finetune:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        res = measure_tail_finetune() | {"command": "python -m train embed-heads --measure-finetune"
+                                                    + (f" --threads {args.threads}" if args.threads else "")}
+        print(json.dumps(res))
+        FINETUNE_COST.parent.mkdir(parents=True, exist_ok=True)
+        FINETUNE_COST.write_text(json.dumps(res, indent=1))
+        return 0
+    if not args.out:
+        p.error("--out is required")
     if args.head == "presence":
         from train import embed_presence
 
@@ -224,6 +282,7 @@ def report_section(root: str | Path, shipped_card: str | Path = "weights/classif
                          f"± {t['cv_macro_f1_sd']:.3f} | {t['cv_accuracy_mean']:.3f} | "
                          + " / ".join(f"{rec[c]:.2f}" for c in TYPE_CLASSES if c in rec)
                          + f" | {t['cv_ece_before_temperature_mean']:.3f} → {t['cv_ece_mean']:.3f} | | 1080 s per fold |")
+    rows += finetune_rows()
     from train.embed_presence import report_lines
 
     presence = report_lines(root)
@@ -231,3 +290,20 @@ def report_section(root: str | Path, shipped_card: str | Path = "weights/classif
     lines += [results[p]["command"] for p in type_runs]
     lines += [json.loads(p.read_text())["command"] for p in sorted(Path(root).glob("presence_*/results.json"))]
     return lines + ["```", ""]
+
+
+def finetune_rows(path: Path = FINETUNE_COST, train_images: int = 1800, epochs: int = 5) -> list[str]:
+    """The fine-tuned rows as not run, with what they would cost here (from --measure-finetune's JSON)."""
+    if not path.exists():
+        return []
+    c = json.loads(path.read_text())
+    out = []
+    for key, what in (("neck_from_s3", "the encoder's neck fine-tuned (from cached s3 maps) + linear head"),
+                      ("last_stage_and_neck_from_s2", "the last TinyViT stage and the neck fine-tuned (from cached s2 "
+                                                      "maps) + linear head")):
+        s = c[key]["s_per_sample"]
+        hours = s * train_images * epochs * 4 / 3600
+        out.append(f"| {what} | not run: {s:.2f} s per sample forward + backward at {c['threads']} threads "
+                   f"(`{c['command']}`), about {hours:.1f} h for {epochs} epochs of {train_images} images x 4 folds "
+                   "| | | | | |")
+    return out
