@@ -1,4 +1,4 @@
-"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval,embeddings,medsam-clicks,embed-heads,engine-protocol,medsam-seg,autobox} ... (each has --help)."""
+"""python -m train {segmentation,segmentation-study,lab-robustness,failures,clicks,classifier,classifier-study,classifier-ship,evaluate,report,diffusion,synthetic-pool,generator-eval,embeddings,medsam-clicks,embed-heads,embed-finetune,engine-protocol,medsam-seg,autobox} ... (each has --help)."""
 
 import sys
 
@@ -20,6 +20,7 @@ COMMANDS = {
     "embeddings": "train.embeddings",
     "medsam-clicks": "train.medsam_clicks",
     "embed-heads": "train.embed_heads",
+    "embed-finetune": "train.embed_finetune",
     "engine-protocol": "train.engine_protocol",
     "medsam-seg": "train.medsam_seg",
     "autobox": "train.autobox",

@@ -255,11 +255,12 @@ def report_section(root: str | Path, shipped_card: str | Path = "weights/classif
     for p in type_runs:
         r = results[p]
         s = r["summary"]
-        rows.append(f"| {r['model']} on LiteMedSAM pooled stages (frozen encoder) | **{s['macro_f1']['mean']:.3f} ± "
+        label = r.get("row") or f"{r['model']} on LiteMedSAM pooled stages (frozen encoder)"
+        rows.append(f"| {label} | **{s['macro_f1']['mean']:.3f} ± "
                     f"{s['macro_f1']['sd']:.3f}** | {s['accuracy']['mean']:.3f} | "
                     + " / ".join(f"{s['recall'][c]:.2f}" for c in TYPE_CLASSES)
                     + f" | {s['ece_before_t']['mean']:.3f} → {s['ece']['mean']:.3f} | "
-                    + ", ".join(str(f["setting"]) for f in r["folds"]) + f" | {r['seconds']:.0f} s |")
+                    + ", ".join(str(f["setting"]) for f in r["folds"]) + f" | {r.get('seconds', 0):.0f} s |")
     if not rows:
         return ["## Classifier heads on LiteMedSAM's frozen encoder (issue 25)", "",
                 f"No runs under {root}: `python -m train embed-heads --head type --model linear --out {root}/type_linear`.",
