@@ -164,7 +164,7 @@ def _stage_cache(folder, y, folds, rng, signal):
             m = centres[lab] * signal + rng.normal(size=(320, 64, 64))
             np.save(folder / "stages" / "s3" / f"{iid}.npy", m.astype(np.float16))
             np.save(folder / "emb" / f"{iid}.npy", np.zeros((1, 1, 1), np.float16))
-            np.save(folder / "pooled" / f"{iid}.npy", np.zeros(4, np.float32))
+            np.save(folder / "pooled" / f"{iid}.npy", rng.normal(size=520).astype(np.float32))  # 8 frozen + the neck's 512
             f.write(json.dumps({"id": iid, "checkpoint_sha256": CHECKPOINT_SHA256, "prep": PREP, "valid_hw": [256, 192],
                                 "label": TYPE_CLASSES[lab], "fold": int(fold)}) + "\n")
     return folder

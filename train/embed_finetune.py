@@ -4,7 +4,10 @@ of LiteMedSAM's encoder this machine can afford: its neck.
 The frozen front of the encoder never runs here: its last TinyViT stage's output (s3, 320 x 64 x 64) comes from
 the embedding cache (``python -m train embeddings --dataset figshare --stages s2,s3``). On it a copy of the
 pretrained neck (two convolutions and two layer norms, 0.67 M parameters) is fine-tuned together with a linear
-type head on its mean- and max-pooled output over the unpadded frame. ``python -m train embed-heads
+type head on its mean- and max-pooled output over the unpadded frame, beside the frozen stages' pooled vectors
+(s0-s3, 1,344 numbers, standardised on the training folds): the linear row's features with the neck's part made
+trainable, so the row starts where the linear row stands. Training maps are mirrored left-right at random
+(within the unpadded frame). ``python -m train embed-heads
 --measure-finetune`` says what a sample costs (the neck: about 0.1-0.2 s forward + backward at 2 threads; the
 last stage with it ten times that, which is why that row is not run).
 
@@ -34,10 +37,12 @@ from train.embed_heads import TYPE_CLASSES
 
 STAGE = "s3"  # the neck's input
 CALIBRATION_SHARE = 0.15
+NECK_POOLED = 512  # the neck's mean + max at the end of the cache's pooled vector (the frozen part is the rest)
 
 
-def build_tail(n_classes: int = len(TYPE_CLASSES)):
-    """A copy of LiteMedSAM's pretrained neck + a linear head on its mean- and max-pooled output."""
+def build_tail(n_classes: int = len(TYPE_CLASSES), frozen_dim: int = 0):
+    """A copy of LiteMedSAM's pretrained neck + a linear head on its mean- and max-pooled output and on
+    ``frozen_dim`` standardised frozen features given beside the maps."""
     import copy
 
     import torch
@@ -49,17 +54,19 @@ def build_tail(n_classes: int = len(TYPE_CLASSES)):
         def __init__(self):
             super().__init__()
             self.neck = copy.deepcopy(load_model("cpu").image_encoder.neck)
-            self.head = nn.Linear(512, n_classes)
+            self.head = nn.Linear(NECK_POOLED + frozen_dim, n_classes)
 
-        def forward(self, s3, valid_cells):
-            """s3 (B, 320, 64, 64); valid_cells (B, 2) int: the unpadded rows / columns of the 64 grid."""
+        def forward(self, s3, valid_cells, frozen=None):
+            """s3 (B, 320, 64, 64); valid_cells (B, 2) int: the unpadded rows / columns of the 64 grid;
+            frozen (B, frozen_dim) standardised, or None when frozen_dim is 0."""
             z = self.neck(s3.float())
             feats = []
             for k in range(len(z)):
                 h, w = int(valid_cells[k, 0]), int(valid_cells[k, 1])
                 v = z[k, :, :h, :w].flatten(1)
                 feats.append(torch.cat([v.mean(1), v.amax(1)]))
-            return self.head(torch.stack(feats))
+            f = torch.stack(feats)
+            return self.head(f if frozen is None else torch.cat([f, frozen.float()], 1))
 
     return NeckHead()
 
@@ -81,12 +88,30 @@ class Data:
         self.folds = np.array([int(r["fold"]) for r in rows])
         self.cells = np.array([[max(1, int(np.ceil(v * 64 / 256))) for v in r.get("valid_hw", (256, 256))]
                                for r in rows])
+        ids, pooled = self.cache.pooled()
+        at = {i: k for k, i in enumerate(ids)}
+        self.frozen = pooled[[at[i] for i in self.ids], :-NECK_POOLED]  # s0-s3's pooled vectors
+        self.mean, self.sd = np.zeros(self.frozen.shape[1]), np.ones(self.frozen.shape[1])
 
-    def batch(self, idx):
+    def standardise_on(self, idx) -> None:
+        """The frozen features' standardisation from the training slices ``idx`` only."""
+        self.mean, self.sd = self.frozen[idx].mean(0), self.frozen[idx].std(0) + 1e-6
+
+    def batch(self, idx, flip_rng=None):
+        """Maps, valid cells, standardised frozen features and labels of ``idx``; with ``flip_rng`` each map is
+        mirrored left-right within its unpadded frame with probability 1/2 (the pooled frozen features are
+        left as they are: mean and max pooling do not see a mirror)."""
         import torch
 
         x = np.stack([self.cache.stage(STAGE, self.ids[i]) for i in idx]).astype(np.float32)
-        return torch.from_numpy(x), torch.from_numpy(self.cells[idx]), torch.from_numpy(self.y[idx])
+        if flip_rng is not None:
+            for k, i in enumerate(idx):
+                if flip_rng.random() < 0.5:
+                    w = int(self.cells[i, 1])
+                    x[k, :, :, :w] = x[k, :, :, :w][:, :, ::-1]
+        z = ((self.frozen[idx] - self.mean) / self.sd).astype(np.float32)
+        return (torch.from_numpy(x), torch.from_numpy(self.cells[idx]), torch.from_numpy(z),
+                torch.from_numpy(self.y[idx]))
 
 
 def logits(model, data: Data, idx: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -96,8 +121,8 @@ def logits(model, data: Data, idx: np.ndarray, batch: int = 16) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for s in range(0, len(idx), batch):
-            x, cells, _ = data.batch(idx[s:s + batch])
-            out.append(model(x, cells).numpy())
+            x, cells, z, _ = data.batch(idx[s:s + batch])
+            out.append(model(x, cells, z).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(TYPE_CLASSES)))
 
 
@@ -117,8 +142,9 @@ def run_fold(data: Data, fold: int, args, log=print) -> dict:
     calib = np.sort(rng.choice(train_all, max(1, int(round(CALIBRATION_SHARE * len(train_all)))), replace=False))
     train = np.setdiff1d(train_all, calib)
     held = np.nonzero(data.folds == fold)[0]
+    data.standardise_on(train)
     torch.manual_seed(args.seed + fold)
-    model = build_tail()
+    model = build_tail(frozen_dim=data.frozen.shape[1])
     opt = torch.optim.AdamW([{"params": model.neck.parameters(), "lr": args.lr},
                              {"params": model.head.parameters(), "lr": args.head_lr}], weight_decay=1e-4)
     steps_per_epoch = int(np.ceil(len(train) / args.batch_size))
@@ -137,11 +163,12 @@ def run_fold(data: Data, fold: int, args, log=print) -> dict:
     for epoch in range(start, args.epochs):
         t0 = time.perf_counter()
         model.train()
-        order = np.random.default_rng(args.seed * 1000 + fold * 100 + epoch).permutation(train)
+        erng = np.random.default_rng(args.seed * 1000 + fold * 100 + epoch)
+        order = erng.permutation(train)
         losses = []
         for s in range(0, len(order), args.batch_size):
-            x, cells, y = data.batch(order[s:s + args.batch_size])
-            loss = loss_fn(model(x, cells), y)
+            x, cells, z, y = data.batch(order[s:s + args.batch_size], flip_rng=erng)
+            loss = loss_fn(model(x, cells, z), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -185,7 +212,7 @@ def main(argv=None) -> int:
     summary = {k: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for k, v in agg.items()}
     summary["recall"] = {c: float(np.mean([f["recall"][c] for f in per_fold])) for c in TYPE_CLASSES}
     res = {"head": "type", "model": "neck fine-tuned", "row": f"LiteMedSAM's neck fine-tuned ({args.epochs} epochs, "
-           "from cached s3) + linear head on its pooled output", "folds": per_fold, "summary": summary,
+           "from cached s3) + linear head on its pooled output and the frozen stages' pooled vectors", "folds": per_fold, "summary": summary,
            "seconds": float(sum(f["fit_s"] for f in per_fold)), "n_slices": len(data.ids),
            "command": "python -m train embed-finetune " + " ".join(sys.argv[1:] if argv is None else argv)}
     (Path(args.out) / "results.json").write_text(json.dumps(res, indent=1, default=float))

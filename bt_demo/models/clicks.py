@@ -33,9 +33,10 @@ def _forward(model, x: np.ndarray) -> np.ndarray:
     """The click model on one (4, S, S) input -> (S, S) probabilities.
 
     On the CPU through a traced and frozen copy of the network (batch norm folded into the convolutions, no
-    Python per layer): a click's forward pass took 37-40 ms instead of 50-67 ms on one thread, outputs equal
-    to 1e-5 (measured on weights/clicks). Made once per model; where tracing fails, or for another input
-    shape or device, the eager network answers."""
+    Python per layer), in channels-last memory layout (oneDNN's convolutions run without reordering their
+    input): a click's forward pass took 50 ms frozen, 31 ms frozen and channels-last, on one thread (36 and
+    20 ms on two; weights/clicks, 256 px, idle 2-core machine), outputs equal to 1e-5. Made once per model;
+    where tracing fails, or for another input shape or device, the eager network answers."""
     import torch
 
     p = next(model.parameters())
@@ -44,11 +45,12 @@ def _forward(model, x: np.ndarray) -> np.ndarray:
     with _frozen_lock:
         hit = _frozen.get(model)
         if hit is None:
-            example = torch.zeros((1, *x.shape), dtype=p.dtype)
+            example = torch.zeros((1, *x.shape), dtype=p.dtype).contiguous(memory_format=torch.channels_last)
             try:
                 with torch.inference_mode(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    frozen = torch.jit.freeze(torch.jit.trace(copy.deepcopy(model).eval(), example))
+                    net = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+                    frozen = torch.jit.freeze(torch.jit.trace(net, example))
             except Exception:  # noqa: BLE001 - the eager network still answers
                 frozen = None
             hit = _frozen[model] = (frozen, tuple(example.shape))
@@ -56,7 +58,8 @@ def _forward(model, x: np.ndarray) -> np.ndarray:
     if frozen is None or (1, *x.shape) != shape:
         return run_batch(model, [x])[0]
     with torch.inference_mode():
-        return torch.sigmoid(frozen(torch.from_numpy(x[None]).to(p.dtype))).float().numpy()[0, 0]
+        t = torch.from_numpy(x[None]).to(p.dtype).contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(frozen(t)).float().contiguous().numpy()[0, 0]
 
 
 class ClickEngine:
