@@ -197,4 +197,6 @@ def test_neck_finetune_row_learns_reports_every_fold_and_resumes(tmp_path, one_t
     assert again["folds"][1]["macro_f1"] == pytest.approx(first)
     from train.embed_heads import report_section
 
-    assert "neck fine-tuned" in "\n".join(report_section(tmp_path, tmp_path / "no_card.json"))
+    section = "\n".join(report_section(tmp_path, tmp_path / "no_card.json"))
+    assert "| LiteMedSAM's neck fine-tuned (3 epochs, from cached s3)" in section  # the measured row
+    assert "neck fine-tuned (from cached s3 maps) + linear head | not run" not in section  # not also as not run

@@ -283,7 +283,7 @@ def report_section(root: str | Path, shipped_card: str | Path = "weights/classif
                          f"± {t['cv_macro_f1_sd']:.3f} | {t['cv_accuracy_mean']:.3f} | "
                          + " / ".join(f"{rec[c]:.2f}" for c in TYPE_CLASSES if c in rec)
                          + f" | {t['cv_ece_before_temperature_mean']:.3f} → {t['cv_ece_mean']:.3f} | | 1080 s per fold |")
-    rows += finetune_rows()
+    rows += finetune_rows(done={results[p].get("model") for p in type_runs})
     from train.embed_presence import report_lines
 
     presence = report_lines(root)
@@ -293,15 +293,20 @@ def report_section(root: str | Path, shipped_card: str | Path = "weights/classif
     return lines + ["```", ""]
 
 
-def finetune_rows(path: Path = FINETUNE_COST, train_images: int = 1800, epochs: int = 5) -> list[str]:
-    """The fine-tuned rows as not run, with what they would cost here (from --measure-finetune's JSON)."""
+def finetune_rows(path: Path = FINETUNE_COST, train_images: int = 1800, epochs: int = 5,
+                  done: set | frozenset = frozenset()) -> list[str]:
+    """The fine-tuned rows not yet run (``done``: the models with results), with what they would cost here (from
+    --measure-finetune's JSON)."""
     if not path.exists():
         return []
     c = json.loads(path.read_text())
     out = []
-    for key, what in (("neck_from_s3", "the encoder's neck fine-tuned (from cached s3 maps) + linear head"),
-                      ("last_stage_and_neck_from_s2", "the last TinyViT stage and the neck fine-tuned (from cached s2 "
-                                                      "maps) + linear head")):
+    for key, model, what in (("neck_from_s3", "neck fine-tuned",
+                              "the encoder's neck fine-tuned (from cached s3 maps) + linear head"),
+                             ("last_stage_and_neck_from_s2", "last stage fine-tuned",
+                              "the last TinyViT stage and the neck fine-tuned (from cached s2 maps) + linear head")):
+        if model in done:
+            continue
         s = c[key]["s_per_sample"]
         hours = s * train_images * epochs * 4 / 3600
         out.append(f"| {what} | not run: {s:.2f} s per sample forward + backward at {c['threads']} threads "
