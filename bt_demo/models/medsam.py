@@ -259,11 +259,17 @@ def slice_features(image: np.ndarray, key: str | None = None, device: str | None
     """(the pooled encoder stages of a PROCESSED slice, float32 (POOLED_DIM,), whether the encoder ran for this
     call), through the shared LRU that ``MedSamEngine.set_image`` uses (the same ``key``): one encoder run per
     slice serves both."""
+    _, entry, computed = _shared_entry(image, key, device)
+    return entry.pooled, computed
+
+
+def _shared_entry(image: np.ndarray, key: str | None, device: str | None):
+    """(the checked image, its entry in the shared LRU, whether the encoder ran for this call)."""
     img = _check_image(image)
     dev = device_of(device)
     load_model(dev)
     _, entry, computed = _cached_entry(img, key, dev, _shared_cache())
-    return entry.pooled, computed
+    return img, entry, computed
 
 
 @dataclass(frozen=True)
@@ -280,11 +286,8 @@ class SliceOutputs:
 def slice_outputs(image: np.ndarray, key: str | None = None, device: str | None = None) -> SliceOutputs:
     """The embedding, the s1 map and the prepared image of a PROCESSED slice, through the same shared LRU as
     ``slice_features`` and ``MedSamEngine.set_image`` (one encoder run per slice serves all three)."""
-    img = _check_image(image)
-    dev = device_of(device)
-    load_model(dev)
-    _, entry, computed = _cached_entry(img, key, dev, _shared_cache())
-    x, _ = prepare(img)
+    img, entry, computed = _shared_entry(image, key, device)
+    x, _ = prepare(img)  # the decoder's image input (cheap: a resize; the entry keeps only encoder outputs)
     return SliceOutputs(entry.embedding[0].float().cpu().numpy(), entry.s1, x[0, 0].numpy(), entry.valid_hw,
                         computed)
 
