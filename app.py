@@ -112,9 +112,12 @@ def main(argv=None) -> int:
     except StoreError as exc:  # checked at start, not at the first save
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # run_history off: Gradio 6 would keep every event's inputs and outputs (slices, masks, reports) in the
+    # browser's localStorage, a record of patient images left on a shared workstation, and re-serialise
+    # that whole history (up to 100 runs) three times per click: a click slowed with every upload (issue 24)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                 max_file_size=args.max_file_size, show_error=False, theme=THEME, css=CSS,
-                footer_links=[], prevent_thread_lock=True)
+                footer_links=[], run_history=False, prevent_thread_lock=True)
     # engines load after the page serves (they would only compete with start-up for the CPU);
     # panels whose engine is still loading say so and fill in when it is ready
     demo.engines.preload(background=True)

@@ -10,7 +10,7 @@ DevTools protocol (Network domain) timestamps what happens between Playwright's 
               Gradio's queue and our handler)
     frontend  result chunk -> the new image's file request is sent (Gradio's front end applying the outputs)
     fetch     the image file's request -> its last byte
-    paint     last byte -> the <img> src changes (what the bench's repaint waits for)
+    paint     last byte -> the frame after the new image has loaded (the repaint ``bench.bench_browser`` waits for)
 
 plus the bytes of the result chunks and of the image, and the total. Medians per part, for the first and the
 last quarter of the clicks (what grows with the session's length).
@@ -22,7 +22,7 @@ import argparse
 import statistics
 import time
 
-from bench.bench_browser import REPO, start_servers
+from bench.bench_browser import REPO, click_and_wait, start_servers
 from bench.common import write
 
 
@@ -42,19 +42,8 @@ class NetLog:
 
 
 def _one_click(page, net: NetLog, label: str, x: float, y: float) -> dict:
-    from tests.e2e.test_browser import block
-
-    img = block(page, label).locator("img").first
-    old = img.get_attribute("src")
-    box = img.bounding_box()
     net.clear()
-    t0 = time.perf_counter()
-    img.click(position={"x": box["width"] * x, "y": box["height"] * y})
-    while img.get_attribute("src") == old:
-        if time.perf_counter() - t0 > 30:
-            raise TimeoutError("no repaint within 30 s")
-        time.sleep(0.002)
-    total = (time.perf_counter() - t0) * 1000
+    total = click_and_wait(page, label, x, y)["frame_ms"]
     time.sleep(0.25)  # let the trailing events (the image's last bytes, late chunks) arrive
     ev = list(net.events)
     urls = {p["requestId"]: p["request"]["url"] for n, p in ev if n == "Network.requestWillBeSent"}

@@ -713,6 +713,24 @@ def test_build_demo_every_component_has_a_label(engines, tmp_path):
     assert all("_mask" not in n for n in names)
 
 
+def test_no_event_leaves_the_browser_a_loading_status_to_walk_on_every_click(engines, tmp_path):
+    """Gradio's front end keeps a loading status for every component an event showed progress on and walks
+    them all (a search of the page's tree each) before and after every later request: with Gradio's default
+    (every output) a click slowed as the session used more of the page. Our events without a spinner
+    register no targets, the others one panel each, never the session state."""
+    from bt_demo.ui.layout import build_demo
+
+    demo = build_demo(engines, annotations_dir=str(tmp_path))
+    deps = demo.get_config_file()["dependencies"]
+    states = {b._id for b in demo.blocks.values() if isinstance(b, gr.State)}
+    targets = {d["id"]: d["outputs"] if d["show_progress_on"] is None else d["show_progress_on"] for d in deps}
+    every = set().union(*targets.values())
+    assert not states & every
+    assert len(every) <= 25, f"{len(every)} components can hold a loading status"
+    assert all(len(targets[d["id"]]) <= 1 for d in deps)
+    click = next(d for d in deps if d["api_name"] == "click_point")
+    assert targets[click["id"]] == [] and click["show_progress"] == "hidden"
+
 
 @pytest.mark.parametrize("kind", ["png16", "nifti_zeros"])
 def test_a_constant_slice_that_is_not_8_bit_loads_with_usable_window_sliders(engines, tmp_path, kind):

@@ -113,12 +113,13 @@ def _wire_tab(page: Page, tab: gr.Tab) -> None:
     if tab.id == "classifier":  # the encoder heads take seconds: they fill in after the tab is shown
         ev.then(lambda dep: dep.then(lambda s: page.adapt(compute.fill_heads(s, page.engines), ["heads_info"]),
                                      inputs=[page.session], outputs=page.outputs(["heads_info"]),
-                                     show_progress="hidden", api_name="fill_heads", api_visibility="private"))
+                                     show_progress="hidden", show_progress_on=[],
+                                     api_name="fill_heads", api_visibility="private"))
     if tab.id in compute.REFINED_TABS:  # so does the automatic mask's outline on the same encoder run
         names = COMPARE_OUT + ["unet_info"]
         ev.then(lambda dep: dep.then(lambda s: page.adapt(compute.fill_refined(s, page.engines), names),
                                      inputs=[page.session], outputs=page.outputs(names), show_progress="hidden",
-                                     api_name=f"fill_refined_{tab.id}", api_visibility="private"))
+                                     show_progress_on=[], api_name=f"fill_refined_{tab.id}", api_visibility="private"))
 
 
 def _then_prepare(page: Page, dep):
@@ -126,5 +127,6 @@ def _then_prepare(page: Page, dep):
     segmenters; one chained event, not two (each is a round trip the next upload or click waits behind)."""
     names = PROMPT_OUT + COMPARE_OUT + ["heads_info", "unet_info"]
     return dep.then(lambda s: page.adapt(compute.after_new_image(s, page.engines), names), inputs=[page.session],
-                    outputs=page.outputs(names), show_progress="hidden", api_name="prepare_prompts",
+                    outputs=page.outputs(names), show_progress="hidden", show_progress_on=[],
+                    api_name="prepare_prompts",
                     api_visibility="undocumented")

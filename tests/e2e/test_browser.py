@@ -231,6 +231,8 @@ def test_upload_preprocess_click_compare(app_url):
         click_on_image(page, "Click on the tumour", (x + 0.5) * f - 0.5, (y + 0.5) * f - 0.5)
         page.get_by_text("1 positive, 0 negative").first.wait_for()
         wait_for_src_change(page, "Click on the tumour", src1)  # the prompted mask is drawn
+        # nothing of the session is kept in the browser's storage (Gradio's run history is off: issue 24)
+        assert page.evaluate("Object.keys(window.localStorage).filter(k => k.includes('run-history'))") == []
 
         page.get_by_role("tab", name="Compare").click()
         table = page.get_by_role("grid", name="Agreement between masks")

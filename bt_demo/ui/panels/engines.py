@@ -92,5 +92,5 @@ def build(page: Page, demo: gr.Blocks) -> None:
         for trig in (demo.load, engines_timer.tick):
             trig(refresh, inputs=None, outputs=[page.comp["engines_line"], engines_md, page.comp["engine"],
                                                 engines_timer],
-                 show_progress="hidden", api_visibility="private")
+                 show_progress="hidden", show_progress_on=[], api_visibility="private")
     page.later(register)

@@ -194,7 +194,8 @@ def build(page: Page) -> list:
     # these happen on the Prompts tab: the classical segmenters (which follow the clicks) run when Compare
     # or Measure is opened (compute.show_tab), so no chained event follows a click
     page.later(lambda: prompt_image.select(on_click, inputs=[page.session, mode], outputs=page.outputs(out),
-                                           show_progress="hidden", trigger_mode="multiple",  # never drop a click
+                                           show_progress="hidden", show_progress_on=[],
+                                           trigger_mode="multiple",  # never drop a click
                                            api_name="click_point"))
     page.wire(undo_btn.click, lambda s: undo(s, eng), [], out, api_name="undo_point")
     page.wire(clear_btn.click, lambda s: clear(s, eng), [], out, api_name="clear_points")

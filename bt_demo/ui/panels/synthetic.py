@@ -162,5 +162,6 @@ def build(page: Page) -> list:
                 **({syn_info: view["synthetic_info"]} if "synthetic_info" in view else {})}
 
     syn_btn.click(syn_generate, [session, syn_source, syn_draw, syn_seed, syn_steps], [session, syn_image, syn_info],
-                  api_name="generate_synthetic", concurrency_id="generator", concurrency_limit=1)
+                  api_name="generate_synthetic", concurrency_id="generator", concurrency_limit=1,
+                  show_progress_on=[syn_image])  # one spinner (kit.Page.progress_on)
     return [page.wire(syn_load.click, lambda s: load(s, eng), [], SLICE_OUT + EVERY_PANEL, api_name="load_synthetic")]

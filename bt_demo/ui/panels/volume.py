@@ -297,13 +297,14 @@ def build(page: Page) -> None:
     def vol_jump(s, evt: gr.SelectData):
         return page.adapt(jump(s, evt.index), VOL_OUT)
 
+    spin = {"show_progress_on": page.progress_on(VOL_OUT, "full")}  # not the session (kit.Page.progress_on)
     vol_btn.click(vol_segment, [session, series_files, series_choice], vol_outputs, api_name="segment_volume",
-                  concurrency_id="volume", concurrency_limit=1)
+                  concurrency_id="volume", concurrency_limit=1, **spin)
     prop_btn.click(vol_propagate, [session, series_files, series_choice], vol_outputs,
-                   api_name="propagate_volume", concurrency_id="volume", concurrency_limit=1)
+                   api_name="propagate_volume", concurrency_id="volume", concurrency_limit=1, **spin)
     page.wire(volume_slice.input, lambda s, k: show(s, k, None), [volume_slice], VOL_OUT,
               trigger_mode="always_last", api_visibility="private")
     page.wire(volume_which.input, lambda s, w: show(s, None, w), [volume_which], VOL_OUT, api_visibility="private")
-    volume_plot.select(vol_jump, [session], vol_outputs, api_visibility="private")
+    volume_plot.select(vol_jump, [session], vol_outputs, api_visibility="private", **spin)
     page.wire(vol_export_btn.click, lambda s: export(s, eng), [], ["volume_files", "volume_export_info"],
               api_name="export_volume")
