@@ -3,17 +3,18 @@
 python -m bench.trace_click [--clicks 16] [--weights-dir weights] [--json out.json]
 
 The same two servers and the same clicks, in turns, as ``bench.bench_browser``; for every click Chrome's
-DevTools protocol (Network domain) timestamps what happens between Playwright's click and the repaint:
+DevTools protocol (Network domain) timestamps what happens between the click and the repaint:
 
-    join      the click reaches the page's handler and the event is posted (queue/join request sent)
     server    queue/join sent -> the stream chunk that carries the result arrives (the server's handling,
               Gradio's queue and our handler)
     frontend  result chunk -> the new image's file request is sent (Gradio's front end applying the outputs)
     fetch     the image file's request -> its last byte
-    paint     last byte -> the frame after the new image has loaded (the repaint ``bench.bench_browser`` waits for)
 
-plus the bytes of the result chunks and of the image, and the total. Medians per part, for the first and the
-last quarter of the clicks (what grows with the session's length).
+and ``total`` is the click's whole wait as ``bench.bench_browser`` times it (the click event -> the frame after
+the new image has loaded, in the page's clock); what ``total`` holds beyond the three parts is the click
+reaching Gradio's handler and the request being posted, then the image decoded and painted. Also the bytes
+of the result chunks and of the image. Medians per part, for the first and the last quarter of the clicks
+(what grows with the session's length).
 """
 
 from __future__ import annotations
