@@ -7,14 +7,14 @@ Both apps run as real servers (``app.py`` with the shipped weights and ``--sam-m
 serves one 512-px image whose click handler draws a dot and sends the image back). A click's time runs from
 the click event's timestamp in the page to the animation frame after the clicked picture's new image has
 loaded (the repaint), both read from the page's clock (``_ARM``); floor and app clicks are taken in turns, in
-two tabs of one browser, so both meet the same load on the machine.
+two tabs of one browser, so both meet the same load on the machine. An upload's time runs from the file landing
+in the upload box (after the previous one was cleared and that settled) to the moment the clickable image shows
+the new slice.
 
-Until issue 24's last round the wait was Playwright polling the picture's ``src`` every 5 ms through a label
-locator and stopped at the src change (before the image loads). Each poll runs that locator's query on the
-page's main thread, which is the thread that does Gradio's work for the click; on this app's page (about 1,400
-elements, against the floor's 120) the polls cost the app several times what they cost the floor. An upload's time runs
-from the file landing in the upload box (after the previous one was cleared and that settled) to the moment the
-clickable image shows the new slice.
+Until issue 24's last round a click's wait was Playwright polling the picture's ``src`` every 5 ms through a
+label locator, and it stopped at the src change (before the image loads). Each poll runs that locator's query on
+the page's main thread, which is the thread that does Gradio's work for the click; on this app's page (about
+1,400 elements, against the floor's 120) the polls cost the app several times what they cost the floor.
 """
 
 from __future__ import annotations

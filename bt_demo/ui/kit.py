@@ -53,6 +53,11 @@ EVERY_PANEL = (["before_after", "pipeline_info"] + PROMPT_OUT + COMPARE_OUT
                + INTENSITY_OUT + UNCERTAINTY_OUT)
 
 
+# The keywords of an event that shows no spinner: no progress, and no loading status for Gradio's front end to
+# keep and walk on every later request (see Page.progress_on).
+QUIET = {"show_progress": "hidden", "show_progress_on": []}
+
+
 # ---------------------------------------------------------------------------
 # handlers: messages, the decorator, small checks
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from bt_demo.ui import compute, tabs
-from bt_demo.ui.kit import COMPARE_OUT, PROMPT_OUT, Page
+from bt_demo.ui.kit import COMPARE_OUT, PROMPT_OUT, QUIET, Page
 from bt_demo.ui.panels import (
     classifier,
     compare,
@@ -113,13 +113,12 @@ def _wire_tab(page: Page, tab: gr.Tab) -> None:
     if tab.id == "classifier":  # the encoder heads take seconds: they fill in after the tab is shown
         ev.then(lambda dep: dep.then(lambda s: page.adapt(compute.fill_heads(s, page.engines), ["heads_info"]),
                                      inputs=[page.session], outputs=page.outputs(["heads_info"]),
-                                     show_progress="hidden", show_progress_on=[],
-                                     api_name="fill_heads", api_visibility="private"))
+                                     api_name="fill_heads", api_visibility="private", **QUIET))
     if tab.id in compute.REFINED_TABS:  # so does the automatic mask's outline on the same encoder run
         names = COMPARE_OUT + ["unet_info"]
         ev.then(lambda dep: dep.then(lambda s: page.adapt(compute.fill_refined(s, page.engines), names),
-                                     inputs=[page.session], outputs=page.outputs(names), show_progress="hidden",
-                                     show_progress_on=[], api_name=f"fill_refined_{tab.id}", api_visibility="private"))
+                                     inputs=[page.session], outputs=page.outputs(names),
+                                     api_name=f"fill_refined_{tab.id}", api_visibility="private", **QUIET))
 
 
 def _then_prepare(page: Page, dep):
@@ -127,6 +126,5 @@ def _then_prepare(page: Page, dep):
     segmenters; one chained event, not two (each is a round trip the next upload or click waits behind)."""
     names = PROMPT_OUT + COMPARE_OUT + ["heads_info", "unet_info"]
     return dep.then(lambda s: page.adapt(compute.after_new_image(s, page.engines), names), inputs=[page.session],
-                    outputs=page.outputs(names), show_progress="hidden", show_progress_on=[],
-                    api_name="prepare_prompts",
-                    api_visibility="undocumented")
+                    outputs=page.outputs(names), api_name="prepare_prompts", api_visibility="undocumented",
+                    **QUIET)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from bt_demo.ui.kit import Page
+from bt_demo.ui.kit import QUIET, Page
 from bt_demo.ui.views import esc
 
 
@@ -92,5 +92,5 @@ def build(page: Page, demo: gr.Blocks) -> None:
         for trig in (demo.load, engines_timer.tick):
             trig(refresh, inputs=None, outputs=[page.comp["engines_line"], engines_md, page.comp["engine"],
                                                 engines_timer],
-                 show_progress="hidden", show_progress_on=[], api_visibility="private")
+                 api_visibility="private", **QUIET)
     page.later(register)

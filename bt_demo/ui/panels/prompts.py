@@ -13,7 +13,7 @@ import gradio as gr
 from bt_demo.errors import InputError
 from bt_demo.ui import compute as C
 from bt_demo.ui import views
-from bt_demo.ui.kit import PROMPT_OUT, Page, display_to_original, handler, need_slice, notify
+from bt_demo.ui.kit import PROMPT_OUT, QUIET, Page, display_to_original, handler, need_slice, notify
 from bt_demo.ui.panels.engines import engine_choices
 from bt_demo.ui.state import PromptState, Session
 
@@ -194,9 +194,8 @@ def build(page: Page) -> list:
     # these happen on the Prompts tab: the classical segmenters (which follow the clicks) run when Compare
     # or Measure is opened (compute.show_tab), so no chained event follows a click
     page.later(lambda: prompt_image.select(on_click, inputs=[page.session, mode], outputs=page.outputs(out),
-                                           show_progress="hidden", show_progress_on=[],
                                            trigger_mode="multiple",  # never drop a click
-                                           api_name="click_point"))
+                                           api_name="click_point", **QUIET))
     page.wire(undo_btn.click, lambda s: undo(s, eng), [], out, api_name="undo_point")
     page.wire(clear_btn.click, lambda s: clear(s, eng), [], out, api_name="clear_points")
     page.wire(box_btn.click, lambda s, a, b, c, d: set_box(s, eng, a, b, c, d), [bx0, by0, bx1, by1], out,
